@@ -1,0 +1,47 @@
+"""Errors savegame raises on bad input.
+
+Each one subclasses the built-in that a caller would already catch (a missing checkpoint is a
+``FileNotFoundError``, a value of the wrong type a ``TypeError``), and every message says what
+was found, what was expected and how to fix it.
+
+>>> from savegame.errors import CheckpointNotFoundError
+>>> issubclass(CheckpointNotFoundError, FileNotFoundError)
+True
+"""
+
+from __future__ import annotations
+
+
+class SavegameError(Exception):
+    """Base of every error savegame raises on purpose."""
+
+
+class CheckpointNotFoundError(SavegameError, FileNotFoundError):
+    """No committed checkpoint where one was asked for (a path, a step, ``--best``)."""
+
+
+class CheckpointCorruptError(SavegameError, ValueError):
+    """A checkpoint's files are truncated, altered or missing: their hash or size does not match."""
+
+
+class FormatVersionError(SavegameError, ValueError):
+    """A checkpoint written by a newer savegame, or not a savegame checkpoint at all."""
+
+
+class NotSerializableError(SavegameError, TypeError):
+    """A value in the saved state has a type the pickle-free format cannot hold; names its key path."""
+
+
+class StateMismatchError(SavegameError, KeyError):
+    """Saved state does not fit the object it is loaded into (missing/unexpected keys, shapes)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class RunLockedError(SavegameError, RuntimeError):
+    """Another live process writes to this run folder."""
+
+
+class SaveFailedError(SavegameError, OSError):
+    """Writing a checkpoint failed (disk full, read-only); earlier checkpoints are untouched."""

@@ -1,0 +1,104 @@
+"""One writing process per run folder.
+
+The lock is a POSIX record lock (``fcntl.lockf``) on ``<run>/LOCK``: the kernel drops it when the
+holder dies, even by SIGKILL, so a crashed run never blocks its own rerun. Unlike ``flock``, it is
+not shared with forked children, so DataLoader workers that outlive their parent for a moment do
+not keep the folder locked. POSIX locks do not exclude the same process, so a registry of the
+folders this process holds covers that case. The file also holds the holder's pid and host, only
+to write a helpful message: who holds it, or whose stale lock we take over.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> lock = RunLock(d / "LOCK")
+>>> lock.acquire()
+>>> lock.release()
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from .errors import RunLockedError
+
+_HELD_HERE: set[str] = set()  # lock files this process holds (POSIX locks never conflict within one)
+
+
+class RunLock:
+    """An exclusive, crash-safe lock on a run folder; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunLockedError` naming the live holder."""
+        if self._fd is not None:
+            return
+        key = os.path.realpath(self.path)
+        if key in _HELD_HERE:
+            raise RunLockedError(
+                f"run folder {self.path.parent} is already open in this process (pid {os.getpid()}); "
+                "finish() the other Run (or leave its `with` block) before opening it again."
+            )
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _describe(_read_holder(fd))
+            os.close(fd)
+            raise RunLockedError(
+                f"run folder {self.path.parent} is in use by {holder}. Only one process may write "
+                "to a run folder: wait for it to finish, stop it, or use another folder."
+            ) from None
+        previous = _read_holder(fd)
+        if previous and previous.get("pid") != os.getpid():
+            # The kernel released the old lock, so its owner is gone: this is a stale lock.
+            warnings.warn(
+                f"taking over the stale lock {self.path} left by {_describe(previous)}, "
+                "which is no longer running",
+                stacklevel=3,
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        self._key = key
+        _HELD_HERE.add(key)
+
+    def release(self) -> None:
+        """Release the lock; the LOCK file is emptied so the next run sees no stale holder."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        _HELD_HERE.discard(self._key)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing drops the lock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _read_holder(fd: int) -> dict | None:
+    raw = os.pread(fd, 4096, 0)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"pid": raw[:40].decode(errors="replace")}
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "another process"
+    return f"pid {holder.get('pid')} on host {holder.get('host', '?')}"

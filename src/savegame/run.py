@@ -1,0 +1,404 @@
+"""``Run``: save slots and exact resume for a hand-written training loop.
+
+The loop stays the user's; a few lines hand its objects to the run, which counts steps and epochs,
+saves when its policy says so, keeps the checkpoints its keep policy names, and on a rerun of the
+same command continues from the newest valid checkpoint exactly where the last process stopped.
+
+>>> import tempfile, torch, savegame
+>>> from torch.utils.data import DataLoader
+>>> net = torch.nn.Linear(2, 1)
+>>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+>>> data = DataLoader(torch.randn(8, 2), batch_size=4, shuffle=True)
+>>> with savegame.Run(tempfile.mkdtemp(), config={"lr": 0.1}) as run:
+...     run.track(model=net, optimizer=opt)
+...     for epoch in run.epochs(2):
+...         for x in run.iterate(data):
+...             opt.zero_grad(); net(x).pow(2).mean().backward(); opt.step()
+...         info = run.save(metrics={"loss": 0.5})
+>>> run.step, len(run.checkpoints)
+(4, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from .checkpoint.loader import LoaderTracker
+from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, plan_deletions
+from .checkpoint.rng import capture_rng, restore_rng
+from .checkpoint.store import (
+    CheckpointInfo,
+    checkpoint_dirname,
+    delete_checkpoint,
+    list_checkpoints,
+    quarantine,
+    read_checkpoint,
+    remove_stale_temps,
+    write_checkpoint,
+)
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
+from .io import _load_into as load_into
+from .lock import RunLock
+from .preemption import PreemptionGuard
+from .runinfo import new_run_info, read_run_info, write_run_info
+
+RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
+
+
+class Run:
+    """One training run in one folder: its checkpoints, its ``run.json``, its lock.
+
+    Args:
+        dir: the run folder (created if missing). Rerunning with the same folder resumes.
+        config: the run's hyperparameters (JSON-like); stored in ``run.json`` and every checkpoint.
+        save: when ``run.save()`` really saves (default: every call).
+            Compose ``EverySteps``, ``EveryEpochs``, ``EverySeconds``, ``OnImprovement``, ``When``.
+        keep: which checkpoints stay on disk (default ``Keep(last=3)``).
+        resume: ``"auto"`` (newest valid checkpoint, if any), ``"never"`` (the folder must have
+            no checkpoints), a step number, or the path of a checkpoint folder.
+        handle_signals: turn SIGTERM / the first Ctrl-C into save-and-exit (default True).
+    """
+
+    def __init__(self, dir: str | Path, *, config: Mapping[str, Any] | None = None,
+                 save: SavePolicy | None = None, keep: KeepPolicy | None = None,
+                 resume: str | int | Path = "auto", handle_signals: bool = True) -> None:
+        _check_resume_argument(resume)
+        self.dir = Path(dir)
+        self.config = dict(config or {})
+        self.save_policy = save if save is not None else Always()
+        self.keep_policy = keep if keep is not None else Keep(last=3)
+        self.extras: dict[str, Any] = {}  # the user's own resumable values, saved with each checkpoint
+        self.step = 0
+        self.epoch = 0
+        self.resumed_from: CheckpointInfo | None = None
+        self._objects: dict[str, Any] = {}
+        self._trackers: dict[str, LoaderTracker] = {}
+        self._epoch_slots: dict[int, str] = {}
+        self._last_save_step: int | None = None
+        self._last_save_epochs_done: int | None = None
+        self._last_save_time: float | None = None
+        self._finished = False
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.dir / "LOCK")
+        self._lock.acquire()
+        try:
+            self._checkpoint_root = self.dir / "checkpoints"
+            self._checkpoint_root.mkdir(exist_ok=True)
+            remove_stale_temps(self._checkpoint_root)
+            self.checkpoints: list[CheckpointInfo] = list_checkpoints(self._checkpoint_root)
+            self._info = self._open_run_info()
+            self._resume_state = self._load_resume_state(resume)
+            self._start_epoch = 0
+            self._pending_rng: dict[str, Any] | None = None
+            self._saved_loaders: dict[str, Any] = {}
+            if self._resume_state is not None:
+                self._apply_run_state()
+            write_run_info(self.dir, self._info)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._guard = PreemptionGuard()
+        if handle_signals:
+            self._guard.install()
+
+    # -- the loop's side ---------------------------------------------------------------------
+    def track(self, **objects: Any) -> None:
+        """Save these objects with every checkpoint; when resuming, load their state now.
+
+        Anything with ``state_dict()`` and ``load_state_dict()``: model, optimizer, LR scheduler,
+        ``GradScaler``, an EMA ... The keyword is the object's name inside the checkpoint.
+        """
+        for name, obj in objects.items():
+            if name.startswith("_") or name == "extras":
+                raise ValueError(f"run.track(): the name {name!r} is reserved; pick another keyword")
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(
+                    f"run.track({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
+                    "track models, optimizers, schedulers, scalers, or store plain values in run.extras"
+                )
+            self._objects[name] = obj
+            if self._resume_state is not None:
+                if name not in self._resume_state:
+                    saved = sorted(k for k in self._resume_state if k not in (RESERVED, "extras"))
+                    from .errors import StateMismatchError
+
+                    raise StateMismatchError(
+                        f"checkpoint {self.resumed_from.path} has no state for {name!r}; it holds "
+                        f"{saved}. Track the same objects as the run that saved it, or start a new "
+                        "run folder (or resume='never' in an empty one)."
+                    )
+                load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
+
+    def epochs(self, n: int) -> Iterator[int]:
+        """Yield the epoch numbers still to do, from where the last process stopped, up to ``n``."""
+        for epoch in range(self._start_epoch, n):
+            self.epoch = epoch
+            self._epoch_slots = {}
+            self._restore_pending_rng()
+            yield epoch
+            self._check_preemption()
+
+    def iterate(self, loader: Iterable, *, name: str | None = None) -> Iterator[Any]:
+        """Yield the batches of ``loader``, counting ``run.step``; resumes inside an epoch.
+
+        ``name`` identifies the loader inside checkpoints (default: its order in the epoch).
+        """
+        self._restore_pending_rng()
+        slot = self._epoch_slots.get(id(loader))
+        if slot is None:
+            slot = name or f"loader{len(self._epoch_slots)}"
+            self._epoch_slots[id(loader)] = slot
+        tracker = self._trackers.get(slot)
+        if tracker is None or tracker.loader is not loader:
+            tracker = self._trackers[slot] = LoaderTracker(loader)
+            saved = self._saved_loaders.pop(slot, None)
+            if saved is not None:
+                continue_pass = saved["epoch"] == self.epoch and (saved["in_progress"] or saved["done"])
+                tracker.load_state_dict(saved, rng=self._resume_rng, continue_pass=continue_pass)
+        for batch in tracker.iterate(epoch=self.epoch, before_batch=self._check_preemption):
+            self.step += 1
+            yield batch
+
+    def save(self, *, metrics: Mapping[str, Any] | None = None, force: bool = False) -> CheckpointInfo | None:
+        """Save a checkpoint if the save policy says so (or ``force``); returns it, else None.
+
+        Call it after the optimizer step, inside the batch loop and/or at the end of the epoch.
+        """
+        if self._guard.requested:
+            self._check_preemption()
+        metrics = _plain_metrics(metrics) if metrics else {}
+        context = SaveContext(
+            step=self.step, epoch=self.epoch, epochs_done=self._epochs_done(), now=time.monotonic(),
+            metrics=metrics, last_save_step=self._last_save_step,
+            last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time,
+        )
+        if not (self.save_policy.should_save(context) or force):
+            return None
+        return self._write(metrics, context.epochs_done)
+
+    def finish(self, status: str = "finished", message: str | None = None) -> None:
+        """Mark the run ``status`` in run.json, release the folder and the signal handlers."""
+        if self._finished:
+            return
+        self._finished = True
+        self._guard.uninstall()
+        try:
+            self._info["status"] = status
+            self._info["message"] = message
+            write_run_info(self.dir, self._info)
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.finish("finished")
+        elif kind is SystemExit and self._info["status"] == "preempted":
+            self.finish("preempted", self._info["message"])
+        elif kind is KeyboardInterrupt:
+            self.finish("failed", "aborted by a second Ctrl-C, without saving")
+        else:
+            self.finish("failed", f"{kind.__name__}: {error}")
+
+    @property
+    def best(self) -> CheckpointInfo | None:
+        """The best kept checkpoint by the keep policy's metric (None without one)."""
+        metric = _best_metric(self.keep_policy)
+        if metric is None:
+            return None
+        name, mode = metric
+        scored = [c for c in self.checkpoints if _finite(c.metrics.get(name))]
+        if not scored:
+            return None
+        pick = min if mode == "min" else max
+        return pick(scored, key=lambda c: (c.metrics[name], -c.step if mode == "min" else c.step))
+
+    # -- saving ------------------------------------------------------------------------------
+    def _epochs_done(self) -> int:
+        # An epoch counts as done once its batches ran out and no loader is half way.
+        trackers = self._trackers.values()
+        if any(t.in_progress for t in trackers):
+            return self.epoch
+        if any(t.done and t.epoch == self.epoch for t in trackers):
+            return self.epoch + 1
+        return self.epoch
+
+    def _write(self, metrics: dict[str, float], epochs_done: int) -> CheckpointInfo:
+        newest = self.checkpoints[-1] if self.checkpoints else None
+        state = {name: obj.state_dict() for name, obj in self._objects.items()}
+        state["extras"] = self.extras
+        state[RESERVED] = {
+            "step": self.step, "epoch": self.epoch, "epochs_done": epochs_done,
+            "rng": capture_rng(), "config": self.config,
+            "loaders": {slot: t.state_dict() for slot, t in self._trackers.items()},
+            "save_policy": self.save_policy.state_dict(),
+        }
+        path = self._checkpoint_root / checkpoint_dirname(self.step)
+        replace = newest is not None and newest.step == self.step
+        info = write_checkpoint(path, state, step=self.step, epoch=self.epoch, metrics=metrics,
+                                overwrite=replace)
+        self.checkpoints = [c for c in self.checkpoints if c.step != info.step] + [info]
+        self._last_save_step, self._last_save_epochs_done = self.step, epochs_done
+        self._last_save_time = time.monotonic()
+        protected = {self.resumed_from.step} if self.resumed_from is not None else set()
+        for doomed in plan_deletions(self.checkpoints, self.keep_policy, protected=protected):
+            delete_checkpoint(doomed.path)
+            self.checkpoints.remove(doomed)
+        self._record_best()
+        write_run_info(self.dir, self._info)
+        return info
+
+    def _record_best(self) -> None:
+        best, metric = self.best, _best_metric(self.keep_policy)
+        if best is not None and metric is not None:
+            self._info["best"] = {"metric": metric[0], "mode": metric[1],
+                                  "value": best.metrics[metric[0]], "step": best.step,
+                                  "checkpoint": best.path.name}
+
+    def _check_preemption(self) -> None:
+        if not self._guard.requested:
+            return
+        signal_name = self._guard.signal_name
+        newest = self.checkpoints[-1] if self.checkpoints else None
+        if newest is not None and newest.step == self.step and self._last_save_step == self.step:
+            info = newest  # this very step is already saved
+        else:
+            info = self._write({}, self._epochs_done())
+        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "your training command"
+        message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}); saved "
+                   f"{info.path}. To resume, run the same command again: {command}")
+        self._info["status"], self._info["message"] = "preempted", message
+        write_run_info(self.dir, self._info)
+        print(f"savegame: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(0)
+
+    # -- resuming ----------------------------------------------------------------------------
+    def _open_run_info(self) -> dict[str, Any]:
+        try:
+            info = read_run_info(self.dir)
+        except FileNotFoundError:
+            return new_run_info(self.dir.name, config=self.config)
+        if info.get("config") != _jsonish(self.config):
+            warnings.warn(
+                f"{self.dir}/run.json was started with config {info.get('config')} and now gets "
+                f"{self.config}; continuing with the new one", stacklevel=4)
+        info["config"] = self.config
+        info["status"], info["message"] = "running", None
+        return info
+
+    def _load_resume_state(self, resume: str | int | Path) -> dict[str, Any] | None:
+        if resume == "never":
+            if self.checkpoints:
+                raise FileExistsError(
+                    f"{self.dir} already holds checkpoints ({self.checkpoints[-1].path.name} is the "
+                    "newest) and resume='never' would mix two runs in one folder. Use a new folder, "
+                    "delete this one, or resume='auto'.")
+            return None
+        if isinstance(resume, int) and not isinstance(resume, bool):
+            matches = [c for c in self.checkpoints if c.step == resume]
+            if not matches:
+                steps = [c.step for c in self.checkpoints]
+                raise CheckpointNotFoundError(
+                    f"{self.dir} has no committed checkpoint at step {resume}; it has steps {steps}")
+            return self._read_for_resume(matches[0].path, fall_back=False)
+        if resume != "auto":
+            return self._read_for_resume(Path(resume), fall_back=False)
+        while self.checkpoints:
+            state = self._read_for_resume(self.checkpoints[-1].path, fall_back=True)
+            if state is not None:
+                return state
+        return None
+
+    def _read_for_resume(self, path: Path, *, fall_back: bool) -> dict[str, Any] | None:
+        try:
+            state, manifest = read_checkpoint(path, verify=True)
+        except (CheckpointCorruptError, FormatVersionError) as error:
+            if not fall_back or isinstance(error, FormatVersionError):
+                raise
+            moved = quarantine(path)
+            self.checkpoints = [c for c in self.checkpoints if c.path != path]
+            warnings.warn(f"checkpoint {path} is damaged ({error}); moved it to {moved} and "
+                          "falling back to the previous one", stacklevel=5)
+            return None
+        if RESERVED not in state:
+            raise FormatVersionError(
+                f"{path} was written by savegame.save(), not by a Run; load it with "
+                "savegame.load(path, into={...}) instead of resuming from it")
+        self.resumed_from = CheckpointInfo(path=path, step=manifest["step"], epoch=manifest["epoch"],
+                                           metrics=manifest.get("metrics", {}),
+                                           created=manifest.get("created", 0.0), size=0)
+        return state
+
+    def _apply_run_state(self) -> None:
+        run_state = self._resume_state[RESERVED]
+        self.step, self.epoch = run_state["step"], run_state["epoch"]
+        self._start_epoch = run_state["epochs_done"]
+        if self._start_epoch == self.epoch:  # saved inside an epoch: continue that epoch
+            self._saved_loaders = dict(run_state["loaders"])
+        else:  # only the loaders' own generators matter for the next epoch
+            self._saved_loaders = {slot: {**s, "in_progress": False, "done": False}
+                                   for slot, s in run_state["loaders"].items()}
+        self._resume_rng = run_state["rng"]
+        self._pending_rng = run_state["rng"]
+        self.extras = dict(self._resume_state.get("extras") or {})
+        self.save_policy.load_state_dict(run_state.get("save_policy") or {})
+        self._last_save_step = self.step
+        self._last_save_epochs_done = self._start_epoch
+        self._info["resumes"].append({
+            "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
+            "pid": __import__("os").getpid()})
+
+    def _restore_pending_rng(self) -> None:
+        if self._pending_rng is not None:
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
+
+
+def _check_resume_argument(resume: Any) -> None:
+    if resume in ("auto", "never") or isinstance(resume, (Path, int)) and not isinstance(resume, bool):
+        return
+    if isinstance(resume, str) and resume:
+        return  # a checkpoint path given as a string
+    raise ValueError(f"resume must be 'auto', 'never', a step number or a checkpoint path, but got {resume!r}")
+
+
+def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    plain = {}
+    for key, value in metrics.items():
+        try:
+            plain[str(key)] = float(value)  # a 0-d tensor syncs here, once per real save
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"run.save(metrics=...): metrics[{key!r}] must be a number or a 0-d tensor, "
+                            f"but got {type(value).__name__}") from None
+    return plain
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _best_metric(policy: Any) -> tuple[str, str] | None:
+    metric = getattr(policy, "metric", None)
+    if isinstance(metric, str):
+        return metric, getattr(policy, "mode", "min")
+    for child in getattr(policy, "policies", ()) or ():
+        found = _best_metric(child)
+        if found:
+            return found
+    return None
+
+
+def _jsonish(config: dict[str, Any]) -> Any:
+    import json
+
+    from .runinfo import _jsonable
+
+    return json.loads(json.dumps(config, default=_jsonable))

@@ -1,0 +1,93 @@
+"""``run.json``: what a run folder is, what state it is in and how often it was resumed.
+
+The file is small and rewritten whole, atomically (temp file, fsync, rename), so a reader such as
+``savegame ls`` never sees half of it.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> info = new_run_info("demo", config={"lr": 0.1})
+>>> write_run_info(d, info)
+>>> read_run_info(d)["config"]
+{'lr': 0.1}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FormatVersionError
+
+RUN_FILE = "run.json"
+FORMAT = "savegame.run"
+VERSION = 1
+STATUSES = ("running", "finished", "failed", "preempted")
+
+
+def new_run_info(name: str, *, config: dict[str, Any] | None) -> dict[str, Any]:
+    """A fresh ``run.json`` body for a run that starts now."""
+    from . import __version__
+
+    now = time.time()
+    return {
+        "format": FORMAT, "version": VERSION, "name": name, "config": config or {},
+        "status": "running", "created": now, "updated": now,
+        "savegame_version": __version__, "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "host": socket.gethostname(),
+        "pid": os.getpid(), "resumes": [], "best": None, "message": None,
+    }
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """Read and check ``<run_dir>/run.json``; errors name the file and what is wrong."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{run_dir} is not a savegame run folder: it has no {RUN_FILE}. "
+            "Pass the folder given to savegame.Run(...)."
+        ) from None
+    except ValueError as error:
+        raise FormatVersionError(f"{path} is not valid JSON ({error}); it may be damaged") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise FormatVersionError(f"{path} is not a savegame run file (no \"format\": \"{FORMAT}\")")
+    if info.get("version", 0) > VERSION:
+        raise FormatVersionError(
+            f"{path} was written by a newer savegame (run format version {info['version']}, "
+            f"this one reads up to {VERSION}); upgrade savegame"
+        )
+    return info
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    """Replace ``<run_dir>/run.json`` atomically."""
+    info["updated"] = time.time()
+    path = Path(run_dir) / RUN_FILE
+    temp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
+    data = json.dumps(info, indent=2, allow_nan=False, default=_jsonable).encode()
+    with open(temp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    # Configs often hold tuples, paths or numpy numbers; show them readably rather than fail.
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)

@@ -1,0 +1,78 @@
+"""The kill test: a real training process killed with SIGKILL over and over, some kills landing
+inside a save, and rerun each time with the same command, ends bit-identical to a run never killed."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).parent / "fixtures" / "train_script.py"
+
+
+def command(run_dir, out, *extra):
+    return [sys.executable, str(SCRIPT), str(run_dir), str(out), *extra]
+
+
+def run_to_end(run_dir, out, *extra):
+    done = subprocess.run(command(run_dir, out, *extra), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return load_file(out)
+
+
+def saving_now(run_dir):
+    checkpoints = Path(run_dir) / "checkpoints"
+    return checkpoints.is_dir() and any(".tmp-" in p.name for p in checkpoints.iterdir())
+
+
+def kill_loop(run_dir, out, extra, *, kills, seed):
+    """Start, kill at a random moment (or the moment a save is in flight), repeat."""
+    chooser = random.Random(seed)
+    during_save = 0
+    for n in range(kills):
+        process = subprocess.Popen(command(run_dir, out, *extra), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        if n % 3 == 0:  # aim at a save: wait until a temp checkpoint folder exists
+            deadline = time.monotonic() + 60
+            while not saving_now(run_dir) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+        else:
+            time.sleep(chooser.uniform(1.0, 4.0))  # python + torch start takes about a second
+        during_save += saving_now(run_dir)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if out.exists():
+            pytest.fail(f"the run finished before kill {n}; make the fixture run longer")
+    return during_save
+
+
+@pytest.mark.slow
+def test_twenty_random_sigkills_end_bit_identical_to_an_uninterrupted_run(tmp_path):
+    extra = ["--epochs", "3", "--width", "768"]
+    reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
+    out = tmp_path / "killed.safetensors"
+    during_save = kill_loop(tmp_path / "killed", out, extra, kills=20, seed=os.getpid())
+    resumed = run_to_end(tmp_path / "killed", out, *extra)
+    assert during_save >= 1, "no kill landed inside a save"
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert resumed[name].equal(reference[name]), name
+    # the interrupted attempts left no half-written checkpoint behind that counts
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert all(name.startswith("step-") for name in checkpoints)
+
+
+@pytest.mark.slow
+def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
+    extra = ["--epochs", "2", "--width", "512", "--workers", "2"]
+    reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
+    out = tmp_path / "killed.safetensors"
+    kill_loop(tmp_path / "killed", out, extra, kills=5, seed=os.getpid() + 1)
+    resumed = run_to_end(tmp_path / "killed", out, *extra)
+    for name in reference:
+        assert resumed[name].equal(reference[name]), name
