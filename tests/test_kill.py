@@ -1,6 +1,7 @@
 """The kill test: a real training process killed with SIGKILL over and over, some kills landing
 inside a save, and rerun each time with the same command, ends bit-identical to a run never killed."""
 
+import json
 import os
 import random
 import signal
@@ -76,3 +77,57 @@ def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
     resumed = run_to_end(tmp_path / "killed", out, *extra)
     for name in reference:
         assert resumed[name].equal(reference[name]), name
+
+
+def wait_for_checkpoint(run_dir, process, timeout=60):
+    deadline = time.monotonic() + timeout
+    checkpoints = Path(run_dir) / "checkpoints"
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoints.is_dir() and any((p / "COMMIT").exists() for p in checkpoints.iterdir()):
+            return
+        time.sleep(0.01)
+    pytest.fail("the training process wrote no checkpoint")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_preemption_signal_saves_exits_zero_and_the_rerun_ends_identical(tmp_path, signal_number):
+    extra = ["--epochs", "2", "--width", "256"]
+    reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
+    run_dir, out = tmp_path / "preempted", tmp_path / "out.safetensors"
+    process = subprocess.Popen(command(run_dir, out, *extra), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run_dir, process)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "To resume, run the same command again" in stderr
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "preempted"
+    assert not out.exists()
+    resumed = run_to_end(run_dir, out, *extra)
+    for name in reference:
+        assert resumed[name].equal(reference[name]), name
+
+
+def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path):
+    run_dir = tmp_path / "aborted"
+    # A save policy that never fires on its own, so any new checkpoint would come from the abort.
+    code = (
+        "import time, savegame\n"
+        f"with savegame.Run({str(run_dir)!r}, save=savegame.Never()) as run:\n"
+        "    print('ready', flush=True)\n"
+        "    for _ in run.iterate(range(10**9)):\n"
+        "        time.sleep(0.5)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and "Ctrl-C" in info["message"]
+    assert not any((run_dir / "checkpoints").iterdir())

@@ -1,0 +1,92 @@
+"""``savegame demo``: trains, saves, reports, and resumes after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 'savegame[demo]'")
+
+from savegame import demo  # noqa: E402
+from savegame.checkpoint.store import list_checkpoints  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def status(folder: Path) -> str:
+    return json.loads((folder / "run.json").read_text())["status"]
+
+
+def test_demo_trains_to_over_90_percent_and_leaves_a_finished_run(tmp_path, capsys):
+    folder = tmp_path / "runs" / "digits"
+    assert demo.main(["--epochs", "2", "--dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
+    assert accuracy > 90
+    assert status(folder) == "finished" and [c.epoch for c in list_checkpoints(folder / "checkpoints")] == [0, 1]
+    for hint in (f"savegame show {folder}", f"savegame verify {folder}", "--best -o digits.safetensors"):
+        assert hint in out
+
+
+def test_rerunning_a_finished_demo_shows_the_summary_and_fresh_starts_over(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(demo.CONFIG, "width", 8)  # speed: the model's size does not matter here
+    folder = tmp_path / "digits"
+    demo.main(["--epochs", "1", "--dir", str(folder)])
+    capsys.readouterr()
+    assert demo.main(["--epochs", "1", "--dir", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "--fresh" in out and "step-000045" in out
+    assert demo.main(["--epochs", "1", "--dir", str(folder), "--fresh"]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" not in out and "resumed" not in out and status(folder) == "finished"
+
+
+def test_fresh_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert demo.main(["--dir", str(tmp_path), "--fresh"]) == 2
+    assert "not one" in capsys.readouterr().err and (tmp_path / "precious.txt").exists()
+
+
+def test_demo_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
+    assert demo.main(["--epochs", "1", "--dir", str(tmp_path / "d")]) == 2
+    assert "pip install 'savegame[demo]'" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_exits_0_then_the_same_command_resumes_and_finishes(tmp_path):
+    folder = tmp_path / "digits"
+    command = [sys.executable, "-m", "savegame.demo", "--epochs", "3", "--dir", str(folder)]
+    env = {**os.environ, "COLUMNS": "200"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(folder / "checkpoints"):
+            assert first.poll() is None, first.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, out
+    assert status(folder) == "preempted" and "run the same command again" in out
+    stopped_at = list_checkpoints(folder / "checkpoints")[-1].step
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resumed from step-{stopped_at:06d}" in second.stdout
+    assert "epoch   1/3" not in second.stdout  # the first epoch is not trained again
+    assert status(folder) == "finished"
+    info = json.loads((folder / "run.json").read_text())
+    assert [r["from_step"] for r in info["resumes"]] == [stopped_at]
