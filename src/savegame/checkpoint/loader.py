@@ -232,10 +232,11 @@ class _ReseedingDataset(torch.utils.data.Dataset):
 
 
 class _IgnoreInterrupts:
-    """Worker start-up: leave Ctrl-C and SIGTERM to the main process, then the user's own init.
+    """Worker start-up: leave Ctrl-C to the main process, then run the user's own init.
 
     A terminal's Ctrl-C reaches the whole process group; a worker that died of it would break
-    the batch the main process still needs while it finishes the step and saves.
+    the batch the main process still needs while it finishes the step and saves. SIGTERM stays
+    as it is: DataLoader's shutdown relies on terminating a worker that does not exit by itself.
     """
 
     def __init__(self, user_init: Callable[[int], None] | None) -> None:
@@ -243,7 +244,6 @@ class _IgnoreInterrupts:
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.user_init is not None:
             self.user_init(worker_id)
 

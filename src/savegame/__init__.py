@@ -1,0 +1,46 @@
+"""savegame: save slots, exact resume and the engineering side of a hand-written PyTorch loop.
+
+>>> import savegame
+>>> sorted(n for n in savegame.__all__ if n[0].isupper())[:3]
+['Always', 'AnyOf', 'EveryEpochs']
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint.policy import (
+    AllOf,
+    Always,
+    AnyOf,
+    EveryEpochs,
+    EverySeconds,
+    EverySteps,
+    Keep,
+    KeepAll,
+    KeepAny,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    Never,
+    OnImprovement,
+    When,
+)
+from .checkpoint.store import CheckpointInfo
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    FormatVersionError,
+    NotSerializableError,
+    RunLockedError,
+    SaveFailedError,
+    StateMismatchError,
+)
+from .io import export_weights, import_weights, load, save
+from .run import Run
+
+__all__ = [
+    "Run", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
+    "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
+    "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
+    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "NotSerializableError",
+    "RunLockedError", "SaveFailedError", "StateMismatchError",
+]

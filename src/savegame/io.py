@@ -1,0 +1,305 @@
+"""Free functions for the explicit style: ``save``/``load`` a checkpoint folder, and move weights
+in from and out to plain files other tools use.
+
+``save`` writes a checkpoint folder (``manifest.json`` + ``tensors.safetensors`` + ``COMMIT``)
+with the commit protocol, never a single ``.pt`` file; ``load`` reads it back verified and never
+unpickles. ``import_weights`` is the one door for someone else's ``torch.save`` file, opened
+with ``weights_only=True``; ``export_weights`` writes a ``.safetensors`` file anyone can load.
+
+>>> import tempfile, torch
+>>> from pathlib import Path
+>>> net = torch.nn.Linear(2, 1)
+>>> path = Path(tempfile.mkdtemp()) / "ckpt"
+>>> _ = save(path, {"epoch": 3, "net": net})
+>>> load(path, into={"net": torch.nn.Linear(2, 1)})["epoch"]
+3
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from savegame.checkpoint import store
+from savegame.checkpoint.safetensors_io import read_tensors, write_tensors
+from savegame.errors import CheckpointCorruptError, FormatVersionError, StateMismatchError
+
+__all__ = ["save", "load", "import_weights", "export_weights"]
+
+log = logging.getLogger(__name__)
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".pkl", ".safetensors")
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")  # where others nest a state_dict
+
+
+def _kind(obj: Any) -> str:
+    if isinstance(obj, nn.Module):
+        return "module"
+    if isinstance(obj, torch.optim.Optimizer):
+        return "optimizer"
+    if isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+        return "lr_scheduler"
+    return "other"
+
+
+def _has_state(obj: Any) -> bool:
+    return not isinstance(obj, type) and callable(getattr(obj, "state_dict", None))
+
+
+def _int_or_zero(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def save(
+    path: str | os.PathLike, obj: Mapping[str, Any], *, step: int | None = None, epoch: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> store.CheckpointInfo:
+    """Save ``obj`` as the checkpoint folder ``path``; values with ``state_dict()`` (model,
+    optimizer, scheduler, GradScaler) are saved as their state_dict, the rest as is.
+
+    An existing checkpoint at ``path`` is replaced atomically (the new one is committed before
+    the old one is removed). ``path`` is a folder: names like ``ckpt.pt`` are refused so nobody
+    mistakes it for a ``torch.save`` file. ``step``/``epoch`` default to ``obj["step"]`` and
+    ``obj["epoch"]`` when those are ints, else 0.
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> save(Path(tempfile.mkdtemp()) / "ckpt", {"step": 480, "w": torch.ones(2)}).step
+    480
+    """
+    path = Path(path)
+    if path.suffix.lower() in _FILE_SUFFIXES:
+        raise ValueError(
+            f"savegame.save writes a checkpoint folder (manifest.json, tensors.safetensors, COMMIT), but "
+            f"{str(path)!r} looks like a single-file name. Use a folder name such as "
+            f"{str(path.with_suffix(''))!r}; for one .safetensors file of the weights, call "
+            "savegame.export_weights(checkpoint, 'model.safetensors') afterwards."
+        )
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"savegame.save takes a dict of things to save, like {{'model': net, 'epoch': 3}}, "
+                        f"but got {type(obj).__name__}.")
+    state = {key: value.state_dict() if _has_state(value) else value for key, value in obj.items()}
+    objects = {str(key): {"class": f"{type(v).__module__}.{type(v).__qualname__}", "kind": _kind(v)}
+               for key, v in obj.items() if _has_state(v)}
+    return store.write_checkpoint(
+        path, state, step=step if step is not None else _int_or_zero(obj.get("step")),
+        epoch=epoch if epoch is not None else _int_or_zero(obj.get("epoch")),
+        metrics=metrics, info={"objects": objects}, overwrite=True,
+    )
+
+
+def _module_problems(name: str, saved: Any, module: nn.Module) -> tuple[list[str], dict]:
+    """Every key/shape difference between ``saved`` and ``module``, and the loadable subset."""
+    if not isinstance(saved, Mapping):
+        return [f"'{name}' was saved as a {type(saved).__name__}, not a module's state_dict"], {}
+    want = module.state_dict()
+    missing = [k for k in want if k not in saved]
+    unexpected = [k for k in saved if k not in want]
+    shapes, fits = [], {}
+    for key in want:
+        if key not in saved:
+            continue
+        a, b = saved[key], want[key]
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
+            shapes.append(f"{key}: saved {tuple(a.shape)}, model {tuple(b.shape)}")
+        else:
+            fits[key] = a
+    problems = []
+    if missing:
+        problems.append(f"'{name}' missing keys (in the model, not saved): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"'{name}' unexpected keys (saved, not in the model): {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"'{name}' shape mismatches: {'; '.join(shapes)}")
+    return problems, fits
+
+
+def _load_into(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool) -> None:
+    """Check everything first, then load: a mismatch leaves every object untouched."""
+    problems, plan = [], []
+    for name, obj in into.items():
+        if not callable(getattr(obj, "load_state_dict", None)):
+            raise TypeError(f"into[{name!r}] is a {type(obj).__name__}, which has no load_state_dict().")
+        if name not in state:
+            problems.append(f"'{name}' is not in the checkpoint (it holds: {', '.join(map(str, state))})")
+            continue
+        if isinstance(obj, nn.Module):
+            found, fits = _module_problems(name, state[name], obj)
+            problems += found
+            plan.append((name, obj, state[name] if strict or not found else fits))
+        else:
+            plan.append((name, obj, state[name]))
+    if problems and strict:
+        raise StateMismatchError(
+            f"{source} does not fit the objects it is loaded into:\n  " + "\n  ".join(problems) +
+            "\nFix: build the objects exactly as when saving, or pass strict=False to load only what matches."
+        )
+    if problems:
+        warnings.warn(f"Loading {source} with strict=False skipped:\n  " + "\n  ".join(problems), stacklevel=3)
+    for name, obj, sub in plan:
+        try:
+            if isinstance(obj, nn.Module):
+                obj.load_state_dict(sub, strict=strict)
+            else:
+                obj.load_state_dict(sub)
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise StateMismatchError(f"Loading '{name}' from {source} failed: {e}") from e
+
+
+def _run_folder_error(path: Path) -> FormatVersionError:
+    latest = store.list_checkpoints(path / "checkpoints")
+    hint = f" (latest: {latest[-1].path})" if latest else ""
+    return FormatVersionError(
+        f"{path} is a run folder, not a checkpoint. To resume the run use savegame.Run({str(path)!r}); "
+        f"to load one checkpoint pass {path / 'checkpoints' / 'step-...'}{hint}."
+    )
+
+
+def load(
+    path: str | os.PathLike, *, into: Mapping[str, Any] | None = None, strict: bool = True,
+    map_location: Any = None,
+) -> dict:
+    """Read the checkpoint folder ``path`` (hashes verified, nothing unpickled), call
+    ``load_state_dict`` on each object of ``into`` and return the whole saved dict.
+
+    Before loading, modules are compared key by key and shape by shape; every difference is
+    listed in one :class:`StateMismatchError`. ``strict=False`` loads what matches and warns.
+    Tensors come back on the CPU unless ``map_location`` names a device.
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> path = save(Path(tempfile.mkdtemp()) / "c", {"opt_step": 7}).path
+    >>> load(path)
+    {'opt_step': 7}
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / store.MANIFEST).exists() and (
+        (path / "run.json").exists() or (path / "checkpoints").is_dir()
+    ):
+        raise _run_folder_error(path)
+    state, _ = store.read_checkpoint(path, verify=True, map_location=map_location)
+    if into:
+        if not isinstance(state, Mapping):
+            raise StateMismatchError(f"{path} holds a {type(state).__name__}, not a dict to load into objects.")
+        _load_into(str(path), state, into, strict=strict)
+    return state
+
+
+def _find_state_dict(obj: Any, path: Path, key: str | None) -> dict[str, torch.Tensor]:
+    def is_weights(x: Any) -> bool:
+        return isinstance(x, Mapping) and bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
+
+    if key is not None:
+        if not isinstance(obj, Mapping) or not is_weights(obj.get(key)):
+            raise KeyError(f"{path} has no dict of tensors under key {key!r}.")
+        return dict(obj[key])
+    if is_weights(obj):
+        return dict(obj)
+    for candidate in _STATE_KEYS if isinstance(obj, Mapping) else ():
+        if is_weights(obj.get(candidate)):
+            log.info("import_weights: using the state_dict under %r in %s", candidate, path)
+            return dict(obj[candidate])
+    keys = ", ".join(map(repr, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+    raise KeyError(f"{path} holds no state_dict at the top level or under {', '.join(_STATE_KEYS)} "
+                   f"(found: {keys}). Pass key=... to choose one.")
+
+
+def import_weights(
+    path: str | os.PathLike, *, into: nn.Module | None = None, strict: bool = True, key: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read weights someone else saved: a ``.safetensors`` file or a ``torch.save`` file opened with
+    ``weights_only=True`` (never full unpickling). Accepts a bare state_dict or one nested under
+    ``state_dict``/``model_state_dict``/``model``/``net`` (or ``key``); a ``module.`` prefix from
+    DataParallel is dropped when ``into`` lacks it. Loads into ``into`` if given.
+
+    >>> import tempfile, torch, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save({"model": torch.nn.Linear(2, 1).state_dict()}, path)
+    >>> sorted(import_weights(path, into=torch.nn.Linear(2, 1)))
+    ['bias', 'weight']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No weights file at {path}.")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        weights = read_tensors(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError for anything beyond plain weights
+            if "weights_only" not in str(e) and "Weights only" not in str(e):
+                raise CheckpointCorruptError(f"Could not read {path} as a torch.save file: {e}") from e
+            raise FormatVersionError(
+                f"{path} holds Python objects beyond tensors and plain containers (a whole model, a custom "
+                "class, an argparse.Namespace...), and reading those means unpickling, which can run any "
+                "code in the file; savegame refuses. If you trust the file, convert it yourself once: "
+                "obj = torch.load(path, weights_only=False); torch.save(obj['model'].state_dict() (or the "
+                "state_dict it holds), 'weights.pt'), then import that. torch said: "
+                + str(e).strip().splitlines()[-1][:300]
+            ) from e
+        weights = _find_state_dict(obj, path, key)
+    if into is not None:
+        want = into.state_dict()
+        if all(k.startswith("module.") for k in weights) and not any(k.startswith("module.") for k in want):
+            weights = {k.removeprefix("module."): v for k, v in weights.items()}
+        _load_into(str(path), {"weights": weights}, {"weights": into}, strict=strict)
+    return weights
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _pick_model(state: Mapping[str, Any], manifest: dict, path: Path) -> str:
+    objects = manifest.get("info", {}).get("objects", {})
+    modules = [k for k, v in objects.items() if isinstance(v, dict) and v.get("kind") == "module"]
+    if len(modules) == 1:
+        return modules[0]
+    for name in ("model", "net"):
+        if isinstance(state.get(name), Mapping):
+            return name
+    candidates = [k for k, v in state.items() if isinstance(v, Mapping)
+                  and v and any(isinstance(t, torch.Tensor) for t in v.values())]
+    raise KeyError(f"Cannot tell which model to export from {path}: candidates {candidates or 'none'}. "
+                   "Pass key=... to choose one.")
+
+
+def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *, key: str | None = None) -> Path:
+    """Write one model's weights from a checkpoint as a plain ``.safetensors`` file that
+    ``safetensors.torch.load_file`` reads. ``key`` picks the sub-tree; by default the single saved
+    ``nn.Module`` (or the one named ``model``/``net``).
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> ckpt = save(tmp / "c", {"model": torch.nn.Linear(2, 1), "epoch": 1}).path
+    >>> export_weights(ckpt, tmp / "model.safetensors").name
+    'model.safetensors'
+    """
+    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    state, manifest = store.read_checkpoint(checkpoint_path)
+    if not isinstance(state, Mapping):
+        raise KeyError(f"{checkpoint_path} holds a {type(state).__name__}, not a dict of saved objects.")
+    key = key if key is not None else _pick_model(state, manifest, checkpoint_path)
+    if key not in state or not isinstance(state[key], Mapping):
+        raise KeyError(f"{checkpoint_path} has no state_dict under {key!r} (it holds: {', '.join(map(str, state))}).")
+    weights = {k: v for k, v in state[key].items() if isinstance(v, torch.Tensor)}
+    skipped = [k for k in state[key] if k not in weights]
+    if skipped:
+        warnings.warn(f"export_weights: {skipped} under {key!r} are not tensors and were left out.", stacklevel=2)
+    temp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    metadata = {"format": "pt", "source": str(checkpoint_path), "key": key, "step": str(manifest["step"])}
+    try:
+        write_tensors(temp, weights, metadata=metadata)
+        os.replace(temp, out_path)  # readers never see a half-written export
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return out_path
