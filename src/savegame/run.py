@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
 from .checkpoint.loader import LoaderTracker
@@ -47,6 +48,7 @@ from .lock import RunLock
 from .preemption import PreemptionGuard
 from .runinfo import new_run_info, read_run_info, write_run_info
 
+_NO_METRICS: Mapping[str, float] = MappingProxyType({})
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
 
 
@@ -172,7 +174,7 @@ class Run:
         """
         if self._guard.requested:
             self._check_preemption()
-        metrics = _plain_metrics(metrics) if metrics else {}
+        metrics = _plain_metrics(metrics) if metrics else _NO_METRICS
         context = SaveContext(
             step=self.step, epoch=self.epoch, epochs_done=self._epochs_done(), now=time.monotonic(),
             metrics=metrics, last_save_step=self._last_save_step,
@@ -224,12 +226,12 @@ class Run:
     # -- saving ------------------------------------------------------------------------------
     def _epochs_done(self) -> int:
         # An epoch counts as done once its batches ran out and no loader is half way.
-        trackers = self._trackers.values()
-        if any(t.in_progress for t in trackers):
-            return self.epoch
-        if any(t.done and t.epoch == self.epoch for t in trackers):
-            return self.epoch + 1
-        return self.epoch
+        finished = False
+        for tracker in self._trackers.values():
+            if tracker.in_progress:
+                return self.epoch
+            finished = finished or (tracker.done and tracker.epoch == self.epoch)
+        return self.epoch + 1 if finished else self.epoch
 
     def _write(self, metrics: dict[str, float], epochs_done: int) -> CheckpointInfo:
         newest = self.checkpoints[-1] if self.checkpoints else None

@@ -69,9 +69,11 @@ def _check_mode(owner: str, mode: str) -> None:
 # When to save
 # ---------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which tripled the cost
+# of a skipped run.save(). Policies only read it; Run builds a new one per call.
+@dataclass(slots=True, kw_only=True)
 class SaveContext:
-    """What a save policy sees at one ``run.save()`` call.
+    """What a save policy sees at one ``run.save()`` call (read it, don't change it).
 
     >>> SaveContext(step=1000, epoch=2, epochs_done=3).epochs_done
     3
