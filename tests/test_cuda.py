@@ -1,0 +1,70 @@
+"""GPU behaviours; skipped where no CUDA device is visible (CI), run on a lent GPU machine with
+`PYTHONPATH=src python -m pytest -q tests/test_cuda.py`."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import savegame
+from savegame.checkpoint.store import read_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class Crash(Exception):
+    pass
+
+
+def train_on_gpu(run_dir, crash_at=None):
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    x = torch.randn(256, 32)
+    y = torch.randn(256, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.Dropout(0.5), torch.nn.Linear(256, 1)).cuda()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    try:
+        with savegame.Run(run_dir, save=savegame.EverySteps(5), handle_signals=False) as run:
+            run.track(model=net, optimizer=opt, scaler=scaler)
+            for _ in run.epochs(3):
+                for xb, yb in run.iterate(loader):
+                    xb, yb = xb.cuda(non_blocking=True), yb.cuda(non_blocking=True)
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        loss = torch.nn.functional.mse_loss(net(xb).float(), yb)
+                    opt.zero_grad()
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    run.save()
+                    if run.step == crash_at:
+                        raise Crash
+                run.save()
+    except Crash:
+        return None
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def test_a_gpu_run_with_dropout_on_the_gpu_resumes_bit_identical(tmp_path):
+    reference = train_on_gpu(tmp_path / "ref")
+    assert train_on_gpu(tmp_path / "run", crash_at=23) is None
+    resumed = train_on_gpu(tmp_path / "run")
+    for name in reference:
+        assert torch.equal(reference[name], resumed[name]), name
+
+
+def test_checkpoints_hold_every_cuda_device_rng_state_and_the_tensor_devices(tmp_path):
+    train_on_gpu(tmp_path, crash_at=5)
+    state, _ = read_checkpoint(tmp_path / "checkpoints" / "step-000005")
+    cuda_states = state["_savegame"]["rng"]["cuda"]
+    assert len(cuda_states) == torch.cuda.device_count()
+    assert torch.equal(cuda_states[0], state["_savegame"]["rng"]["cuda"][0])
+    exp_avg = state["optimizer"]["state"][0]["exp_avg"]
+    assert exp_avg.device.type == "cpu"  # loaded on the CPU; load_state_dict moves it to the GPU
+    assert state["scaler"]["scale"] > 0
