@@ -149,3 +149,21 @@ def test_resume_skips_batches_without_loading_them(tmp_path):
             seen = sum(1 for _ in run.iterate(loader))
     assert seen == 2
     assert len(loads) == 8  # only the two remaining batches of 4 were read
+
+
+def test_a_stateful_dataloader_keeps_its_own_position_and_resumes_identical(tmp_path, monkeypatch):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    monkeypatch.setitem(globals(), "make_loader", lambda kind, workers: stateful.StatefulDataLoader(
+        Jittered(), batch_size=4, shuffle=True, num_workers=workers))
+    reference = train(tmp_path / "ref")
+    assert train(tmp_path / "crashed", crash_at=17) is None
+    assert_same_bits(reference, train(tmp_path / "crashed"))
+
+
+def test_a_stateful_dataloader_with_workers_warns_that_worker_randomness_is_not_restored(tmp_path, monkeypatch):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    monkeypatch.setitem(globals(), "make_loader", lambda kind, workers: stateful.StatefulDataLoader(
+        Jittered(), batch_size=4, shuffle=True, num_workers=2))
+    assert train(tmp_path / "crashed", crash_at=17) is None
+    with pytest.warns(UserWarning, match="not the random state inside its worker processes"):
+        train(tmp_path / "crashed")

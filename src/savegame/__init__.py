@@ -29,6 +29,7 @@ from .errors import (
     CheckpointCorruptError,
     CheckpointNotFoundError,
     FormatVersionError,
+    MetricNotFoundError,
     NotSerializableError,
     RunLockedError,
     SaveFailedError,
@@ -41,6 +42,6 @@ __all__ = [
     "Run", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
-    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "NotSerializableError",
+    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError", "NotSerializableError",
     "RunLockedError", "SaveFailedError", "StateMismatchError",
 ]

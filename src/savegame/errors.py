@@ -39,6 +39,13 @@ class StateMismatchError(SavegameError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class MetricNotFoundError(SavegameError, KeyError):
+    """A policy needs a metric that the save call did not pass; the message lists those it got."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 class RunLockedError(SavegameError, RuntimeError):
     """Another live process writes to this run folder."""
 

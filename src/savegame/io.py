@@ -119,7 +119,7 @@ def _module_problems(name: str, saved: Any, module: nn.Module) -> tuple[list[str
     return problems, fits
 
 
-def _load_into(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool) -> None:
+def load_into(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool) -> None:
     """Check everything first, then load: a mismatch leaves every object untouched."""
     problems, plan = [], []
     for name, obj in into.items():
@@ -186,7 +186,7 @@ def load(
     if into:
         if not isinstance(state, Mapping):
             raise StateMismatchError(f"{path} holds a {type(state).__name__}, not a dict to load into objects.")
-        _load_into(str(path), state, into, strict=strict)
+        load_into(str(path), state, into, strict=strict)
     return state
 
 
@@ -247,7 +247,7 @@ def import_weights(
         want = into.state_dict()
         if all(k.startswith("module.") for k in weights) and not any(k.startswith("module.") for k in want):
             weights = {k.removeprefix("module."): v for k, v in weights.items()}
-        _load_into(str(path), {"weights": weights}, {"weights": into}, strict=strict)
+        load_into(str(path), {"weights": weights}, {"weights": into}, strict=strict)
     return weights
 
 

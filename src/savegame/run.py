@@ -43,7 +43,7 @@ from .checkpoint.store import (
     write_checkpoint,
 )
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
-from .io import _load_into as load_into
+from .io import load_into
 from .lock import RunLock
 from .preemption import PreemptionGuard
 from .runinfo import new_run_info, read_run_info, write_run_info

@@ -126,6 +126,14 @@ class LoaderTracker:
     def _start(self, plan: ResumePlan | None) -> Iterator[Any]:
         if self._stateful:
             if plan is not None and plan.loader_state is not None:
+                if getattr(self.loader, "num_workers", 0) > 0:
+                    warnings.warn(
+                        f"{type(self.loader).__name__} restores its position and order but not the "
+                        "random state inside its worker processes: random augmentations done in "
+                        "workers will differ from the interrupted run. For a bit-identical resume, "
+                        "use a plain DataLoader with run.iterate().",
+                        stacklevel=4,
+                    )
                 self.loader.load_state_dict(plan.loader_state)
             iterator = iter(self.loader)
             if plan is not None:

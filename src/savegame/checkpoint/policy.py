@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from savegame.errors import SavegameError
+from savegame.errors import MetricNotFoundError
 
 __all__ = [
     "SaveContext", "SavePolicy", "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement",
@@ -38,13 +38,6 @@ __all__ = [
     "CheckpointLike", "KeepPolicy", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
     "Keep", "plan_deletions",
 ]
-
-
-class MetricNotFoundError(SavegameError, KeyError):
-    """A policy needs a metric that the save call did not pass; the message lists those it got."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
 
 
 _NO_METRICS: Mapping[str, float] = MappingProxyType({})  # shared: a default allocates nothing
