@@ -179,6 +179,23 @@ def test_bad_input_exits_2_with_one_line_naming_the_path(run_dir, tmp_path, caps
     assert len(err.strip().splitlines()) == 1 and str(tmp_path) in err
 
 
+def test_export_best_falls_back_to_the_save_policys_metric_when_run_json_has_no_best(tmp_path, capsys):
+    net = torch.nn.Linear(1, 1)
+    weights = {}
+    with savegame.Run(tmp_path / "r", save=savegame.OnImprovement("acc", mode="max"),
+                      keep=savegame.Keep(last=5), handle_signals=False) as run:
+        run.track(model=net)
+        for step, acc in enumerate([0.5, 0.9, 0.7]):
+            with torch.no_grad():
+                net.weight.fill_(step)
+            run.step = step
+            run.save(metrics={"acc": acc}, force=True)
+            weights[step] = net.weight.clone()
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["best"] is None
+    code, _, _ = cli(capsys, "export", str(tmp_path / "r"), "--best", "-o", str(tmp_path / "w.st"))
+    assert code == 0 and torch.equal(load_file(tmp_path / "w.st")["weight"], weights[1])
+
+
 def test_export_best_without_any_metric_says_to_use_latest_or_step(tmp_path, capsys):
     with savegame.Run(tmp_path / "r", handle_signals=False) as run:
         net = torch.nn.Linear(1, 1)

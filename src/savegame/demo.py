@@ -1,0 +1,190 @@
+"""Train a small CNN on the 8x8 handwritten digits that scikit-learn ships, with save slots.
+
+About two minutes on two CPU cores. Press Ctrl-C at any time: the current step finishes, a
+checkpoint is written and the process exits; run the same command again and it resumes where it
+stopped (mid-epoch included). The loop below is the whole integration: ``Run``, ``track``,
+``epochs``, ``iterate`` and ``save``; everything else is an ordinary PyTorch loop.
+
+    savegame demo                 # or: python -m savegame.demo --epochs 3 --dir /tmp/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn import functional as F
+
+CONFIG: dict[str, Any] = {
+    "epochs": 50, "batch_size": 32, "lr": 2e-3, "width": 64, "val_fraction": 0.2, "seed": 0,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default="runs/demo", help="the run folder (default: runs/demo)")
+    parser.add_argument("--epochs", type=int, default=CONFIG["epochs"],
+                        help=f"epochs to train (default: {CONFIG['epochs']})")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the run folder first and start over")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+def load_digits(val_fraction: float, seed: int) -> tuple[torch.utils.data.Dataset, tuple]:
+    """(train set, (val images, val labels)): 1797 images of 1x8x8 in [0, 1], labels 0-9."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError:
+        raise ModuleNotFoundError(
+            "the demo trains on the digits that scikit-learn ships, but scikit-learn is not "
+            "installed; install it with: pip install 'savegame[demo]'"
+        ) from None
+    digits = sklearn_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_val = int(len(images) * val_fraction)
+    val, train = order[:n_val], order[n_val:]
+    return torch.utils.data.TensorDataset(images[train], labels[train]), (images[val], labels[val])
+
+
+def make_model(width: int) -> nn.Module:
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(1, width), *block(width, 2 * width), nn.MaxPool2d(2),        # 8x8 -> 4x4
+        *block(2 * width, 4 * width), nn.MaxPool2d(2),                      # 4x4 -> 2x2
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width * 4, 10),
+    )
+
+
+def shift(images: torch.Tensor) -> torch.Tensor:
+    """Move the batch by up to one pixel: a random augmentation, so the RNG state matters on resume."""
+    i, j = torch.randint(0, 3, (2,)).tolist()
+    return F.pad(images, (1, 1, 1, 1))[:, :, i:i + 8, j:j + 8]
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    net.eval()
+    logits = net(images)
+    net.train()
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def run(args: argparse.Namespace) -> int:
+    import savegame
+    from .cli import CliError
+    from .runinfo import is_run_dir, read_run_info
+
+    console = Console(highlight=False)
+    folder = Path(args.dir)
+    if args.fresh and folder.exists():
+        if not is_run_dir(folder):
+            raise CliError(f"--fresh deletes a run folder, but {folder} is not one (no run.json); "
+                           "pick another --dir or delete it yourself")
+        shutil.rmtree(folder)
+    elif is_run_dir(folder) and read_run_info(folder).get("status") == "finished":
+        console.print(f"{folder} has already finished training; here is what it left "
+                      "(add --fresh to start over).")
+        summary(console, folder)
+        return 0
+    if args.epochs < 1:
+        raise CliError(f"--epochs must be at least 1, but got {args.epochs}")
+
+    cfg = {**CONFIG, "epochs": args.epochs}
+    try:
+        train_set, (val_images, val_labels) = load_digits(cfg["val_fraction"], cfg["seed"])
+    except ModuleNotFoundError as error:
+        print(f"savegame demo: error: {error}", file=sys.stderr)
+        return 2
+    torch.manual_seed(cfg["seed"])
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True)
+    net = make_model(cfg["width"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+
+    run = savegame.Run(
+        folder, config=cfg,
+        save=savegame.EveryEpochs(1) | savegame.OnImprovement("loss/val"),  # when to save
+        keep=savegame.Keep(last=2, best=2, metric="loss/val", mode="min"),  # what to keep
+        resume="auto",
+    )
+    with run:
+        run.track(model=net, optimizer=optimizer, lr_schedule=scheduler)  # restored on resume
+        if run.resumed_from is not None:
+            batch = run.step - run.epoch * len(loader)
+            where = (f"after epoch {run.epoch + 1}/{cfg['epochs']}" if batch >= len(loader) else
+                     f"in epoch {run.epoch + 1}/{cfg['epochs']}, after batch {batch}/{len(loader)}")
+            console.print(f"resumed from {run.resumed_from.path.name} ({where})")
+        else:
+            console.print(f"training a CNN on {len(train_set)} digits, validating on "
+                          f"{len(val_labels)}; Ctrl-C saves and stops, rerun to resume")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        val_acc = None
+        with Progress(*columns, console=console) as progress:
+            epochs_bar = progress.add_task("epochs", total=cfg["epochs"], info="")
+            for epoch in run.epochs(cfg["epochs"]):
+                progress.update(epochs_bar, completed=epoch)
+                done = min(max(run.step - epoch * len(loader), 0), len(loader))  # mid-epoch resume
+                batch_bar = progress.add_task(f"epoch {epoch + 1}", total=len(loader),
+                                              completed=done, info="")
+                total, correct, seen = 0.0, 0, 0
+                for images, labels in run.iterate(loader):
+                    logits = net(shift(images))
+                    loss = F.cross_entropy(logits, labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(labels)
+                    correct += (logits.argmax(1) == labels).sum().item()
+                    seen += len(labels)
+                    progress.update(batch_bar, advance=1,
+                                    info=f"loss {total / seen:.3f}  acc {correct / seen:.1%}")
+                scheduler.step()
+                val_loss, val_acc = evaluate(net, val_images, val_labels)
+                run.save(metrics={"loss/val": val_loss, "acc/val": val_acc})  # policies decide
+                progress.remove_task(batch_bar)
+                progress.update(epochs_bar, completed=epoch + 1,
+                                info=f"val loss {val_loss:.4f}  val acc {val_acc:.1%}")
+                progress.console.print(
+                    f"epoch {epoch + 1:>3}/{cfg['epochs']}  train loss "
+                    f"{total / max(seen, 1):.4f}  val loss {val_loss:.4f}  val acc {val_acc:.1%}")
+    if val_acc is not None:
+        console.print(f"\nfinished: validation accuracy {val_acc:.1%} after {cfg['epochs']} epochs")
+    summary(console, folder)
+    return 0
+
+
+def summary(console: Console, folder: Path) -> None:
+    """Where everything is: the run folder, the checkpoints kept, and what to try next."""
+    from .cli import _checkpoint_rows, checkpoint_table, _info
+
+    rows, best = _checkpoint_rows(folder, _info(folder))
+    console.print(f"run folder: {folder}  (run.json, checkpoints/)")
+    console.print(checkpoint_table(rows, title=f"checkpoints kept in {folder / 'checkpoints'}"))
+    best_row = next((r for r in rows if r["best"]), None)
+    if best_row and "acc/val" in best_row["metrics"]:
+        console.print(f"best checkpoint: {best_row['name']}, validation accuracy "
+                      f"{best_row['metrics']['acc/val']:.1%}")
+    console.print("next, try:")
+    for command in (f"savegame ls {folder.parent}", f"savegame show {folder}", f"savegame verify {folder}",
+                    f"savegame export {folder} --best -o digits.safetensors"):
+        console.print(f"  {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
