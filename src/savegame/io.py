@@ -37,7 +37,7 @@ _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".pkl", ".safetensors"
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")  # where others nest a state_dict
 
 
-def _kind(obj: Any) -> str:
+def object_kind(obj: Any) -> str:
     if isinstance(obj, nn.Module):
         return "module"
     if isinstance(obj, torch.optim.Optimizer):
@@ -84,7 +84,7 @@ def save(
         raise TypeError(f"savegame.save takes a dict of things to save, like {{'model': net, 'epoch': 3}}, "
                         f"but got {type(obj).__name__}.")
     state = {key: value.state_dict() if _has_state(value) else value for key, value in obj.items()}
-    objects = {str(key): {"class": f"{type(v).__module__}.{type(v).__qualname__}", "kind": _kind(v)}
+    objects = {str(key): {"class": f"{type(v).__module__}.{type(v).__qualname__}", "kind": object_kind(v)}
                for key, v in obj.items() if _has_state(v)}
     return store.write_checkpoint(
         path, state, step=step if step is not None else _int_or_zero(obj.get("step")),
@@ -267,7 +267,7 @@ def _pick_model(state: Mapping[str, Any], manifest: dict, path: Path) -> str:
             return name
     candidates = [k for k, v in state.items() if isinstance(v, Mapping)
                   and v and any(isinstance(t, torch.Tensor) for t in v.values())]
-    raise KeyError(f"Cannot tell which model to export from {path}: candidates {candidates or 'none'}. "
+    raise StateMismatchError(f"Cannot tell which model to export from {path}: candidates {candidates or 'none'}. "
                    "Pass key=... to choose one.")
 
 
@@ -286,10 +286,10 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
     state, manifest = store.read_checkpoint(checkpoint_path)
     if not isinstance(state, Mapping):
-        raise KeyError(f"{checkpoint_path} holds a {type(state).__name__}, not a dict of saved objects.")
+        raise StateMismatchError(f"{checkpoint_path} holds a {type(state).__name__}, not a dict of saved objects.")
     key = key if key is not None else _pick_model(state, manifest, checkpoint_path)
     if key not in state or not isinstance(state[key], Mapping):
-        raise KeyError(f"{checkpoint_path} has no state_dict under {key!r} (it holds: {', '.join(map(str, state))}).")
+        raise StateMismatchError(f"{checkpoint_path} has no state_dict under {key!r} (it holds: {', '.join(map(str, state))}).")
     weights = {k: v for k, v in state[key].items() if isinstance(v, torch.Tensor)}
     skipped = [k for k in state[key] if k not in weights]
     if skipped:

@@ -43,7 +43,7 @@ from .checkpoint.store import (
     write_checkpoint,
 )
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
-from .io import load_into
+from .io import load_into, object_kind
 from .lock import RunLock
 from .preemption import PreemptionGuard
 from .runinfo import new_run_info, read_run_info, write_run_info
@@ -245,8 +245,10 @@ class Run:
         }
         path = self._checkpoint_root / checkpoint_dirname(self.step)
         replace = newest is not None and newest.step == self.step
+        objects = {name: {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "kind": object_kind(obj)}
+                   for name, obj in self._objects.items()}
         info = write_checkpoint(path, state, step=self.step, epoch=self.epoch, metrics=metrics,
-                                overwrite=replace)
+                                info={"objects": objects}, overwrite=replace)
         self.checkpoints = [c for c in self.checkpoints if c.step != info.step] + [info]
         self._last_save_step, self._last_save_epochs_done = self.step, epochs_done
         self._last_save_time = time.monotonic()
@@ -275,7 +277,7 @@ class Run:
         else:
             info = self._write({}, self._epochs_done())
         command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "your training command"
-        message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}); saved "
+        message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
                    f"{info.path}. To resume, run the same command again: {command}")
         self._info["status"], self._info["message"] = "preempted", message
         write_run_info(self.dir, self._info)
