@@ -63,9 +63,9 @@ def test_twenty_random_sigkills_end_bit_identical_to_an_uninterrupted_run(tmp_pa
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert resumed[name].equal(reference[name]), name
-    # the interrupted attempts left no half-written checkpoint behind that counts
-    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert all(name.startswith("step-") for name in checkpoints)
+    # the temp folders of the saves that were killed were cleaned up by the reruns
+    leftovers = [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
 
 
 @pytest.mark.slow
