@@ -64,6 +64,13 @@ def test_an_exception_marks_the_run_failed_with_the_error(tmp_path):
     assert info["status"] == "failed" and "ZeroDivisionError" in info["message"]
 
 
+def test_a_clean_sys_exit_inside_the_block_marks_the_run_finished(tmp_path):
+    with pytest.raises(SystemExit):
+        with savegame.Run(tmp_path, handle_signals=False):
+            sys.exit(0)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"
+
+
 def test_resume_from_a_given_step_and_from_a_given_path(tmp_path):
     tiny_run(tmp_path, keep=savegame.KeepAll())
     with savegame.Run(tmp_path, resume=2, handle_signals=False) as run:

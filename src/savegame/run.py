@@ -201,10 +201,10 @@ class Run:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.finish("finished")
-        elif kind is SystemExit and self._info["status"] == "preempted":
+        if kind is SystemExit and self._info["status"] == "preempted":
             self.finish("preempted", self._info["message"])
+        elif kind is None or (kind is SystemExit and error.code in (0, None)):
+            self.finish("finished")  # the block ended, or the script chose to exit cleanly
         elif kind is KeyboardInterrupt:
             self.finish("failed", "aborted by a second Ctrl-C, without saving")
         else:
