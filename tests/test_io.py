@@ -179,23 +179,15 @@ def test_a_run_folder_points_to_savegame_run_and_its_checkpoints(tmp_path):
         load(tmp_path / "run")
 
 
-class Boom:
-    """Unpickling this would create a marker file."""
 
-    marker = None
-
-    def __reduce__(self):
-        return (open, (str(Boom.marker), "w"))
-
-
-def test_load_refuses_torch_save_files_without_unpickling(tmp_path):
-    Boom.marker = tmp_path / "executed"
+def test_load_refuses_torch_save_files_without_unpickling(tmp_path, pickle_bomb):
+    Boom, marker = pickle_bomb
     torch.save({"model": Boom()}, tmp_path / "model.pt")
     with pytest.raises(FormatVersionError, match="import_weights"):
         load(tmp_path / "model.pt")
     with pytest.raises(FormatVersionError, match="unpickling"):
         import_weights(tmp_path / "model.pt")
-    assert not Boom.marker.exists()
+    assert not marker.exists()
 
 
 def test_import_weights_refuses_whole_pickled_models_with_a_fix(tmp_path):

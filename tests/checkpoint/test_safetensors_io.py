@@ -136,17 +136,9 @@ def test_trailing_bytes_and_absurd_header_lengths_are_corrupt(tmp_path):
         read_tensors(path)
 
 
-class Boom:
-    """Unpickling this would create a marker file: proof that a file was (not) executed."""
 
-    marker = None
-
-    def __reduce__(self):
-        return (open, (str(Boom.marker), "w"))
-
-
-def test_a_pickle_renamed_to_safetensors_is_refused_and_never_executed(tmp_path):
-    Boom.marker = tmp_path / "executed"
+def test_a_pickle_renamed_to_safetensors_is_refused_and_never_executed(tmp_path, pickle_bomb):
+    Boom, marker = pickle_bomb
     for name, save in [("zip", lambda p: torch.save({"w": Boom()}, p)),
                        ("legacy", lambda p: torch.save({"w": Boom()}, p, _use_new_zipfile_serialization=False))]:
         path = tmp_path / f"{name}.safetensors"
@@ -154,7 +146,7 @@ def test_a_pickle_renamed_to_safetensors_is_refused_and_never_executed(tmp_path)
         with pytest.raises(FormatVersionError) as e:
             read_tensors(path, expected=hash_file(path))
         assert "torch.save" in str(e.value) and "import_weights" in str(e.value) and str(path) in str(e.value)
-    assert not Boom.marker.exists()
+    assert not marker.exists()
 
 
 def test_failed_writes_leave_no_partial_file(tmp_path):

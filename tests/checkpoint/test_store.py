@@ -187,24 +187,16 @@ def test_missing_paths_and_plain_folders_are_not_checkpoints(tmp_path):
         read_checkpoint(tmp_path / "model.pt")
 
 
-class Boom:
-    """Unpickling this would create a marker file."""
 
-    marker = None
-
-    def __reduce__(self):
-        return (open, (str(Boom.marker), "w"))
-
-
-def test_a_fake_checkpoint_around_a_pickle_is_refused_and_never_executed(tmp_path):
-    Boom.marker = tmp_path / "executed"
+def test_a_fake_checkpoint_around_a_pickle_is_refused_and_never_executed(tmp_path, pickle_bomb):
+    Boom, marker = pickle_bomb
     path = save(tmp_path, 1).path
     torch.save({"model/weight": Boom()}, path / "tensors.safetensors")
     info = hash_file(path / "tensors.safetensors")
     rewrite_manifest(path, lambda m: m["files"].update({"tensors.safetensors": {"size": info.size, "hash": info.hash}}))
     with pytest.raises(FormatVersionError, match="looks like a torch.save file"):
         read_checkpoint(path)
-    assert verify_checkpoint(path) and not Boom.marker.exists()
+    assert verify_checkpoint(path) and not marker.exists()
 
 
 def test_quarantine_renames_without_clobbering(tmp_path):
