@@ -21,7 +21,9 @@ same command continues from the newest valid checkpoint exactly where the last p
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -42,11 +44,11 @@ from .checkpoint.store import (
     remove_stale_temps,
     write_checkpoint,
 )
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
 from .io import load_into, object_kind
 from .lock import RunLock
 from .preemption import PreemptionGuard
-from .runinfo import new_run_info, read_run_info, write_run_info
+from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
 
 _NO_METRICS: Mapping[str, float] = MappingProxyType({})
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
@@ -97,7 +99,8 @@ class Run:
             self._info = self._open_run_info()
             self._resume_state = self._load_resume_state(resume)
             self._start_epoch = 0
-            self._pending_rng: dict[str, Any] | None = None
+            self._pending_rng: dict[str, Any] | None = None  # restored when the loop starts
+            self._resume_rng: dict[str, Any] | None = None  # restored again after a mid-epoch skip
             self._saved_loaders: dict[str, Any] = {}
             if self._resume_state is not None:
                 self._apply_run_state()
@@ -128,8 +131,6 @@ class Run:
             if self._resume_state is not None:
                 if name not in self._resume_state:
                     saved = sorted(k for k in self._resume_state if k not in (RESERVED, "extras"))
-                    from .errors import StateMismatchError
-
                     raise StateMismatchError(
                         f"checkpoint {self.resumed_from.path} has no state for {name!r}; it holds "
                         f"{saved}. Track the same objects as the run that saved it, or start a new "
@@ -261,11 +262,11 @@ class Run:
         return info
 
     def _record_best(self) -> None:
-        best, metric = self.best, _best_metric(self.keep_policy)
-        if best is not None and metric is not None:
-            self._info["best"] = {"metric": metric[0], "mode": metric[1],
-                                  "value": best.metrics[metric[0]], "step": best.step,
-                                  "checkpoint": best.path.name}
+        best = self.best
+        if best is not None:
+            name, mode = _best_metric(self.keep_policy)
+            self._info["best"] = {"metric": name, "mode": mode, "value": best.metrics[name],
+                                  "step": best.step, "checkpoint": best.path.name}
 
     def _check_preemption(self) -> None:
         if not self._guard.requested:
@@ -358,7 +359,7 @@ class Run:
         self._last_save_epochs_done = self._start_epoch
         self._info["resumes"].append({
             "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
-            "pid": __import__("os").getpid()})
+            "pid": os.getpid()})
 
     def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:
@@ -401,8 +402,4 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
 
 
 def _jsonish(config: dict[str, Any]) -> Any:
-    import json
-
-    from .runinfo import _jsonable
-
-    return json.loads(json.dumps(config, default=_jsonable))
+    return json.loads(json.dumps(config, default=jsonable))

@@ -76,7 +76,7 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     info["updated"] = time.time()
     path = Path(run_dir) / RUN_FILE
     temp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
-    data = json.dumps(info, indent=2, allow_nan=False, default=_jsonable).encode()
+    data = json.dumps(info, indent=2, allow_nan=False, default=jsonable).encode()
     with open(temp, "wb") as file:
         file.write(data)
         file.flush()
@@ -84,7 +84,7 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     # Configs often hold tuples, paths or numpy numbers; show them readably rather than fail.
     if hasattr(value, "item"):
         return value.item()

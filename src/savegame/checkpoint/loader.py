@@ -167,7 +167,7 @@ class LoaderTracker:
 
     # Called by the wrapped batch sampler, lazily, when the sampler starts a pass.
     def _sampler_pass(self, inner: Any) -> Iterator[Any]:
-        plan, self._pending = getattr(self, "_pending", None), None
+        plan, self._pending = self._pending, None
         if plan is None:
             self._sampler_rng = _capture_torch_rng(self.loader)
             yield from inner
