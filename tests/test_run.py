@@ -148,7 +148,7 @@ def test_a_non_serializable_extra_names_its_key_path_and_the_run_can_go_on(tmp_p
 
 def test_metrics_must_be_numbers(tmp_path):
     with savegame.Run(tmp_path, handle_signals=False) as run:
-        with pytest.raises(TypeError, match=r"metrics\['loss'\] must be a number"):
+        with pytest.raises(TypeError, match=r"Metric 'loss' must be a number .*but got str low"):
             run.save(metrics={"loss": "low"})
 
 

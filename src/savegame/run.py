@@ -39,6 +39,7 @@ from .checkpoint.store import (
     checkpoint_dirname,
     delete_checkpoint,
     list_checkpoints,
+    plain_metrics,
     quarantine,
     read_checkpoint,
     remove_stale_temps,
@@ -175,7 +176,7 @@ class Run:
         """
         if self._guard.requested:
             self._check_preemption()
-        metrics = _plain_metrics(metrics) if metrics else _NO_METRICS
+        metrics = plain_metrics(metrics) if metrics else _NO_METRICS
         context = SaveContext(
             step=self.step, epoch=self.epoch, epochs_done=self._epochs_done(), now=time.monotonic(),
             metrics=metrics, last_save_step=self._last_save_step,
@@ -373,17 +374,6 @@ def _check_resume_argument(resume: Any) -> None:
     if isinstance(resume, str) and resume:
         return  # a checkpoint path given as a string
     raise ValueError(f"resume must be 'auto', 'never', a step number or a checkpoint path, but got {resume!r}")
-
-
-def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    plain = {}
-    for key, value in metrics.items():
-        try:
-            plain[str(key)] = float(value)  # a 0-d tensor syncs here, once per real save
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"run.save(metrics=...): metrics[{key!r}] must be a number or a 0-d tensor, "
-                            f"but got {type(value).__name__}") from None
-    return plain
 
 
 def _finite(value: Any) -> bool:

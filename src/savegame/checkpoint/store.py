@@ -108,7 +108,8 @@ def snapshot(state: Any, *, copy: bool = True) -> Snapshot:
     return Snapshot(tree=tree, tensors=tensors)
 
 
-def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Metrics as ``{str: float}``; a 0-d tensor is read here (a device sync, once per real save)."""
     out = {}
     for key, value in (metrics or {}).items():
         if not isinstance(key, str):
@@ -194,7 +195,7 @@ def persist(
     for name, value in (("step", step), ("epoch", epoch)):
         if type(value) is not int or value < 0:
             raise ValueError(f"{name} must be an int >= 0, but got {name}={value!r}.")
-    plain = _plain_metrics(metrics)
+    plain = plain_metrics(metrics)
     info_tree, info_tensors = codec.encode(dict(info or {}))  # fail before touching the disk
     if info_tensors:
         raise TypeError(f"info must hold plain values, not tensors (found {sorted(info_tensors)}); "
