@@ -146,40 +146,35 @@ class LoaderTracker:
 
     def _replay_iterator(self, plan: ResumePlan | None) -> Iterator[Any]:
         # Iterable datasets (and iterables that are not DataLoaders) can only skip by reading.
-        if plan is None:
-            self._sampler_rng = _capture_torch_rng(self.loader)
-            return iter(self.loader)
-        if plan.batches:
+        if plan is not None and plan.batches:
             warnings.warn(
                 f"resuming inside an epoch of {type(self.loader).__name__} over an iterable "
                 f"dataset: reading {plan.batches} batches again to reach the saved position. "
                 "Use torchdata's StatefulDataLoader to resume without re-reading.",
                 stacklevel=4,
             )
-        if plan.sampler_rng is not None:
-            _restore_torch_rng(self.loader, plan.sampler_rng)
-        self._sampler_rng = plan.sampler_rng
-        iterator = iter(self.loader)
-        for _ in range(plan.batches):
-            next(iterator)
-        restore_rng(plan.rng)
-        return iterator
+        return self._begin_pass(plan, lambda: iter(self.loader))
 
     # Called by the wrapped batch sampler, lazily, when the sampler starts a pass.
     def _sampler_pass(self, inner: Any) -> Iterator[Any]:
         plan, self._pending = self._pending, None
+        yield from self._begin_pass(plan, lambda: iter(inner))
+
+    def _begin_pass(self, plan: ResumePlan | None, start: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        """Record the generators a fresh pass starts from; or set them back, skip the batches
+        already done (index lists for a sampler, whole batches for a replay) and restore the
+        run's saved random state."""
         if plan is None:
             self._sampler_rng = _capture_torch_rng(self.loader)
-            yield from inner
-            return
+            return start()
         if plan.sampler_rng is not None:
             _restore_torch_rng(self.loader, plan.sampler_rng)
         self._sampler_rng = plan.sampler_rng
-        indices = iter(inner)
+        iterator = start()
         for _ in range(plan.batches):
-            next(indices, None)
+            next(iterator, None)
         restore_rng(plan.rng)
-        yield from indices
+        return iterator
 
 
 # -- the wrapped copy of a plain DataLoader -------------------------------------------------
