@@ -1,8 +1,8 @@
 """savegame: save slots, exact resume and the engineering side of a hand-written PyTorch loop.
 
 >>> import savegame
->>> sorted(n for n in savegame.__all__ if n[0].isupper())[:3]
-['Always', 'AnyOf', 'EveryEpochs']
+>>> savegame.Keep(last=2, best=1, metric="loss/val")
+KeepAny(KeepLast(n=2), KeepBest(k=1, metric='loss/val', mode='min'))
 """
 
 __version__ = "0.1.0"
