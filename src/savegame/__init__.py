@@ -34,14 +34,19 @@ from .errors import (
     RunLockedError,
     SaveFailedError,
     StateMismatchError,
+    WriterClosedError,
+    LogWriteError,
+    MissingDependencyError,
 )
 from .io import export_weights, import_weights, load, save
+from .log import SummaryWriter
 from .run import Run
 
 __all__ = [
-    "Run", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
+    "Run", "SummaryWriter", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
     "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError", "NotSerializableError",
     "RunLockedError", "SaveFailedError", "StateMismatchError",
+    "WriterClosedError", "LogWriteError", "MissingDependencyError",
 ]

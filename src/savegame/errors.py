@@ -52,3 +52,15 @@ class RunLockedError(SavegameError, RuntimeError):
 
 class SaveFailedError(SavegameError, OSError):
     """Writing a checkpoint failed (disk full, read-only); earlier checkpoints are untouched."""
+
+
+class WriterClosedError(SavegameError, RuntimeError):
+    """A ``SummaryWriter`` method was called after ``close()``."""
+
+
+class LogWriteError(SavegameError, RuntimeError):
+    """The log thread could not build or write something logged earlier (named in the message)."""
+
+
+class MissingDependencyError(SavegameError, ImportError):
+    """An optional package is needed for this call; the message says what to ``pip install``."""

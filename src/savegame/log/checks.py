@@ -1,0 +1,73 @@
+"""Argument checks that run on the caller, so a bad call fails where it was made.
+
+Building a summary happens later on the log thread; an error found there could only be reported at
+some later call. Everything cheap to check about shapes, types and optional packages is checked here.
+
+>>> import numpy as np
+>>> check_image("add_image", "x", np.zeros((3, 8, 8)), "CHW")
+>>> check_image("add_image", "x", np.zeros((2, 3, 8, 8)), "CHW")
+Traceback (most recent call last):
+    ...
+ValueError: add_image('x'): dataformats='CHW' expects a 3-d array (channel, height, width), got shape (2, 3, 8, 8); pass dataformats= to match your layout, e.g. 'NCHW' for a batch (with add_images)
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+from typing import Any
+
+from ..errors import MissingDependencyError
+
+_AXES = {"N": "batch", "C": "channel", "H": "height", "W": "width"}
+
+
+def check_tag(method: str, tag: Any) -> None:
+    if not isinstance(tag, str):
+        raise TypeError(f"{method}(): the tag must be a str, got {type(tag).__name__} {tag!r}")
+
+
+def check_step(method: str, step: Any) -> int:
+    """The step as an int (TensorBoard's x axis); None is 0, as in torch's writer."""
+    if step is None:
+        return 0
+    if isinstance(step, numbers.Integral):
+        return int(step)
+    if hasattr(step, "item") and getattr(step, "ndim", 1) == 0:  # a 0-d tensor or numpy integer
+        value = step.item()
+        if isinstance(value, int):
+            return value
+    if isinstance(step, float) and step.is_integer():
+        return int(step)
+    raise TypeError(f"{method}(): global_step must be an int, got {type(step).__name__} {step!r}")
+
+
+def check_image(method: str, tag: str, image: Any, dataformats: str) -> None:
+    """The shape rules of ``torch.utils.tensorboard``'s image conversion, as ValueErrors."""
+    shape = tuple(getattr(image, "shape", ()))
+    fmt = dataformats.upper() if isinstance(dataformats, str) else dataformats
+    if (not isinstance(fmt, str) or len(set(fmt)) != len(fmt) or not set(fmt) <= set(_AXES)
+            or not {"H", "W"} <= set(fmt)):
+        raise ValueError(f"{method}({tag!r}): dataformats={dataformats!r} is not a layout; use letters "
+                         "N (batch), C (channel), H (height), W (width) once each, e.g. 'CHW', 'HWC', "
+                         "'HW', 'NCHW', 'NHWC'")
+    if len(shape) != len(fmt):
+        layout = ", ".join(_AXES[a] for a in fmt)
+        raise ValueError(f"{method}({tag!r}): dataformats={dataformats!r} expects a {len(fmt)}-d array "
+                         f"({layout}), got shape {shape}; pass dataformats= to match your layout, e.g. "
+                         "'NCHW' for a batch (with add_images)")
+    if "C" in fmt and shape[fmt.index("C")] not in (1, 3, 4):
+        raise ValueError(f"{method}({tag!r}): with dataformats={dataformats!r} axis {fmt.index('C')} is the "
+                         f"channel axis and must be 1, 3 or 4 long, got shape {shape}; check dataformats")
+    dtype = str(getattr(image, "dtype", ""))
+    if "complex" in dtype or dtype.endswith("str") or "object" in dtype:
+        raise ValueError(f"{method}({tag!r}): images must be uint8 (0-255) or float (0-1), got {dtype}")
+
+
+def require(module: str, feature: str, install: str) -> Any:
+    """Import an optional package, or raise an error that says what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(f"{feature} needs the optional package {module.split('.')[0]} "
+                                     f"({error}); install it with: pip install {install}") from None

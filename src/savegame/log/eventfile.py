@@ -1,0 +1,77 @@
+"""One TensorBoard event file, appended to by the writer thread, that knows its committed size.
+
+The committed size (every complete record handed to the OS) is what a checkpoint records, so a
+resume can cut the file back to exactly what existed when the checkpoint was taken.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> f = EventFile.create(folder)
+>>> f.write([b"record"]); f.flush()
+>>> f.size == f.path.stat().st_size and "tfevents" in f.path.name
+True
+>>> f.close()
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+from tensorboard.compat.proto import event_pb2
+
+from .records import frame
+
+# Our files end in ".savegame" (before the user's filename_suffix): a resume only ever cuts back or
+# moves aside files this writer made, never a file some other tool put in the run folder.
+MARKER = ".savegame"
+_uid = itertools.count()
+
+
+def is_our_event_file(path: Path) -> bool:
+    return "tfevents" in path.name and MARKER in path.name
+
+
+class EventFile:
+    """An append-only event file. Not thread-safe: only the writer thread touches it."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.size = size  # bytes of complete records written to the OS (or pending in _file's buffer)
+        self._file = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 (closed by close())
+
+    @classmethod
+    def create(cls, folder: Path, filename_suffix: str = "") -> EventFile:
+        """A new file named like tensorboard's own (``events.out.tfevents.<time>.<host>.<pid>.<n>``),
+        starting with the ``file_version`` record every reader expects first."""
+        folder.mkdir(parents=True, exist_ok=True)
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_uid)}{MARKER}{filename_suffix}")
+        event_file = cls(folder / name, 0)
+        version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        event_file.write([frame(version.SerializeToString())])
+        return event_file
+
+    @classmethod
+    def reopen(cls, path: Path) -> EventFile:
+        """Continue an existing file (already cut back to a committed size by a resume)."""
+        return cls(path, path.stat().st_size)
+
+    def write(self, records: list[bytes]) -> None:
+        data = b"".join(records)
+        self._file.write(data)
+        self.size += len(data)
+
+    def flush(self, fsync: bool = False) -> None:
+        """Hand buffered bytes to the OS (they survive a SIGKILL); ``fsync`` also makes them
+        survive a power cut."""
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()

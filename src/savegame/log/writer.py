@@ -1,0 +1,521 @@
+"""``savegame.SummaryWriter``: torch's ``SummaryWriter`` API, without slowing the training loop.
+
+Swap the import and a script keeps working: the same constructor, methods, arguments and
+defaults, the same TensorBoard dashboards. What changes is where the work happens. A call records
+its arguments (a scalar in ~1 µs, a CUDA tensor with an asynchronous copy, never a device sync) and
+returns; a background thread builds the summaries with tensorboard's own protos and writes them.
+
+Intended differences from torch's writer:
+
+- ``add_hparams`` without ``run_name`` puts the hyperparameters in *this* run, beside its curves
+  (torch makes a sub-run per call); every scalar of the run is then a metric in the HPARAMS tab.
+- A call after ``close()`` raises :class:`~savegame.errors.WriterClosedError` (torch reopens).
+- Under ``torch.distributed`` only rank 0 writes (``rank_zero_only=True``); other ranks' calls
+  return at once.
+- ``flush()`` returns when everything logged before it is in the files. Data reaches the OS a few
+  times a second, so a SIGKILL loses at most a fraction of a second (``flush_secs`` bounds the
+  time between fsyncs); ``max_queue`` is accepted and unused: the caller never waits for a queue.
+
+>>> import tempfile, torch
+>>> from savegame import SummaryWriter
+>>> with SummaryWriter(tempfile.mkdtemp()) as writer:
+...     for step in range(3):
+...         writer.add_scalar("loss/train", 1.0 / (step + 1), step)
+...     writer.add_histogram("weights", torch.randn(100), 2)
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import LogWriteError, WriterClosedError
+from .checks import check_image, check_step, check_tag, require
+from .host import resolve, scalar_on_host, tensor_on_host
+from .worker import Job, LogWorker
+
+# Past this many unwritten items the caller waits for the log thread (memory stays bounded).
+MAX_BACKLOG = 500_000
+
+_OPEN, _CLOSED, _SILENT = "open", "closed", "silent"
+
+
+def _summary():
+    # tensorboard's protos come in through torch's summary builders: the same bytes torch writes.
+    from torch.utils.tensorboard import summary
+    return summary
+
+
+class SummaryWriter:
+    """Writes TensorBoard event files for one run folder; a drop-in for torch's ``SummaryWriter``.
+
+    Args:
+        log_dir: the run folder (default ``runs/<date>_<host><comment>``, as torch's).
+        comment: appended to the default ``log_dir``.
+        purge_step: as torch's (a START event that TensorBoard's legacy loader honours). A ``Run``
+            does better: it cuts the files back to the checkpoint it resumes from.
+        max_queue: accepted for compatibility; the caller never waits for a small queue.
+        flush_secs: the longest time between fsyncs of the event files.
+        filename_suffix: appended to every event file name.
+        rank_zero_only: under ``torch.distributed``, only rank 0 writes.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "",
+                 purge_step: int | None = None, max_queue: int = 10, flush_secs: float = 120,
+                 filename_suffix: str = "", *, rank_zero_only: bool = True) -> None:
+        if not log_dir:
+            stamp = datetime.now().strftime("%b%d_%H-%M-%S")
+            log_dir = os.path.join("runs", f"{stamp}_{socket.gethostname()}{comment}")
+        self.log_dir = str(log_dir)
+        self.purge_step = purge_step
+        self.max_queue = max_queue
+        self.flush_secs = flush_secs
+        self.filename_suffix = filename_suffix
+        self._state = _OPEN
+        self._worker: LogWorker | None = None
+        if rank_zero_only and _rank() != 0:
+            self._state = _SILENT
+            return
+        self._start(continue_files=None, handle_sigterm=True)
+
+    def _start(self, *, continue_files: dict[str, Path] | None, handle_sigterm: bool) -> None:
+        root = Path(self.log_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix,
+                                 continue_files=continue_files)
+        self._queue = self._worker.queue
+        self._projector = None  # the projector config, grown by each add_embedding
+        _live_writers.add(self)
+        if handle_sigterm:
+            _install_sigterm_flush()
+        if self.purge_step is not None:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+            step = check_step("SummaryWriter", self.purge_step)
+            self._job("purge_step", None, None, build=lambda: [
+                Event(step=step, file_version="brain.Event:2"),
+                Event(step=step, session_log=SessionLog(status=SessionLog.START))])
+            self.purge_step = None
+
+    def get_logdir(self) -> str:
+        return self.log_dir
+
+    # -- scalars: the hot path ---------------------------------------------------------------
+    def add_scalar(self, tag: str, scalar_value: Any, global_step: int | None = None,
+                   walltime: float | None = None, new_style: bool = False,
+                   double_precision: bool = False) -> None:
+        """Log one value. A Python float costs about a microsecond; a CUDA tensor is copied to the
+        host asynchronously. NaN and inf are written as they are."""
+        if self._state is not _OPEN:
+            return self._not_open("add_scalar")
+        if type(tag) is not str:
+            check_tag("add_scalar", tag)
+        if type(global_step) is not int:
+            global_step = check_step("add_scalar", global_step)
+        if new_style or double_precision:
+            value = tensor_on_host(scalar_value)
+            return self._job(f"add_scalar({tag!r})", global_step, walltime, tag=tag, build=
+                             lambda: _summary().scalar(tag, resolve(value), new_style=new_style,
+                                                       double_precision=double_precision))
+        if type(scalar_value) is not float:
+            scalar_value = scalar_on_host(scalar_value, tag)
+        queue = self._queue
+        queue.append((None, tag, scalar_value, global_step, time.time() if walltime is None else walltime))
+        if len(queue) > MAX_BACKLOG:
+            self._wait_for_backlog()
+
+    def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any],
+                    global_step: int | None = None, walltime: float | None = None) -> None:
+        """Several curves in one chart: each ``tag`` goes to the sub-run ``<main_tag>_<tag>``."""
+        if self._state is not _OPEN:
+            return self._not_open("add_scalars")
+        check_tag("add_scalars", main_tag)
+        step = check_step("add_scalars", global_step)
+        walltime = time.time() if walltime is None else walltime
+        prefix = main_tag.replace("/", "_") + "_"
+        for tag, value in tag_scalar_dict.items():
+            self._queue.append((prefix + str(tag), main_tag, scalar_on_host(value, main_tag), step, walltime))
+
+    def add_tensor(self, tag: str, tensor: Any, global_step: int | None = None,
+                   walltime: float | None = None) -> None:
+        value = tensor_on_host(tensor)
+        self._job(f"add_tensor({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().tensor_proto(tag, resolve(value)))
+
+    # -- distributions -----------------------------------------------------------------------
+    def add_histogram(self, tag: str, values: Any, global_step: int | None = None,
+                      bins: Any = "tensorflow", walltime: float | None = None,
+                      max_bins: int | None = None) -> None:
+        if isinstance(bins, str) and bins == "tensorflow":
+            bins = _default_bins()
+        host = tensor_on_host(values)
+        self._job(f"add_histogram({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().histogram(tag, _numpy(resolve(host)), bins, max_bins=max_bins))
+
+    def add_histogram_raw(self, tag: str, min: float, max: float, num: int, sum: float,
+                          sum_squares: float, bucket_limits: Any, bucket_counts: Any,
+                          global_step: int | None = None, walltime: float | None = None) -> None:
+        if len(bucket_limits) != len(bucket_counts):
+            raise ValueError(f"add_histogram_raw({tag!r}): bucket_limits has {len(bucket_limits)} entries "
+                             f"and bucket_counts {len(bucket_counts)}; they must be equally long")
+        limits, counts = tensor_on_host(bucket_limits), tensor_on_host(bucket_counts)
+        self._job(f"add_histogram_raw({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().histogram_raw(tag, min, max, num, sum, sum_squares,
+                                                   _list(resolve(limits)), _list(resolve(counts))))
+
+    def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
+                     num_thresholds: int = 127, weights: Any = None, walltime: float | None = None) -> None:
+        labels, predictions = tensor_on_host(labels), tensor_on_host(predictions)
+        weights = tensor_on_host(weights)
+        self._job(f"add_pr_curve({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().pr_curve(tag, _numpy(resolve(labels)), _numpy(resolve(predictions)),
+                                              num_thresholds, _maybe_numpy(resolve(weights))))
+
+    def add_pr_curve_raw(self, tag: str, true_positive_counts: Any, false_positive_counts: Any,
+                         true_negative_counts: Any, false_negative_counts: Any, precision: Any,
+                         recall: Any, global_step: int | None = None, num_thresholds: int = 127,
+                         weights: Any = None, walltime: float | None = None) -> None:
+        parts = [tensor_on_host(x) for x in (true_positive_counts, false_positive_counts,
+                                             true_negative_counts, false_negative_counts, precision, recall)]
+        self._job(f"add_pr_curve_raw({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().pr_curve_raw(tag, *[_numpy(resolve(p)) for p in parts],
+                                                  num_thresholds, weights))
+
+    # -- images, figures, video, audio, text, mesh -------------------------------------------
+    def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None,
+                  walltime: float | None = None, dataformats: str = "CHW") -> None:
+        self._image("add_image", tag, img_tensor, global_step, walltime, dataformats)
+
+    def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None,
+                   walltime: float | None = None, dataformats: str = "NCHW") -> None:
+        self._image("add_images", tag, img_tensor, global_step, walltime, dataformats)
+
+    def _image(self, method: str, tag: str, img: Any, step: Any, walltime: Any, dataformats: str) -> None:
+        if self._state is not _OPEN:
+            return self._not_open(method)
+        check_image(method, tag, img, dataformats)
+        host = tensor_on_host(img)
+        self._job(f"{method}({tag!r})", step, walltime, tag=tag, build=
+                  lambda: _summary().image(tag, _numpy(resolve(host)), dataformats=dataformats))
+
+    def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any,
+                             global_step: int | None = None, walltime: float | None = None,
+                             rescale: int = 1, dataformats: str = "CHW", labels: Any = None) -> None:
+        if self._state is not _OPEN:
+            return self._not_open("add_image_with_boxes")
+        check_image("add_image_with_boxes", tag, img_tensor, dataformats)
+        if labels is not None:
+            labels = [labels] if isinstance(labels, str) else list(labels)
+            if len(labels) != box_tensor.shape[0]:
+                labels = None  # as torch: labels that don't match the boxes are dropped
+        img, boxes = tensor_on_host(img_tensor), tensor_on_host(box_tensor)
+        self._job(f"add_image_with_boxes({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().image_boxes(tag, _numpy(resolve(img)), _numpy(resolve(boxes)),
+                                                 rescale=rescale, dataformats=dataformats, labels=labels))
+
+    def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
+                   walltime: float | None = None) -> None:
+        """Render a matplotlib figure (or a list of them) now, on the caller (matplotlib is not
+        thread-safe), and log the pixels as an image."""
+        if self._state is not _OPEN:
+            return self._not_open("add_figure")
+        require("matplotlib", "add_figure", "matplotlib")
+        from torch.utils.tensorboard._utils import figure_to_image
+        if isinstance(figure, list):
+            self.add_image(tag, figure_to_image(figure, close), global_step, walltime, dataformats="NCHW")
+        else:
+            self.add_image(tag, figure_to_image(figure, close), global_step, walltime, dataformats="CHW")
+
+    def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: int = 4,
+                  walltime: float | None = None) -> None:
+        if self._state is not _OPEN:
+            return self._not_open("add_video")
+        # torch encodes GIFs with moviepy 1.x's moviepy.editor; without it, torch prints a line and
+        # writes an empty image. Here the call fails, with the fix.
+        require("moviepy.editor", "add_video", "'moviepy<2'")
+        shape = tuple(getattr(vid_tensor, "shape", ()))
+        if len(shape) != 5:
+            raise ValueError(f"add_video({tag!r}): expected a 5-d tensor (N, T, C, H, W), got shape {shape}")
+        host = tensor_on_host(vid_tensor)
+        self._job(f"add_video({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().video(tag, _numpy(resolve(host)), fps))
+
+    def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None,
+                  sample_rate: int = 44100, walltime: float | None = None) -> None:
+        host = tensor_on_host(snd_tensor)
+        self._job(f"add_audio({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().audio(tag, _numpy(resolve(host)), sample_rate=sample_rate))
+
+    def add_text(self, tag: str, text_string: str, global_step: int | None = None,
+                 walltime: float | None = None) -> None:
+        self._job(f"add_text({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().text(tag, text_string))
+
+    def add_mesh(self, tag: str, vertices: Any, colors: Any = None, faces: Any = None,
+                 config_dict: Any = None, global_step: int | None = None,
+                 walltime: float | None = None) -> None:
+        v, c, f = tensor_on_host(vertices), tensor_on_host(colors), tensor_on_host(faces)
+        self._job(f"add_mesh({tag!r})", global_step, walltime, tag=tag, build=
+                  lambda: _summary().mesh(tag, _tensor(resolve(v)), _tensor(resolve(c)),
+                                          _tensor(resolve(f)), config_dict))
+
+    # -- hparams, graph, embedding, custom scalars -------------------------------------------
+    def add_hparams(self, hparam_dict: dict, metric_dict: dict, hparam_domain_discrete: Any = None,
+                    run_name: str | None = None, global_step: int | None = None) -> None:
+        """Hyperparameters for the HPARAMS dashboard.
+
+        Without ``run_name`` they go into this run, with the ``metric_dict`` values as scalars
+        beside its curves; TensorBoard then lists every scalar of the run as a metric (latest
+        value), so the metrics follow training. With ``run_name``, as torch: a sub-run holding
+        the hparams and the metrics (``hparam_domain_discrete`` only applies there)."""
+        if self._state is not _OPEN:
+            return self._not_open("add_hparams")
+        if type(hparam_dict) is not dict or type(metric_dict) is not dict:
+            raise TypeError("add_hparams(): hparam_dict and metric_dict must be dicts, got "
+                            f"{type(hparam_dict).__name__} and {type(metric_dict).__name__}")
+        experiment, start, end = _summary().hparams(hparam_dict, metric_dict, hparam_domain_discrete)
+        if run_name:
+            self._job("add_hparams()", global_step, None, file_key=run_name, build=lambda: [
+                _event(experiment), _event(start), _event(end)])
+        else:
+            self._job("add_hparams()", global_step, None, build=lambda: [_event(start)])
+        for name, value in metric_dict.items():
+            self._queue.append((run_name or None, name, scalar_on_host(value, name),
+                                check_step("add_hparams", global_step), time.time()))
+
+    def add_graph(self, model: Any, input_to_model: Any = None, verbose: bool = False,
+                  use_strict_trace: bool = True) -> None:
+        """Trace ``model`` now (on the caller, it runs the model) and log its graph."""
+        if self._state is not _OPEN:
+            return self._not_open("add_graph")
+        from tensorboard.compat.proto.event_pb2 import Event, TaggedRunMetadata
+        from torch.utils.tensorboard._pytorch_graph import graph
+        graph_def, step_stats = graph(model, input_to_model, verbose, use_strict_trace)
+        self._job("add_graph()", None, None, build=lambda: [
+            Event(graph_def=graph_def.SerializeToString()),
+            Event(tagged_run_metadata=TaggedRunMetadata(tag="step1",
+                                                        run_metadata=step_stats.SerializeToString()))])
+
+    def add_embedding(self, mat: Any, metadata: Any = None, label_img: Any = None,
+                      global_step: int | None = None, tag: str = "default",
+                      metadata_header: Any = None) -> None:
+        """Points for TensorBoard's projector: ``<step>/<tag>/`` files plus ``projector_config.pbtxt``."""
+        if self._state is not _OPEN:
+            return self._not_open("add_embedding")
+        shape = tuple(getattr(mat, "shape", ()))
+        if len(shape) != 2:
+            raise ValueError(f"add_embedding({tag!r}): mat must be 2-d (points, features), got shape {shape}")
+        if metadata is not None and len(metadata) != shape[0]:
+            raise ValueError(f"add_embedding({tag!r}): {len(metadata)} metadata rows for {shape[0]} points")
+        if label_img is not None and label_img.shape[0] != shape[0]:
+            raise ValueError(f"add_embedding({tag!r}): {label_img.shape[0]} label images for {shape[0]} points")
+        step = check_step("add_embedding", global_step)
+        host_mat, host_img = tensor_on_host(mat), tensor_on_host(label_img)
+        metadata = list(metadata) if metadata is not None else None
+        self._job(f"add_embedding({tag!r})", None, None, tag=tag, build=
+                  lambda: self._write_embedding(resolve(host_mat), metadata, resolve(host_img),
+                                                step, tag, metadata_header))
+
+    def _write_embedding(self, mat, metadata, label_img, step, tag, metadata_header) -> None:
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+        from torch.utils.tensorboard import _embedding
+
+        subdir = f"{str(step).zfill(5)}/{_encode_tag(tag)}"
+        save_path = os.path.join(self.log_dir, subdir)
+        os.makedirs(save_path, exist_ok=True)
+        if metadata is not None:
+            _embedding.make_tsv(metadata, save_path, metadata_header=metadata_header)
+        if label_img is not None:
+            _embedding.make_sprite(label_img, save_path)
+        _embedding.make_mat(_numpy(mat), save_path)
+        if self._projector is None:
+            self._projector = ProjectorConfig()
+        info = _embedding.get_embedding_info(metadata, label_img, subdir, step, tag)
+        self._projector.embeddings.extend([info])
+        _embedding.write_pbtxt(self.log_dir, text_format.MessageToString(self._projector))
+
+    def add_custom_scalars(self, layout: dict) -> None:
+        self._job("add_custom_scalars()", None, None, build=lambda: _summary().custom_scalars(layout))
+
+    def add_custom_scalars_multilinechart(self, tags: list, category: str = "default",
+                                          title: str = "untitled") -> None:
+        self.add_custom_scalars({category: {title: ["Multiline", tags]}})
+
+    def add_custom_scalars_marginchart(self, tags: list, category: str = "default",
+                                       title: str = "untitled") -> None:
+        if len(tags) != 3:
+            raise ValueError(f"add_custom_scalars_marginchart(): expected 3 tags (value, lower, upper), got {len(tags)}")
+        self.add_custom_scalars({category: {title: ["Margin", tags]}})
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Return once everything logged so far is in the event files."""
+        if self._state is _OPEN:
+            self._worker.flush()
+            self._raise_worker_error()
+
+    def close(self) -> None:
+        """Write everything, close the files and stop the log thread. A second close is a no-op."""
+        if self._state is not _OPEN:
+            return
+        self._state = _CLOSED
+        _live_writers.discard(self)
+        try:
+            self._worker.flush(fsync=True)
+        finally:
+            self._worker.stop()
+        self._raise_worker_error()
+
+    def __enter__(self) -> "SummaryWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _job(self, what: str, step: Any, walltime: Any, *, build: Callable[[], Any],
+             tag: Any = None, file_key: str | None = None) -> None:
+        """Queue ``build`` for the log thread; a step of None leaves the event without one."""
+        method = what.split("(")[0]
+        if self._state is not _OPEN:
+            return self._not_open(method)
+        self._raise_worker_error()
+        if tag is not None:
+            check_tag(method, tag)
+        if step is not None:
+            step = check_step(method, step)
+        when = time.time() if walltime is None else float(walltime)
+        self._queue.append(Job(file_key, step, when, build, f"{what} at step {step}"))
+
+    def _not_open(self, method: str) -> None:
+        if self._state is _SILENT:
+            return None
+        raise WriterClosedError(f"SummaryWriter({self.log_dir!r}).{method}() was called after close(); "
+                                "create a new SummaryWriter to log more")
+
+    def _raise_worker_error(self) -> None:
+        worker = self._worker
+        if worker is not None and worker.error is not None:
+            message, worker.error = worker.error, None
+            raise LogWriteError(f"SummaryWriter({self.log_dir!r}): {message}. Everything else logged "
+                                "was written.")
+
+    def _wait_for_backlog(self) -> None:
+        self._worker.wake()
+        while len(self._queue) > MAX_BACKLOG // 2 and self._worker.alive:
+            time.sleep(0.001)
+
+    def _flush_for_checkpoint(self) -> dict[str, int]:
+        """Write and fsync everything logged so far; the committed size of each event file."""
+        if self._state is not _OPEN:
+            return {}
+        self._worker.flush(fsync=True)
+        return self._worker.offsets()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _rank() -> int:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+_bins: list[float] | None = None
+
+
+def _default_bins() -> list[float]:
+    """torch's "tensorflow" bins: ±1e-12 growing by 1.1 up to 1e20, and 0."""
+    global _bins
+    if _bins is None:
+        v, positive = 1e-12, []
+        while v < 1e20:
+            positive.append(v)
+            v *= 1.1
+        _bins = [-b for b in reversed(positive)] + [0] + positive
+    return _bins
+
+
+def _numpy(value: Any) -> Any:
+    import numpy as np
+    import torch
+    if isinstance(value, torch.Tensor):
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _maybe_numpy(value: Any) -> Any:
+    return None if value is None else _numpy(value)
+
+
+def _tensor(value: Any) -> Any:
+    import torch
+    return None if value is None else torch.as_tensor(value)
+
+
+def _list(value: Any) -> list:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def _event(summary: Any) -> Any:
+    from tensorboard.compat.proto.event_pb2 import Event
+    return Event(summary=summary)
+
+
+def _encode_tag(tag: str) -> str:
+    # torch's escaping of an embedding tag into one folder name
+    return tag.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
+
+
+# -- flushing at exit and on SIGTERM ---------------------------------------------------------
+
+_live_writers: "weakref.WeakSet[SummaryWriter]" = weakref.WeakSet()
+_sigterm_installed = False
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for writer in list(_live_writers):
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; never hide the real exit reason
+            pass
+
+
+def _install_sigterm_flush() -> None:
+    """On SIGTERM, flush every writer, then do what SIGTERM did before (default: die)."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:
+        return
+    owner = os.getpid()
+
+    def flush_then_continue(signum, frame):
+        if os.getpid() == owner:  # a forked child (DataLoader worker) has no log thread
+            for writer in list(_live_writers):
+                try:
+                    if writer._state is _OPEN:
+                        writer._worker.flush(fsync=True, timeout=10)
+                except Exception:  # noqa: BLE001 - the signal's own effect must still happen
+                    pass
+        if callable(previous):
+            return previous(signum, frame)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, flush_then_continue)
+    _sigterm_installed = True
