@@ -1,4 +1,5 @@
-"""``savegame``: look at run folders from the shell (``ls``, ``show``, ``verify``, ``export``, ``demo``).
+"""``savegame``: look at run folders from the shell (``ls``, ``show``, ``verify``, ``export``, ``demo``,
+``board``).
 
 Every command only reads the run folder (``export`` writes the one file it is asked for), so it is
 safe while a run trains. Bad input (a missing folder, a folder that is not a run, no checkpoints)
@@ -387,6 +388,35 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return demo.run(args)
 
 
+def cmd_board(args: argparse.Namespace, console: Console) -> int:
+    from .log.board import BoardError, serve, start_board
+
+    runs = args.runs or (["runs"] if Path("runs").exists() else ["."])
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port {args.port} is not a port; pass 1-65535, or 0 for a free one")
+    try:
+        board = start_board(runs, port=args.port, host=args.host, load_fast=args.load_fast,
+                            reload_interval=args.reload_interval)
+    except BoardError as error:
+        if error.output:
+            print(error.output, file=sys.stderr)
+        raise CliError(str(error)) from None
+    except KeyboardInterrupt:  # Ctrl-C while it starts: start_board stopped it already
+        return 0
+    where = ", ".join(str(path) if len(board.logdirs) == 1 else f"{name}={path}"
+                      for name, path in board.logdirs.items())
+    console.print(f"TensorBoard at {board.url} (pid {board.pid}) serving {where}, every "
+                  "sample kept; Ctrl-C stops it", markup=False, soft_wrap=True)
+    sys.stdout.flush()
+    if serve(board):
+        console.print("TensorBoard stopped", markup=False)
+        return 0
+    print(board.output(20), file=sys.stderr)
+    last = next((line for line in reversed(board.output().splitlines()) if line.strip()), "")
+    raise CliError(f"TensorBoard exited by itself with code {board.process.returncode}"
+                   + (f": {last.strip()}" if last else ""))
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
@@ -437,6 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="which tracked object holds the weights "
                    "(default: the model; e.g. --key model)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("board", help="open TensorBoard on run folders, every logged point kept",
+                       description="Start TensorBoard on RUNS (its event files, any depth below) "
+                       "on 127.0.0.1, keeping every sample of every plugin, and print its URL. "
+                       "Ctrl-C stops it.")
+    p.add_argument("runs", nargs="*", metavar="RUNS",
+                   help="folders to serve (default: runs if it exists, else .); several are "
+                   "named by their base names")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1; 0.0.0.0 opens it to the network)")
+    p.add_argument("--reload-interval", type=float, default=None, metavar="SECONDS",
+                   help="how often TensorBoard looks for new data (its default: 5)")
+    p.add_argument("--load-fast", choices=["auto", "true", "false"], default="auto",
+                   help="TensorBoard's loader: true = the Rust data server (one folder only), "
+                   "false = the Python loader (default: auto)")
+    p.set_defaults(func=cmd_board)
     return parser
 
 

@@ -48,6 +48,10 @@ from .checkpoint.store import (
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
 from .io import load_into, object_kind
 from .lock import RunLock
+from .log.aggregate import EpochStats, check_reduce
+from .log.host import resolve, scalar_on_host
+from .log.resume import cut_back_event_files
+from .log.writer import SummaryWriter
 from .preemption import PreemptionGuard
 from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
 
@@ -105,6 +109,7 @@ class Run:
             self._saved_loaders: dict[str, Any] = {}
             if self._resume_state is not None:
                 self._apply_run_state()
+            self._open_logs()
             write_run_info(self.dir, self._info)
         except BaseException:
             self._lock.release()
@@ -112,6 +117,8 @@ class Run:
         self._guard = PreemptionGuard()
         if handle_signals:
             self._guard.install()
+        if self.config and not self._log_files:
+            self.writer.add_hparams(hparams_from_config(self.config), {})
 
     # -- the loop's side ---------------------------------------------------------------------
     def track(self, **objects: Any) -> None:
@@ -139,13 +146,50 @@ class Run:
                     )
                 load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
 
+    @property
+    def writer(self) -> SummaryWriter:
+        """A :class:`savegame.SummaryWriter` on the run folder (the TensorBoard run), made on first
+        use. Its files are cut back to the checkpoint a run resumes from, so curves never zig-zag."""
+        if self._writer is None:
+            if self._finished:
+                raise RuntimeError(f"run {self.dir} is finished; its writer is closed")
+            self._writer = SummaryWriter._continuing(self.dir, self._log_files)
+        return self._writer
+
+    def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
+            reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
+        """Log scalars at the current step: ``run.log("loss/train", loss)`` or ``run.log({...})``.
+
+        Values may be floats or tensors (a CUDA tensor is read without a device sync).
+        ``reduce="mean"`` (or ``"min"``, ``"max"``, ``"sum"``, or a tuple) also logs the epoch's
+        statistic as ``<tag>/epoch_mean`` at the epoch's last step; ``every_step=False`` logs only
+        that. The running statistics are saved with checkpoints, so a resume keeps them exact.
+        """
+        if isinstance(values, str):
+            values = {values: value}
+        elif value is not None:
+            raise TypeError("run.log(): pass a tag and a value, or one dict of {tag: value}")
+        step = self.step if step is None else step
+        reducers = check_reduce(reduce) if reduce is not None else None
+        writer = self.writer
+        for tag, v in values.items():
+            if every_step:
+                writer.add_scalar(tag, v, step)
+            if reducers:
+                host = scalar_on_host(v, tag)
+                writer._job(f"run.log({tag!r})", None, None, tag=tag,
+                            build=lambda t=tag, h=host: self._epoch_stats.add(t, reducers, float(resolve(h))))
+
     def epochs(self, n: int) -> Iterator[int]:
         """Yield the epoch numbers still to do, from where the last process stopped, up to ``n``."""
+        if self._stats_pending:  # the last process saved after its epoch but died before logging it
+            self._emit_epoch_stats()
         for epoch in range(self._start_epoch, n):
             self.epoch = epoch
             self._epoch_slots = {}
             self._restore_pending_rng()
             yield epoch
+            self._emit_epoch_stats()
             self._check_preemption()
 
     def iterate(self, loader: Iterable, *, name: str | None = None) -> Iterator[Any]:
@@ -193,6 +237,8 @@ class Run:
         self._finished = True
         self._guard.uninstall()
         try:
+            if self._writer is not None:
+                self._writer.close()
             self._info["status"] = status
             self._info["message"] = message
             write_run_info(self.dir, self._info)
@@ -244,6 +290,7 @@ class Run:
             "rng": capture_rng(), "config": self.config,
             "loaders": {slot: t.state_dict() for slot, t in self._trackers.items()},
             "save_policy": self.save_policy.state_dict(),
+            "log": self._log_state(),
         }
         path = self._checkpoint_root / checkpoint_dirname(self.step)
         replace = newest is not None and newest.step == self.step
@@ -261,6 +308,21 @@ class Run:
         self._record_best()
         write_run_info(self.dir, self._info)
         return info
+
+    def _log_state(self) -> dict[str, Any]:
+        """What a resume needs to cut the event files back to this moment (flushed and fsynced)."""
+        if self._writer is not None and not self._finished:
+            files = self._writer._flush_for_checkpoint()
+        else:  # files continued from an earlier process and not written by this one
+            files = {p.relative_to(self.dir).as_posix(): p.stat().st_size for p in self._log_files.values()}
+        return {"files": files, "epoch_stats": self._epoch_stats.state_dict()}
+
+    def _emit_epoch_stats(self) -> None:
+        writer = self.writer if self._stats_pending else self._writer  # no writer: nothing logged
+        self._stats_pending = False
+        if writer is not None:
+            writer._job("epoch statistics", self.step, None,
+                              build=lambda: self._epoch_stats.summary() if self._epoch_stats else None)
 
     def _record_best(self) -> None:
         best = self.best
@@ -362,6 +424,16 @@ class Run:
             "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
             "pid": os.getpid()})
 
+    def _open_logs(self) -> None:
+        """Cut the event files back to the checkpoint resumed from (all of them when none)."""
+        saved = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
+        self._writer: SummaryWriter | None = None
+        self._log_files = cut_back_event_files(self.dir, saved.get("files", {}), step=self.step)
+        self._epoch_stats = EpochStats()
+        self._epoch_stats.load_state_dict(saved.get("epoch_stats", {}))
+        # saved after the epoch's data ran out but before its statistics were logged
+        self._stats_pending = bool(self._epoch_stats) and self._start_epoch > self.epoch
+
     def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
@@ -389,6 +461,24 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
         if found:
             return found
     return None
+
+
+def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as TensorBoard hparams: nested keys joined with ".", values a bool, number or str.
+
+    >>> hparams_from_config({"lr": 0.1, "model": {"depth": 4, "act": None}, "sizes": [1, 2]})
+    {'lr': 0.1, 'model.depth': 4, 'model.act': 'None', 'sizes': '[1, 2]'}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(hparams_from_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 def _jsonish(config: dict[str, Any]) -> Any:

@@ -87,6 +87,20 @@ class SummaryWriter:
             return
         self._start(continue_files=None, handle_sigterm=True)
 
+    @classmethod
+    def _continuing(cls, log_dir: Path, continue_files: dict[str, Path]) -> "SummaryWriter":
+        """A ``Run``'s writer: appends to the files its resume cut back; the Run flushes at each
+        checkpoint and on SIGTERM (its own handler), so this writer installs none."""
+        writer = cls.__new__(cls)
+        writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), None, 10
+        writer.flush_secs, writer.filename_suffix = 120, ""
+        writer._state, writer._worker = _OPEN, None
+        if _rank() != 0:
+            writer._state = _SILENT
+        else:
+            writer._start(continue_files=continue_files, handle_sigterm=False)
+        return writer
+
     def _start(self, *, continue_files: dict[str, Path] | None, handle_sigterm: bool) -> None:
         root = Path(self.log_dir)
         root.mkdir(parents=True, exist_ok=True)

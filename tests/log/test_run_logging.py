@@ -1,0 +1,135 @@
+"""Run's writer: curves stay clean across crashes and resumes (every series, sub-runs, hparams)."""
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing import event_file_loader
+from torch.utils.data import DataLoader, TensorDataset
+
+import savegame
+from savegame.log.reader import read_scalars
+from savegame.log.resume import DISCARDED, event_files
+
+BATCHES_PER_EPOCH = 10
+EPOCHS = 3
+
+
+class Crash(Exception):
+    pass
+
+
+def train(run_dir, crash_at=None):
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(40, 4), torch.randn(40, 1)), batch_size=4, shuffle=True)
+    net = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with savegame.Run(run_dir, config={"lr": 0.1, "model": {"depth": 2}}, save=savegame.EverySteps(4),
+                      handle_signals=False) as run:
+        run.track(model=net, optimizer=opt)
+        for _ in run.epochs(EPOCHS):
+            for x, y in run.iterate(data):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(net(x), y)
+                loss.backward()
+                opt.step()
+                run.log("loss/train", loss.detach(), reduce=("mean", "max"))
+                run.writer.add_scalars("pair", {"a": loss.item(), "b": 2 * loss.item()}, run.step)
+                if run.step == crash_at:
+                    raise Crash
+                run.save()
+            run.log("lr", opt.param_groups[0]["lr"])
+            run.save(force=True)  # the end of the epoch; its statistics are logged after this save
+
+
+def series(run_dir):
+    curves = read_scalars(run_dir)
+    curves.update({f"pair_{k}": read_scalars(run_dir / f"pair_{k}")["pair"] for k in "ab"})
+    return {tag: [(p.step, p.value) for p in points] for tag, points in curves.items()}
+
+
+def hparams_records(run_dir):
+    count = 0
+    for path in event_files(run_dir):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            count += sum(v.tag == "_hparams_/session_start_info" for v in event.summary.value)
+    return count
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    train(run_dir)
+    return series(run_dir)
+
+
+@pytest.mark.parametrize("crash_at", [14, 11, 2], ids=["mid-epoch", "after-epoch-end-save", "before-any-save"])
+def test_a_resumed_run_shows_every_series_exactly_as_an_uninterrupted_one(tmp_path, uninterrupted, crash_at):
+    with pytest.raises(Crash):
+        train(tmp_path, crash_at=crash_at)
+    train(tmp_path)
+    resumed = series(tmp_path)
+    assert resumed == uninterrupted  # same tags, steps, values: nothing twice, nothing missing
+    steps = [s for s, _ in resumed["loss/train"]]
+    assert steps == list(range(1, EPOCHS * BATCHES_PER_EPOCH + 1))
+    assert [s for s, _ in resumed["loss/train/epoch_mean"]] == [10, 20, 30]
+    assert hparams_records(tmp_path) == 1
+    assert any((tmp_path / DISCARDED).rglob("*")), "what the dead process logged is kept aside"
+    assert not any("tfevents" in p.name for p in (tmp_path / DISCARDED).rglob("*"))
+
+
+def test_epoch_statistics_cover_the_whole_epoch_across_a_resume(uninterrupted):
+    losses = [v for _, v in uninterrupted["loss/train"][:BATCHES_PER_EPOCH]]
+    (_, mean), (_, high) = uninterrupted["loss/train/epoch_mean"][0], uninterrupted["loss/train/epoch_max"][0]
+    assert mean == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert high == max(losses)
+
+
+def test_a_run_config_becomes_hparams_in_the_runs_own_folder(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    with savegame.Run(tmp_path, config={"lr": 0.01, "opt": {"name": "adam"}, "layers": [2, 3]},
+                      handle_signals=False) as run:
+        run.log("loss", 1.0)
+    [path] = event_files(tmp_path)
+    infos = [metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
+             for e in event_file_loader.EventFileLoader(str(path)).Load() for v in e.summary.value
+             if v.tag == metadata.SESSION_START_INFO_TAG]
+    assert len(infos) == 1
+    hparams = infos[0].hparams
+    assert hparams["lr"].number_value == 0.01
+    assert hparams["opt.name"].string_value == "adam"
+    assert hparams["layers"].string_value == "[2, 3]"
+
+
+def test_run_log_takes_a_dict_and_an_explicit_step(tmp_path):
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        run.log({"a": 1.0, "b": torch.tensor(2.0)}, step=7)
+        run.log("nan", math.nan)
+    curves = read_scalars(tmp_path)
+    assert [(p.step, p.value) for p in curves["a"]] == [(7, 1.0)]
+    assert [(p.step, p.value) for p in curves["b"]] == [(7, 2.0)]
+    assert math.isnan(curves["nan"][0].value)
+
+
+def test_run_log_rejects_an_unknown_reducer(tmp_path):
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        with pytest.raises(ValueError, match="reduce="):
+            run.log("loss", 1.0, reduce="median")
+
+
+def test_a_checkpoint_records_the_event_file_sizes(tmp_path):
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        run.log("loss", 1.0)
+        info = run.save()
+    state, _ = savegame.checkpoint.store.read_checkpoint(info.path)
+    files = state["_savegame"]["log"]["files"]
+    [path] = event_files(tmp_path)
+    assert files == {path.name: files[path.name]} and 0 < files[path.name] <= path.stat().st_size
+
+
+def test_the_writer_is_closed_when_the_run_finishes(tmp_path):
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        writer = run.writer
+    with pytest.raises(savegame.WriterClosedError):
+        writer.add_scalar("late", 1.0, 1)
