@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from savegame.log.reader import read_scalars
+
 SCRIPT = Path(__file__).parent / "fixtures" / "train_script.py"
 
 
@@ -24,6 +26,11 @@ def run_to_end(run_dir, out, *extra):
     done = subprocess.run(command(run_dir, out, *extra), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return load_file(out)
+
+
+def curves(run_dir):
+    """{tag: [(step, value)]}: what TensorBoard's loader reads, wall times left out."""
+    return {tag: [(p.step, p.value) for p in points] for tag, points in read_scalars(run_dir).items()}
 
 
 def saving_now(run_dir):
@@ -63,6 +70,8 @@ def test_twenty_random_sigkills_end_bit_identical_to_an_uninterrupted_run(tmp_pa
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert resumed[name].equal(reference[name]), name
+    # the curves too: every step once, the same values, though kills tore records mid-write
+    assert curves(tmp_path / "killed") == curves(tmp_path / "ref")
     # the temp folders of the saves that were killed were cleaned up by the reruns
     leftovers = [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if ".tmp-" in p.name]
     assert leftovers == []
@@ -77,6 +86,7 @@ def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
     resumed = run_to_end(tmp_path / "killed", out, *extra)
     for name in reference:
         assert resumed[name].equal(reference[name]), name
+    assert curves(tmp_path / "killed") == curves(tmp_path / "ref")
 
 
 def wait_for_checkpoint(run_dir, process, timeout=60):
