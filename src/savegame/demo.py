@@ -3,7 +3,10 @@
 About two minutes on two CPU cores. Press Ctrl-C at any time: the current step finishes, a
 checkpoint is written and the process exits; run the same command again and it resumes where it
 stopped (mid-epoch included). The loop below is the whole integration: ``Run``, ``track``,
-``epochs``, ``iterate`` and ``save``; everything else is an ordinary PyTorch loop.
+``epochs``, ``iterate``, ``save``, and ``run.log`` / ``run.writer`` for TensorBoard (losses,
+accuracy, learning rate, weight histograms, a batch of images, the model graph, PR curves, an
+embedding of validation features, and the config as hparams); everything else is an ordinary
+PyTorch loop. ``savegame board runs`` shows it all.
 
     savegame demo                 # or: python -m savegame.demo --epochs 3 --dir /tmp/digits
 """
@@ -77,11 +80,37 @@ def shift(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def evaluate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
     net.eval()
     logits = net(images)
     net.train()
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return F.cross_entropy(logits, labels).item(), accuracy, logits.softmax(1)
+
+
+def log_first_look(run, net: nn.Module, images: torch.Tensor) -> None:
+    """Once, at the start of a fresh run: a batch as TensorBoard sees it and the model graph."""
+    run.writer.add_images("data/train_batch", images[:64], 0)  # NCHW; a grid of 64 digits
+    net.eval()  # trace without dropout or BatchNorm updates: the run's random state stays untouched
+    run.writer.add_graph(net, images[:2])
+    net.train()
+
+
+def log_epoch(run, net: nn.Module, probabilities: torch.Tensor, labels: torch.Tensor) -> None:
+    """Each epoch: weight histograms and one precision-recall curve per digit."""
+    for name, parameter in net.named_parameters():
+        run.writer.add_histogram(f"weights/{name}", parameter, run.step)
+    for digit in range(10):
+        run.writer.add_pr_curve(f"pr/digit_{digit}", labels == digit, probabilities[:, digit], run.step)
+
+
+@torch.no_grad()
+def log_embedding(run, net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The validation digits in the features the classifier sees, for the PROJECTOR tab."""
+    net.eval()
+    features = net[:-1](images)  # everything but the last Linear layer
+    run.writer.add_embedding(features, metadata=labels.tolist(), label_img=images, global_step=run.step,
+                             tag="val_features")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             console.print(f"training a CNN on {len(train_set)} digits, validating on "
                           f"{len(val_labels)}; Ctrl-C saves and stops, rerun to resume")
+            log_first_look(run, net, next(iter(loader))[0])
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
         val_acc = None
@@ -149,13 +179,18 @@ def run(args: argparse.Namespace) -> int:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    hits = (logits.argmax(1) == labels).sum().item()
                     total += loss.item() * len(labels)
-                    correct += (logits.argmax(1) == labels).sum().item()
+                    correct += hits
                     seen += len(labels)
+                    run.log({"loss/train": loss.detach(), "acc/train": hits / len(labels)}, reduce="mean")
                     progress.update(batch_bar, advance=1,
                                     info=f"loss {total / seen:.3f}  acc {correct / seen:.1%}")
+                run.log("lr", optimizer.param_groups[0]["lr"])
                 scheduler.step()
-                val_loss, val_acc = evaluate(net, val_images, val_labels)
+                val_loss, val_acc, probabilities = evaluate(net, val_images, val_labels)
+                run.log({"loss/val": val_loss, "acc/val": val_acc})
+                log_epoch(run, net, probabilities, val_labels)
                 run.save(metrics={"loss/val": val_loss, "acc/val": val_acc})  # policies decide
                 progress.remove_task(batch_bar)
                 progress.update(epochs_bar, completed=epoch + 1,
@@ -163,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
                 progress.console.print(
                     f"epoch {epoch + 1:>3}/{cfg['epochs']}  train loss "
                     f"{total / max(seen, 1):.4f}  val loss {val_loss:.4f}  val acc {val_acc:.1%}")
+        if val_acc is not None:
+            log_embedding(run, net, val_images, val_labels)
     if val_acc is not None:
         console.print(f"\nfinished: validation accuracy {val_acc:.1%} after {cfg['epochs']} epochs")
     summary(console, folder)
@@ -174,14 +211,15 @@ def summary(console: Console, folder: Path) -> None:
     from .cli import _checkpoint_rows, checkpoint_table, _info
 
     rows, best = _checkpoint_rows(folder, _info(folder))
-    console.print(f"run folder: {folder}  (run.json, checkpoints/)")
+    console.print(f"run folder: {folder}  (run.json, checkpoints/, TensorBoard event files)")
     console.print(checkpoint_table(rows, title=f"checkpoints kept in {folder / 'checkpoints'}"))
     best_row = next((r for r in rows if r["best"]), None)
     if best_row and "acc/val" in best_row["metrics"]:
         console.print(f"best checkpoint: {best_row['name']}, validation accuracy "
                       f"{best_row['metrics']['acc/val']:.1%}")
     console.print("next, try:")
-    for command in (f"savegame ls {folder.parent}", f"savegame show {folder}", f"savegame verify {folder}",
+    for command in (f"savegame board {folder.parent}      # TensorBoard: curves, images, graph, hparams",
+                    f"savegame ls {folder.parent}", f"savegame show {folder}", f"savegame verify {folder}",
                     f"savegame export {folder} --best -o digits.safetensors"):
         console.print(f"  {command}")
 
