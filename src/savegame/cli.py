@@ -481,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-interval", type=float, default=None, metavar="SECONDS",
                    help="how often TensorBoard looks for new data (its default: 5)")
     p.add_argument("--load-fast", choices=["auto", "true", "false"], default="auto",
-                   help="TensorBoard's loader: true = the Rust data server (one folder only), "
-                   "false = the Python loader (default: auto)")
+                   help="TensorBoard's loader: true = the Rust data server, false = the Python "
+                   "loader (default: auto, the first that works)")
     p.set_defaults(func=cmd_board)
     return parser
 

@@ -11,9 +11,15 @@ histograms per tag). :data:`SAMPLES_PER_PLUGIN` raises the limit of every plugin
 also passes the same number as the ``downsample`` of its reads, and a read downsampled to 0
 points returns nothing (tensorboard 2.21: ``scalars=0`` gives ``[]`` for every scalar series).
 
-One folder is served with ``--logdir`` (the fast Rust data server where it is installed);
-several with ``--logdir_spec name:path,...``, which TensorBoard serves with its Python loader
-only. Run names are then ``name/<run>`` with ``name`` the folder's base name.
+A folder of runs (``runs/``, with ``runs/a``, ``runs/b``) is served as ``--logdir``: its runs
+are ``a``, ``b``. A folder that holds event files itself (one run), or several folders, are
+served through a temporary folder of symbolic links ``{name: folder}`` (removed by ``stop()``),
+``name`` being the folder's base name, so the runs are ``name`` and ``name/<sub-run>`` with
+either loader. Not ``--logdir_spec``: its fast loader does not exist (tensorboard falls back
+to the Python loader), it names a folder's own events ``name/.``, and TensorBoard's hparams
+plugin finds no metric of a session whose run is ``.`` or ends in ``/.`` (the metric's group
+becomes ``.``, then it looks in run ``./.``). ``--logdir_spec`` is only the fallback where
+symbolic links cannot be made.
 
 >>> from savegame.log.board import start_board
 >>> with start_board("runs") as board:  # doctest: +SKIP
@@ -31,6 +37,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -75,8 +82,8 @@ def run_names(logdirs: str | os.PathLike | Sequence[str | os.PathLike] | Mapping
               ) -> dict[str, Path]:
     """``{name: folder}`` for the folders to serve; a mapping keeps its names.
 
-    Names are the folders' base names, made unique with ``-2``, ``-3``; ``:`` and ``,`` (which
-    ``--logdir_spec`` splits on) become ``_``.
+    Names are the folders' base names, made unique with ``-2``, ``-3``; ``/``, ``\\``, and ``:``
+    and ``,`` (which ``--logdir_spec`` splits on) become ``_``.
 
     >>> run_names(["a/runs", "b/runs", "c"])
     {'runs': PosixPath('a/runs'), 'runs-2': PosixPath('b/runs'), 'c': PosixPath('c')}
@@ -88,7 +95,7 @@ def run_names(logdirs: str | os.PathLike | Sequence[str | os.PathLike] | Mapping
         pairs = [(Path(p).resolve().name or "root", Path(p)) for p in paths]
     named: dict[str, Path] = {}
     for name, path in pairs:
-        base = re.sub(r"[:,]", "_", name) or "run"
+        base = re.sub(r"[:,/\\]", "_", name).strip(".") or "run"
         unique, n = base, 1
         while unique in named:
             n += 1
@@ -107,33 +114,79 @@ def check_logdirs(logdirs: Mapping[str, Path]) -> None:
                              "(TensorBoard reads every event file below it)")
         if not path.is_dir():
             raise BoardError(f"{path} is a file, not a folder; pass the folder that holds it")
-        if len(logdirs) > 1 and "," in str(path.resolve()):
+
+
+def has_event_files(folder: Path) -> bool:
+    """Whether ``folder`` itself holds TensorBoard event files (it is a run, not runs)."""
+    try:
+        return any("tfevents" in entry.name and entry.is_file() for entry in os.scandir(folder))
+    except OSError:
+        return False
+
+
+def link_folder(logdirs: Mapping[str, Path]) -> Path | None:
+    """A new temporary folder with one symbolic link ``name -> folder`` per entry.
+
+    None where links cannot be made (Windows without the privilege); nothing is left behind.
+    """
+    farm = Path(tempfile.mkdtemp(prefix="savegame-board-"))
+    try:
+        for name, path in logdirs.items():
+            os.symlink(path.resolve(), farm / name, target_is_directory=True)
+    except OSError:
+        remove_link_folder(farm)
+        return None
+    return farm
+
+
+def remove_link_folder(farm: Path) -> None:
+    """Remove what :func:`link_folder` made: the links themselves, never what they point to."""
+    for entry in farm.iterdir() if farm.is_dir() else ():
+        if entry.is_symlink():
+            entry.unlink()
+    try:
+        farm.rmdir()
+    except OSError:
+        pass
+
+
+def logdir_flags(logdirs: Mapping[str, Path]) -> tuple[list[str], Path | None]:
+    """TensorBoard's flags that serve ``logdirs`` (see the module docstring), and the folder of
+    links made for them (None if none; the caller removes it with :func:`remove_link_folder`)."""
+    if len(logdirs) == 1:
+        path = next(iter(logdirs.values()))
+        if not has_event_files(path):
+            return ["--logdir", str(path)], None
+    farm = link_folder(logdirs)
+    if farm is not None:
+        return ["--logdir", str(farm)], farm
+    for path in logdirs.values():
+        if "," in str(path.resolve()):
             raise BoardError(f"{path}: TensorBoard cannot serve a folder with ',' in its path "
-                             "next to others; serve it alone or rename it")
+                             "beside others here (no symbolic links); serve it alone or rename it")
+    # absolute paths start with "/", so a ":" inside one is never read as a name
+    spec = ",".join(f"{name}:{path.resolve()}" for name, path in logdirs.items())
+    return ["--logdir_spec", spec], None
 
 
-def tensorboard_command(logdirs: Mapping[str, Path], *, port: int = 0, host: str = "127.0.0.1",
+def tensorboard_command(logdir: list[str], *, port: int = 0, host: str = "127.0.0.1",
                         load_fast: str = "auto", reload_interval: float | None = None,
                         extra_args: Sequence[str] = ()) -> list[str]:
-    """The command line that serves ``logdirs`` (``{name: folder}``, see :func:`run_names`).
+    """The command line of a TensorBoard serving ``logdir`` (its flags, see
+    :func:`logdir_flags`), every sample kept.
 
-    >>> cmd = tensorboard_command({"runs": Path("runs")}, port=6006)
-    >>> cmd[1:3], cmd[3:7]
-    (['-m', 'tensorboard.main'], ['--logdir', 'runs', '--host', '127.0.0.1'])
-    >>> "--samples_per_plugin" in cmd and "scalars=1000000000" in cmd[-1]
-    True
+    >>> cmd = tensorboard_command(["--logdir", "runs"], port=6006)
+    >>> cmd[1:]  # doctest: +ELLIPSIS
+    ['-m', 'tensorboard.main', '--logdir', 'runs', '--host', '127.0.0.1', '--port', '6006', ...]
+    >>> cmd[cmd.index("--samples_per_plugin") + 1].split(",")[:2]
+    ['scalars=1000000000', 'images=1000000000']
     """
     if load_fast not in LOAD_FAST:
         raise BoardError(f"load_fast must be one of {', '.join(LOAD_FAST)}, not {load_fast!r}")
-    if len(logdirs) > 1 and load_fast == "true":
-        raise BoardError("TensorBoard's fast loader serves one folder only (--logdir); "
-                         "pass one folder, or load_fast='auto' for several")
-    if len(logdirs) == 1:
-        where = ["--logdir", str(next(iter(logdirs.values())))]
-    else:  # absolute paths start with "/", so a ":" inside one is never read as a name
-        spec = ",".join(f"{name}:{path.resolve()}" for name, path in logdirs.items())
-        where = ["--logdir_spec", spec]
-    cmd = [sys.executable, "-m", "tensorboard.main", *where, "--host", host, "--port", str(port),
+    if logdir[0] == "--logdir_spec" and load_fast == "true":
+        raise BoardError("TensorBoard's fast loader cannot serve several folders where symbolic "
+                         "links cannot be made; pass one folder, or load_fast='auto'")
+    cmd = [sys.executable, "-m", "tensorboard.main", *logdir, "--host", host, "--port", str(port),
            f"--load_fast={load_fast}", "--samples_per_plugin", SAMPLES_PER_PLUGIN]
     if reload_interval is not None:
         cmd += ["--reload_interval", str(reload_interval)]
@@ -144,10 +197,11 @@ class Board:
     """A running TensorBoard child process: ``url``, ``process``, ``stop()``; a context manager."""
 
     def __init__(self, process: subprocess.Popen, logdirs: Mapping[str, Path],
-                 command: list[str]) -> None:
+                 command: list[str], links: Path | None = None) -> None:
         self.process = process
-        self.logdirs = dict(logdirs)
+        self.logdirs = dict(logdirs)  # {name: folder} as served
         self.command = command
+        self.links = links  # the temporary folder of symbolic links, if any; stop() removes it
         self.url: str = ""
         self._lines: collections.deque[str] = collections.deque(maxlen=200)
         self._serving = threading.Event()
@@ -228,6 +282,9 @@ class Board:
         self._reader.join(timeout=2)  # EOF comes once the data server (a grandchild) exits too
         if self.process.stdout is not None and not self._reader.is_alive():
             self.process.stdout.close()
+        if self.links is not None:
+            remove_link_folder(self.links)
+            self.links = None
         return self.process.returncode
 
     def __enter__(self) -> Board:
@@ -265,14 +322,22 @@ def start_board(logdirs: str | os.PathLike | Sequence[str | os.PathLike] | Mappi
     check_logdirs(named)
     if not tensorboard_available():
         raise BoardError("tensorboard is not installed; pip install tensorboard")
-    command = tensorboard_command(named, port=port, host=host, load_fast=load_fast,
-                                  reload_interval=reload_interval, extra_args=extra_args)
-    child_env = dict(os.environ if env is None else env)
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace",
-                               env=child_env)
-    board = Board(process, named, command)
+    if load_fast not in LOAD_FAST:
+        raise BoardError(f"load_fast must be one of {', '.join(LOAD_FAST)}, not {load_fast!r}")
+    flags, links = logdir_flags(named)
+    try:
+        command = tensorboard_command(flags, port=port, host=host, load_fast=load_fast,
+                                      reload_interval=reload_interval, extra_args=extra_args)
+        child_env = dict(os.environ if env is None else env)
+        child_env.setdefault("PYTHONUNBUFFERED", "1")
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace",
+                                   env=child_env)
+    except BaseException:
+        if links is not None:
+            remove_link_folder(links)
+        raise
+    board = Board(process, named, command, links)
     try:
         board.wait_ready(timeout)
     except BaseException:  # Ctrl-C while it starts, too: never leave the server behind

@@ -9,11 +9,12 @@ same bytes by hand costs well under 1 µs per value. ``tests/log/test_records.py
 against ``event_pb2`` (byte for byte and through tensorboard's reader).
 
 >>> from tensorboard.compat.proto import event_pb2
->>> data = scalar_event(1.5, 7, [scalar_value_entry("loss", 0.25)])
+>>> record = scalar_record(1.5, 7, [scalar_value_entry("loss", 0.25)])
+>>> [data] = read_records(record)
 >>> event = event_pb2.Event.FromString(data)
 >>> (event.step, event.wall_time, event.summary.value[0].tag, event.summary.value[0].simple_value)
 (7, 1.5, 'loss', 0.25)
->>> torn = frame(data) + frame(b"cut short")[:-3]   # a writer killed mid-record
+>>> torn = record + frame(b"cut short")[:-3]   # a writer killed mid-record
 >>> read_records(torn) == [data]
 True
 """
@@ -105,9 +106,12 @@ def _record_header(length: int) -> bytes:
 
 
 def scalar_record(wall_time: float, step: int, entries: list[bytes]) -> bytes:
-    """``frame(scalar_event(wall_time, step, entries))``, the writer thread's inner loop, fused."""
+    """One framed record of ``Event(wall_time, step, summary=Summary(value=entries))``, with the
+    field order and omitted defaults of protobuf's own serializer (the test compares bytes)."""
     summary = b"".join(entries)
-    data = b"".join((_EVENT_WALL_TIME, _F64.pack(wall_time), _EVENT_STEP if step else b"",
+    time_field = (_EVENT_WALL_TIME + _F64.pack(wall_time)
+                  if wall_time or math.copysign(1.0, wall_time) < 0 else b"")  # proto3 omits +0.0
+    data = b"".join((time_field, _EVENT_STEP if step else b"",
                      _varint(step) if step else b"", _EVENT_SUMMARY, _varint(len(summary)), summary))
     return b"".join((_record_header(len(data)), data, _U32.pack(masked_crc32c(data))))
 
@@ -116,7 +120,7 @@ def scalar_value_prefix(tag: str) -> bytes:
     """The bytes of one ``Summary.value`` entry for ``tag`` up to its value: the entry is complete
     with the 4 bytes of ``float32_bytes(value)``. Computed once per tag and cached by the writer."""
     encoded = tag.encode("utf-8")
-    value = _VALUE_TAG + _varint(len(encoded)) + encoded + _VALUE_SIMPLE
+    value = (_VALUE_TAG + _varint(len(encoded)) + encoded if encoded else b"") + _VALUE_SIMPLE
     return _SUMMARY_VALUE + _varint(len(value) + 4) + value
 
 
@@ -132,14 +136,3 @@ def float32_bytes(value: float) -> bytes:
 def scalar_value_entry(tag: str, value: float) -> bytes:
     """One encoded ``Summary.value`` entry (tag, simple_value)."""
     return scalar_value_prefix(tag) + float32_bytes(value)
-
-
-def scalar_event(wall_time: float, step: int, entries: list[bytes]) -> bytes:
-    """A serialized ``Event(wall_time, step, summary=Summary(value=entries))``; field order and
-    the omitted default ``step=0`` match protobuf's own serializer."""
-    summary = b"".join(entries)
-    parts = [_EVENT_WALL_TIME, _F64.pack(wall_time)]
-    if step:
-        parts += [_EVENT_STEP, _varint(step)]
-    parts += [_EVENT_SUMMARY, _varint(len(summary)), summary]
-    return b"".join(parts)
