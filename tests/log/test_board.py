@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -129,6 +130,18 @@ def test_cli_board_missing_folder_is_one_line_exit_2(tmp_path, capsys):
     assert main(["board", str(tmp_path), str(afile)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(afile) in err and "not a folder" in err
+
+
+def test_cli_board_port_in_use_shows_tensorboards_error(torch_logs, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["board", str(torch_logs), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # TensorBoard's output first, then savegame's one line
+    assert last.startswith("savegame board: error: TensorBoard exited before it served")
+    assert f"could not bind to port {port}" in last
 
 
 def test_cli_board_bad_port(tmp_path, capsys):
