@@ -237,6 +237,8 @@ class Run:
         self._finished = True
         self._guard.uninstall()
         try:
+            if self.config:
+                self._log_session_end(status)
             if self._writer is not None:
                 self._writer.close()
             self._info["status"] = status
@@ -316,6 +318,21 @@ class Run:
         else:  # files continued from an earlier process and not written by this one
             files = {p.relative_to(self.dir).as_posix(): p.stat().st_size for p in self._log_files.values()}
         return {"files": files, "epoch_stats": self._epoch_stats.state_dict()}
+
+    def _log_session_end(self, status: str) -> None:
+        """The HPARAMS tab's status column: finished, failed, or still running (preempted)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        code = {"finished": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(
+            status, api_pb2.STATUS_RUNNING)
+        end = plugin_data_pb2.HParamsPluginData(
+            session_end_info=plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time()))
+        summary = Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG,
+                                               metadata=metadata.create_summary_metadata(end))])
+        if self._writer is None:
+            self._writer = SummaryWriter._continuing(self.dir, self._log_files)
+        self._writer._job("session end", None, None, build=lambda: summary)
 
     def _emit_epoch_stats(self) -> None:
         writer = self.writer if self._stats_pending else self._writer  # no writer: nothing logged

@@ -56,6 +56,14 @@ def log_everything(Writer, log_dir: Path) -> None:
     faces = torch.tensor([[[0, 2, 3], [0, 3, 1], [0, 1, 2], [1, 3, 2]]], dtype=torch.int32)
     mesh_config = {"camera": {"cls": "PerspectiveCamera", "fov": 75}, "lights": [{"cls": "AmbientLight"}]}
 
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+
     w = Writer(str(log_dir))
     w.add_custom_scalars(LAYOUT)
     w.add_graph(model, torch.zeros(2, 4))
@@ -114,6 +122,11 @@ def log_everything(Writer, log_dir: Path) -> None:
         w.add_mesh("mesh", vertices=vertices * (step + 1), colors=colors, faces=faces, config_dict=mesh_config,
                    global_step=step)
         w.add_mesh("cloud", vertices=vertices + step, global_step=step)
+        if plt is not None:  # figures: rendered with Agg, then an image
+            fig = plt.figure(figsize=(2, 1), dpi=40)
+            fig.add_subplot(111).plot([0, 1, 2], [step, 0, 1])
+            w.add_figure("figure", fig, step)
+            w.add_figure("figures", [plt.figure(figsize=(1, 1), dpi=20) for _ in range(2)], step)
     w.add_scalar("no_step", 5.0)
     w.add_scalar("loss/train", 9.0, 1)  # a step again, out of order
     w.add_scalar("late", 1.0, 0)

@@ -375,7 +375,7 @@ def test_add_figure_renders_the_figure_and_closes_it(Writer, tmp_path):
 def test_add_video_needs_moviepy_or_writes_a_gif(Writer, tmp_path):
     video = torch.rand(1, 4, 3, 8, 8)
     try:
-        import moviepy  # noqa: F401
+        import moviepy.editor  # noqa: F401  (what torch's GIF encoder imports; gone in moviepy 2)
     except ImportError:
         with Writer(tmp_path) as w:
             with pytest.raises(ImportError, match="pip install"):

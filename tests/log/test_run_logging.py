@@ -1,6 +1,7 @@
 """Run's writer: curves stay clean across crashes and resumes (every series, sub-runs, hparams)."""
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -133,3 +134,19 @@ def test_the_writer_is_closed_when_the_run_finishes(tmp_path):
         writer = run.writer
     with pytest.raises(savegame.WriterClosedError):
         writer.add_scalar("late", 1.0, 1)
+
+
+@pytest.mark.parametrize("ending, status", [("finish", "STATUS_SUCCESS"), ("crash", "STATUS_FAILURE")])
+def test_the_hparams_session_ends_with_the_runs_status(tmp_path, ending, status):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    with pytest.raises(Crash) if ending == "crash" else nullcontext():
+        with savegame.Run(tmp_path, config={"lr": 0.1}, handle_signals=False) as run:
+            run.log("loss", 1.0)
+            if ending == "crash":
+                raise Crash
+    [path] = event_files(tmp_path)
+    ends = [metadata.parse_session_end_info_plugin_data(v.metadata.plugin_data.content).status
+            for e in event_file_loader.EventFileLoader(str(path)).Load() for v in e.summary.value
+            if v.tag == metadata.SESSION_END_INFO_TAG]
+    assert [api_pb2.Status.Name(s) for s in ends] == [status]
