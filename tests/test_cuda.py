@@ -68,3 +68,33 @@ def test_checkpoints_hold_every_cuda_device_rng_state_and_the_tensor_devices(tmp
     exp_avg = state["optimizer"]["state"][0]["exp_avg"]
     assert exp_avg.device.type == "cpu"  # loaded on the CPU; load_state_dict moves it to the GPU
     assert state["scaler"]["scale"] > 0
+
+
+def test_logging_cuda_values_every_step_adds_no_device_synchronization(tmp_path):
+    from savegame.log.reader import read_scalars
+
+    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 1)).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.randn(256, 512, device="cuda")
+    losses = []
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        run.log("warmup", torch.ones((), device="cuda"))  # pinned-memory pool and events created
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(1, 201):
+                loss = net(x).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                run.log("loss", loss.detach(), step=step, reduce="mean")
+                run.writer.add_scalar("loss_direct", loss.detach(), step)
+                if step % 50 == 0:
+                    run.writer.add_histogram("weight", net[0].weight, step)
+                losses.append(loss.detach())
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    curves = read_scalars(tmp_path)
+    expected = [(i + 1, v) for i, v in enumerate(torch.stack(losses).float().cpu().tolist())]
+    assert [(p.step, p.value) for p in curves["loss"]] == pytest.approx(expected)
+    assert [(p.step, p.value) for p in curves["loss_direct"]] == pytest.approx(expected)
