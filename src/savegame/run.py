@@ -117,7 +117,7 @@ class Run:
         self._guard = PreemptionGuard()
         if handle_signals:
             self._guard.install()
-        if self.config and not self._log_files:
+        if self.config and not self._kept_logs:
             self.writer.add_hparams(hparams_from_config(self.config), {})
 
     # -- the loop's side ---------------------------------------------------------------------
@@ -153,8 +153,15 @@ class Run:
         if self._writer is None:
             if self._finished:
                 raise RuntimeError(f"run {self.dir} is finished; its writer is closed")
-            self._writer = SummaryWriter._continuing(self.dir, self._log_files)
+            self._writer = self._new_writer()
         return self._writer
+
+    def _new_writer(self) -> SummaryWriter:
+        # Each process's file starts with a SessionLog.START: TensorBoard's legacy loader takes
+        # every START after the first as a restart and drops the points it holds from that step
+        # on, so a server watching during a crash and a resume from step S forgets the dead
+        # process's points after S (the cut files are not re-read by a live server).
+        return SummaryWriter._for_run(self.dir, purge_step=self.step + 1 if self.resumed_from else 0)
 
     def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
@@ -313,10 +320,9 @@ class Run:
 
     def _log_state(self) -> dict[str, Any]:
         """What a resume needs to cut the event files back to this moment (flushed and fsynced)."""
+        files = dict(self._kept_logs)  # what earlier processes wrote, up to the resumed checkpoint
         if self._writer is not None and not self._finished:
-            files = self._writer._flush_for_checkpoint()
-        else:  # files continued from an earlier process and not written by this one
-            files = {p.relative_to(self.dir).as_posix(): p.stat().st_size for p in self._log_files.values()}
+            files.update(self._writer._flush_for_checkpoint())
         return {"files": files, "epoch_stats": self._epoch_stats.state_dict()}
 
     def _log_session_end(self, status: str) -> None:
@@ -331,7 +337,7 @@ class Run:
         summary = Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG,
                                                metadata=metadata.create_summary_metadata(end))])
         if self._writer is None:
-            self._writer = SummaryWriter._continuing(self.dir, self._log_files)
+            self._writer = self._new_writer()
         self._writer._job("session end", None, None, build=lambda: summary)
 
     def _emit_epoch_stats(self) -> None:
@@ -445,7 +451,7 @@ class Run:
         """Cut the event files back to the checkpoint resumed from (all of them when none)."""
         saved = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
         self._writer: SummaryWriter | None = None
-        self._log_files = cut_back_event_files(self.dir, saved.get("files", {}), step=self.step)
+        self._kept_logs = cut_back_event_files(self.dir, saved.get("files", {}), step=self.step)
         self._epoch_stats = EpochStats()
         self._epoch_stats.load_state_dict(saved.get("epoch_stats", {}))
         # saved after the epoch's data ran out but before its statistics were logged

@@ -10,7 +10,6 @@ every reservoir unlimited, so nothing is sampled away. ``legacy`` is the older
 from __future__ import annotations
 
 import io
-import os
 import wave
 from pathlib import Path
 
@@ -67,7 +66,8 @@ def _decode(plugin: str, tensor_proto):
         return [s.decode("utf-8") for s in tensor_util.make_ndarray(tensor_proto).reshape(-1)]
     if plugin == "custom_scalars":
         return layout_pb2.Layout.FromString(tensor_proto.string_val[0])
-    if plugin in ("graphs", "graph_run_metadata", "graph_run_metadata_graph", "graph_keras_model"):
+    if plugin in ("graphs", "graph_run_metadata", "graph_run_metadata_graph", "graph_keras_model",
+                  "graph_tagged_run_metadata"):
         return bytes(tensor_proto.string_val[0])
     if plugin == "hparams":
         return None  # the data is the summary metadata's content: see ``load_contents``
@@ -147,7 +147,3 @@ def runs_and_tags(data: dict) -> dict:
         for plugin, tags in plugins.items():
             out.setdefault(plugin, set()).update((run, tag) for tag in tags)
     return out
-
-
-def rel(path, root) -> str:
-    return os.path.relpath(path, root)

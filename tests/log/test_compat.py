@@ -15,7 +15,6 @@ import torch
 from google.protobuf import text_format
 from readback import (
     ROOT,
-    all_event_files,
     decode_wav,
     graph_def,
     legacy,
@@ -226,7 +225,8 @@ def test_same_tags_per_plugin_in_every_run(logs):
     assert set(got) == set(want), f"plugins: torch {sorted(want)}, ours {sorted(got)}"
     for plugin in want:
         assert got[plugin] == want[plugin], (
-            f"{plugin}: only torch {sorted(want[plugin] - got[plugin])}, only ours {sorted(got[plugin] - want[plugin])}")
+            f"{plugin}: only torch {sorted(want[plugin] - got[plugin])}, "
+            f"only ours {sorted(got[plugin] - want[plugin])}")
 
 
 def test_scalars_have_the_same_steps_and_float32_values(logs):
@@ -316,7 +316,7 @@ def test_graph_and_its_run_metadata_are_the_same(logs):
     for run, tag, rows_t, rows_o in _pairs(logs, "graphs"):
         assert [GraphDef.FromString(g) for _, g in rows_o] == [GraphDef.FromString(g) for _, g in rows_t]
     for run, tag, rows_t, rows_o in _pairs(logs, "graph_tagged_run_metadata"):
-        assert [np.asarray(v).tolist() for _, v in rows_o] == [np.asarray(v).tolist() for _, v in rows_t]
+        assert [v for _, v in rows_o] == [v for _, v in rows_t], f"{run}/{tag}"
 
 
 def _hparams(content: bytes) -> dict:
@@ -388,8 +388,9 @@ def _legacy_view(run_dir: Path, drop_scalars=(), drop_tensors=()) -> dict:
                     for e in acc.Histograms(t)]
     images = {t: [(e.step, e.width, e.height, pixels(e.encoded_image_string).tobytes()) for e in acc.Images(t)]
               for t in tags["images"]}
-    audio = {t: [(e.step, e.sample_rate, e.length_frames, e.content_type, decode_wav(e.encoded_audio_string)[3].tobytes())
-                 for e in acc.Audio(t)] for t in tags["audio"]}
+    audio = {t: [(e.step, e.sample_rate, e.length_frames, e.content_type,
+                  decode_wav(e.encoded_audio_string)[3].tobytes()) for e in acc.Audio(t)]
+             for t in tags["audio"]}
     tensors = {t: [(e.step, _array_key(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(t)]
                for t in tags["tensors"] if t not in drop_tensors}
     return {"scalars": scalars, "histograms": hists, "images": images, "audio": audio,

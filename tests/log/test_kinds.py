@@ -262,7 +262,8 @@ def _image(data, tag):
          np.repeat((FLOAT_LEVELS * 255).astype(np.uint8).reshape(2, 3, 1), 3, 2)),
         (np.full((2, 3, 3), 2.0, np.float32), "HWC", np.full((2, 3, 3), 255, np.uint8)),  # clipped
     ],
-    ids=["chw-u8", "chw-tensor-default", "hwc-u8", "hw-u8", "wh-u8", "1hw-u8", "hw-float", "chw-float", "float-clipped"],
+    ids=["chw-u8", "chw-tensor-default", "hwc-u8", "hw-u8", "wh-u8", "1hw-u8", "hw-float", "chw-float",
+         "float-clipped"],
 )
 def test_image_decodes_to_the_logged_pixels(Writer, tmp_path, tensor, dataformats, expected_rgb):
     kwargs = {} if dataformats is None else {"dataformats": dataformats}
@@ -773,7 +774,8 @@ def test_explicit_walltime_is_recorded(Writer, tmp_path):
     assert ev.wall_time == 2345.25
 
 
-@pytest.mark.parametrize("step", [np.int64(4), np.int32(4), torch.tensor(4), 4.0], ids=["np.int64", "np.int32", "tensor", "float"])
+@pytest.mark.parametrize("step", [np.int64(4), np.int32(4), torch.tensor(4), 4.0],
+                         ids=["np.int64", "np.int32", "tensor", "float"])
 def test_global_step_of_integer_like_types_is_accepted(Writer, tmp_path, step):
     with Writer(tmp_path) as w:
         w.add_scalar("x", 1.0, step)

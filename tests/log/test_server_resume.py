@@ -71,3 +71,20 @@ def test_the_server_shows_one_value_per_step_after_a_sigkill_and_a_rerun(logdir,
             assert steps == sorted(set(steps)), f"{tag}: a step twice or out of order"
             assert [(s, v) for _, s, v in killed] == [(s, v) for _, s, v in straight], tag
         assert set(server.scalar_tags()["killed"]) == set(expected)
+
+
+@pytest.mark.parametrize("load_fast", LOADERS.values(), ids=LOADERS.keys())
+def test_a_server_watching_during_the_kill_and_the_rerun(tmp_path, load_fast):
+    run_dir = tmp_path / "live"
+    run_dir.mkdir()
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
+    expected = [(p.step, p.value) for p in read_scalars(straight)["loss/train"]]
+    with tensorboard(tmp_path, load_fast=load_fast) as server:
+        kill_after_logging_past_a_checkpoint(run_dir)
+        time.sleep(3)  # let the server read what the dead process wrote
+        subprocess.run(command(run_dir), check=True, capture_output=True, timeout=600)
+        time.sleep(3)
+        points = server.wait_scalars("live", "loss/train", len(expected))
+        print(load_fast, len(points), len(expected))
+        assert [(s, v) for _, s, v in points] == expected

@@ -64,6 +64,27 @@ def check_image(method: str, tag: str, image: Any, dataformats: str) -> None:
         raise ValueError(f"{method}({tag!r}): images must be uint8 (0-255) or float (0-1), got {dtype}")
 
 
+def check_audio(tag: str, sound: Any) -> None:
+    shape = tuple(getattr(sound, "shape", ()))
+    if len([n for n in shape if n != 1]) > 1:
+        raise ValueError(f"add_audio({tag!r}): expected one channel of samples (a 1-d array, or (1, L)), "
+                         f"got shape {shape}; log each channel under its own tag")
+
+
+def check_histogram(tag: str, values: Any) -> None:
+    size = getattr(values, "size", None)
+    count = size() if callable(size) else size if size is not None else len(values)
+    count = count.numel() if hasattr(count, "numel") else count
+    if count == 0:
+        raise ValueError(f"add_histogram({tag!r}): got no values; a histogram needs at least one")
+
+
+def check_same_length(method: str, tag: str, **arrays: Any) -> None:
+    lengths = {name: len(a) for name, a in arrays.items() if a is not None}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{method}({tag!r}): these must be equally long, got lengths {lengths}")
+
+
 def require(module: str, feature: str, install: str) -> Any:
     """Import an optional package, or raise an error that says what to install."""
     try:

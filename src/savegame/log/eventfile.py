@@ -34,12 +34,25 @@ def is_our_event_file(path: Path) -> bool:
     return "tfevents" in path.name and MARKER in path.name
 
 
+def _sortable_time(folder: Path) -> int:
+    """The time field of a new file's name: now, or one past the newest event file already in
+    ``folder``. TensorBoard reads a run's files in name order, and a resumed run's new file must
+    come after the files it continues, even within the same second."""
+    newest = 0
+    for existing in folder.iterdir():
+        parts = existing.name.split(".")
+        if "tfevents" in parts and len(parts) > parts.index("tfevents") + 1:
+            field = parts[parts.index("tfevents") + 1]
+            newest = max(newest, int(field)) if field.isdigit() else newest
+    return max(int(time.time()), newest + 1 if newest >= int(time.time()) else 0)
+
+
 class EventFile:
     """An append-only event file. Not thread-safe: only the writer thread touches it."""
 
     def __init__(self, path: Path, size: int):
         self.path = path
-        self.size = size  # bytes of complete records written to the OS (or pending in _file's buffer)
+        self.size = size  # bytes of complete records written (handed to the OS at each flush)
         self._file = open(path, "ab", buffering=1 << 20)  # noqa: SIM115 (closed by close())
 
     @classmethod
@@ -47,17 +60,12 @@ class EventFile:
         """A new file named like tensorboard's own (``events.out.tfevents.<time>.<host>.<pid>.<n>``),
         starting with the ``file_version`` record every reader expects first."""
         folder.mkdir(parents=True, exist_ok=True)
-        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+        name = (f"events.out.tfevents.{_sortable_time(folder):010d}.{socket.gethostname()}."
                 f"{os.getpid()}.{next(_uid)}{MARKER}{filename_suffix}")
         event_file = cls(folder / name, 0)
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         event_file.write([frame(version.SerializeToString())])
         return event_file
-
-    @classmethod
-    def reopen(cls, path: Path) -> EventFile:
-        """Continue an existing file (already cut back to a committed size by a resume)."""
-        return cls(path, path.stat().st_size)
 
     def write(self, records: list[bytes]) -> None:
         data = b"".join(records)

@@ -16,6 +16,7 @@ after they are logged.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import time
 from typing import Any
@@ -67,13 +68,16 @@ def _not_one_value(tag: str, value: torch.Tensor) -> ValueError:
 
 
 def tensor_on_host(value: Any) -> Any:
-    """A private copy of an array-like argument (tensor, numpy array); other values pass through."""
+    """A private copy of an argument, taken now: a tensor (CUDA: copied asynchronously), a numpy
+    array, or a list/tuple/dict (a caller may reuse its buffer right after the call)."""
     if isinstance(value, torch.Tensor):
         if value.device.type == "cuda":
             return OnDevice(value)
         return value.detach().to("cpu", copy=True)
     if isinstance(value, np.ndarray):
         return value.copy()
+    if isinstance(value, (list, tuple, dict)):
+        return copy.deepcopy(value)
     return value
 
 

@@ -7,12 +7,16 @@ rerun then appends to the same files. Nothing is deleted: the cut-off bytes go t
 ``discarded-logs/after-step-<S>-<time>/`` under names without "tfevents", which TensorBoard
 ignores. Running this twice (a crash during the cut) gives the same result.
 
+The rerun writes a new file per folder (as every TensorBoard writer does) that starts with a
+``SessionLog.START`` at step S+1: a TensorBoard already running with the legacy loader then drops
+the points it had read past S; the default (Rust) loader shows them until it is restarted.
+
 >>> import tempfile, pathlib
 >>> from savegame.log.eventfile import EventFile
 >>> run = pathlib.Path(tempfile.mkdtemp())
 >>> f = EventFile.create(run); f.write([b"later"]); f.close()
 >>> keep = {f.path.name: f.size - 5}            # the checkpoint saw everything but b"later"
->>> cut_back_event_files(run, keep, step=10) == {"": f.path}
+>>> cut_back_event_files(run, keep, step=10) == keep
 True
 >>> f.path.stat().st_size == keep[f.path.name]
 True
@@ -43,9 +47,9 @@ def event_files(run_dir: Path) -> list[Path]:
 def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, step: int | None) -> dict[str, Path]:
     """Make the folder's event files hold exactly ``sizes`` (relative path -> bytes).
 
-    Returns ``{sub-run folder ("" for the run itself): file}`` for the writer to continue.
+    Returns the sizes kept (``{relative path: bytes}``): later checkpoints record them again.
     """
-    continue_files: dict[str, Path] = {}
+    kept: dict[str, int] = {}
     aside = run_dir / DISCARDED / f"after-step-{step or 0:06d}-{int(time.time())}"
     for path in event_files(run_dir):
         relative = path.relative_to(run_dir).as_posix()
@@ -63,9 +67,8 @@ def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, step: int | No
             continue
         if keep < size:
             _move_tail(path, keep, target)
-        folder = path.parent.relative_to(run_dir).as_posix()
-        continue_files["" if folder == "." else folder] = path
-    return continue_files
+        kept[relative] = keep
+    return kept
 
 
 def _move_tail(path: Path, keep: int, target: Path) -> None:

@@ -58,14 +58,12 @@ _STOP = object()
 class LogWorker:
     """Owns the event files of one writer: the main one and one per ``add_scalars`` sub-folder."""
 
-    def __init__(self, root: Path, *, flush_secs: float, filename_suffix: str = "",
-                 continue_files: dict[str, Path] | None = None):
+    def __init__(self, root: Path, *, flush_secs: float, filename_suffix: str = ""):
         self.root = root
         self.queue: deque = deque()
         self.error: str | None = None  # the first failure, reported on the caller's next call
         self._flush_secs = flush_secs
         self._suffix = filename_suffix
-        self._continue = dict(continue_files or {})
         self._files: dict[str, EventFile] = {}
         self._prefixes: dict[str, bytes] = {}
         self._aggregates: dict[str, list[float]] = {}
@@ -86,12 +84,8 @@ class LogWorker:
                                    f"{self.error or 'no error was recorded'}")
 
     def offsets(self) -> dict[str, int]:
-        """``{event file path relative to root: committed size}``; call right after ``flush``.
-        Files continued from an earlier process but not written to yet count with their size."""
-        sizes = {p.relative_to(self.root).as_posix(): p.stat().st_size
-                 for p in list(self._continue.values()) if p.exists()}
-        sizes.update({f.path.relative_to(self.root).as_posix(): f.size for f in list(self._files.values())})
-        return sizes
+        """``{event file path relative to root: committed size}``; call right after ``flush``."""
+        return {f.path.relative_to(self.root).as_posix(): f.size for f in list(self._files.values())}
 
     def stop(self) -> None:
         self.queue.append(_STOP)
@@ -189,11 +183,7 @@ class LogWorker:
     def _file(self, key: str | None) -> EventFile:
         f = self._files.get(key or "")
         if f is None:
-            path = self._continue.pop(key or "", None)
-            if path is not None and path.exists():
-                f = EventFile.reopen(path)
-            else:
-                f = EventFile.create(self.root / key if key else self.root, self._suffix)
+            f = EventFile.create(self.root / key if key else self.root, self._suffix)
             self._files[key or ""] = f
         return f
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LogWriteError, WriterClosedError
-from .checks import check_image, check_step, check_tag, require
+from .checks import check_audio, check_histogram, check_image, check_same_length, check_step, check_tag, require
 from .host import resolve, scalar_on_host, tensor_on_host
 from .worker import Job, LogWorker
 
@@ -85,27 +85,26 @@ class SummaryWriter:
         if rank_zero_only and _rank() != 0:
             self._state = _SILENT
             return
-        self._start(continue_files=None, handle_sigterm=True)
+        self._start(handle_sigterm=True)
 
     @classmethod
-    def _continuing(cls, log_dir: Path, continue_files: dict[str, Path]) -> "SummaryWriter":
-        """A ``Run``'s writer: appends to the files its resume cut back; the Run flushes at each
-        checkpoint and on SIGTERM (its own handler), so this writer installs none."""
+    def _for_run(cls, log_dir: Path, purge_step: int | None) -> "SummaryWriter":
+        """A ``Run``'s writer. The Run flushes it at each checkpoint and handles SIGTERM itself
+        (saving flushes), so this writer installs no handler."""
         writer = cls.__new__(cls)
-        writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), None, 10
+        writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), purge_step, 10
         writer.flush_secs, writer.filename_suffix = 120, ""
         writer._state, writer._worker = _OPEN, None
         if _rank() != 0:
             writer._state = _SILENT
         else:
-            writer._start(continue_files=continue_files, handle_sigterm=False)
+            writer._start(handle_sigterm=False)
         return writer
 
-    def _start(self, *, continue_files: dict[str, Path] | None, handle_sigterm: bool) -> None:
+    def _start(self, *, handle_sigterm: bool) -> None:
         root = Path(self.log_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix,
-                                 continue_files=continue_files)
+        self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix)
         self._queue = self._worker.queue
         self._projector = None  # the projector config, grown by each add_embedding
         _live_writers.add(self)
@@ -170,6 +169,7 @@ class SummaryWriter:
                       max_bins: int | None = None) -> None:
         if isinstance(bins, str) and bins == "tensorflow":
             bins = _default_bins()
+        check_histogram(tag, values)
         host = tensor_on_host(values)
         self._job(f"add_histogram({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().histogram(tag, _numpy(resolve(host)), bins, max_bins=max_bins))
@@ -187,6 +187,7 @@ class SummaryWriter:
 
     def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
                      num_thresholds: int = 127, weights: Any = None, walltime: float | None = None) -> None:
+        check_same_length("add_pr_curve", tag, labels=labels, predictions=predictions, weights=weights)
         labels, predictions = tensor_on_host(labels), tensor_on_host(predictions)
         weights = tensor_on_host(weights)
         self._job(f"add_pr_curve({tag!r})", global_step, walltime, tag=tag, build=
@@ -264,12 +265,15 @@ class SummaryWriter:
 
     def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None,
                   sample_rate: int = 44100, walltime: float | None = None) -> None:
+        check_audio(tag, snd_tensor)
         host = tensor_on_host(snd_tensor)
         self._job(f"add_audio({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().audio(tag, _numpy(resolve(host)), sample_rate=sample_rate))
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
+        if not isinstance(text_string, str):
+            raise TypeError(f"add_text({tag!r}): text_string must be a str, got {type(text_string).__name__}")
         self._job(f"add_text({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().text(tag, text_string))
 
@@ -277,6 +281,7 @@ class SummaryWriter:
                  config_dict: Any = None, global_step: int | None = None,
                  walltime: float | None = None) -> None:
         v, c, f = tensor_on_host(vertices), tensor_on_host(colors), tensor_on_host(faces)
+        config_dict = tensor_on_host(config_dict)
         self._job(f"add_mesh({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().mesh(tag, _tensor(resolve(v)), _tensor(resolve(c)),
                                           _tensor(resolve(f)), config_dict))
@@ -333,6 +338,7 @@ class SummaryWriter:
             raise ValueError(f"add_embedding({tag!r}): {label_img.shape[0]} label images for {shape[0]} points")
         step = check_step("add_embedding", global_step)
         host_mat, host_img = tensor_on_host(mat), tensor_on_host(label_img)
+        metadata, metadata_header = tensor_on_host(metadata), tensor_on_host(metadata_header)
         metadata = list(metadata) if metadata is not None else None
         self._job(f"add_embedding({tag!r})", None, None, tag=tag, build=
                   lambda: self._write_embedding(resolve(host_mat), metadata, resolve(host_img),
@@ -358,6 +364,7 @@ class SummaryWriter:
         _embedding.write_pbtxt(self.log_dir, text_format.MessageToString(self._projector))
 
     def add_custom_scalars(self, layout: dict) -> None:
+        layout = tensor_on_host(layout)
         self._job("add_custom_scalars()", None, None, build=lambda: _summary().custom_scalars(layout))
 
     def add_custom_scalars_multilinechart(self, tags: list, category: str = "default",
