@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import struct
 import threading
 import traceback
 from collections import deque
@@ -29,6 +30,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from .eventfile import EventFile
 from .host import OnDevice
 from .records import float32_bytes, frame, scalar_record, scalar_value_prefix
+
+_F32 = struct.Struct("<f")
 
 # Seconds between wake-ups: the bound on what a SIGKILL can lose when flush_secs is larger.
 WAKE_SECS = 0.25
@@ -123,10 +126,10 @@ class LogWorker:
         """Write records for queued items up to a control item (flush/stop), which is returned."""
         queue = self.queue
         pending: dict[str | None, list[bytes]] = {}
-        group_key = None  # (file_key, step) of the scalars being merged into one record
+        # the scalars being merged into one record: same file, same step, consecutive
         group: list[bytes] = []
-        group_wall = 0.0
-        prefixes = self._prefixes
+        group_file, group_step, group_wall = None, None, 0.0
+        prefixes, pack = self._prefixes, _F32.pack
         control = None
         try:
             while queue:
@@ -138,25 +141,26 @@ class LogWorker:
                     prefix = prefixes.get(tag)
                     if prefix is None:
                         prefix = prefixes[tag] = scalar_value_prefix(tag)
-                    if group_key != (file_key, step):
+                    if step != group_step or file_key != group_file or not group:
                         if group:
-                            pending.setdefault(group_key[0], []).append(
-                                scalar_record(group_wall, group_key[1], group))
-                        group_key, group, group_wall = (file_key, step), [], walltime
-                    group.append(prefix + float32_bytes(value))
+                            pending.setdefault(group_file, []).append(
+                                scalar_record(group_wall, group_step, group))
+                        group, group_file, group_step, group_wall = [], file_key, step, walltime
+                    try:
+                        group.append(prefix + pack(value))
+                    except OverflowError:  # beyond float32: ±inf, as protobuf stores it
+                        group.append(prefix + float32_bytes(value))
                     continue
                 if group:
-                    pending.setdefault(group_key[0], []).append(
-                        scalar_record(group_wall, group_key[1], group))
-                    group_key, group = None, []
+                    pending.setdefault(group_file, []).append(scalar_record(group_wall, group_step, group))
+                    group = []
                 if type(item) is Job:
                     self._run_job(item, pending)
                 else:
                     control = item
                     break
             if group:
-                pending.setdefault(group_key[0], []).append(
-                    scalar_record(group_wall, group_key[1], group))
+                pending.setdefault(group_file, []).append(scalar_record(group_wall, group_step, group))
             for file_key, records in pending.items():
                 self._file(file_key).write(records)
         except Exception as error:  # disk full, permissions: keep the thread, report the error
