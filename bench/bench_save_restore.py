@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine
 from torch import nn
 
 from savegame.checkpoint.store import read_checkpoint, write_checkpoint
@@ -87,16 +87,6 @@ def save_savegame(state: dict, path: Path) -> None:
 def remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     os.sync()  # let deletion work settle outside the timed region
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"machine: cpu={cpu}; cores={os.cpu_count()}; python={platform.python_version()}; "
-            f"torch={torch.__version__}; os={platform.system()} {platform.release()}")
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import argparse
 import gc
 import importlib
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -43,23 +42,13 @@ from pathlib import Path
 import numpy as np
 import tensorboard
 import torch
+from machine import machine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter as TorchWriter
 
 WARMUP = 1_000
 TAGS8 = [f"train/metric{k}" for k in range(8)]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"machine: cpu={cpu}; cores={os.cpu_count()}; python={platform.python_version()}; "
-            f"torch={torch.__version__}; tensorboard={tensorboard.__version__}; "
-            f"os={platform.system()} {platform.release()}; load average at start={os.getloadavg()[0]:.2f}")
 
 
 def load_writer(spec: str):
@@ -253,7 +242,7 @@ def main() -> None:
 
     ours_cls = load_writer(args.ours)
     writers = {"savegame": (ours_cls, calls, scalars), "torch": (TorchWriter, torch_calls, torch_scalars)}
-    print(machine())
+    print(machine(tensorboard=tensorboard.__version__))
     print(f"writers: savegame = {ours_cls.__module__}.{ours_cls.__qualname__}; "
           f"torch = {TorchWriter.__module__}.{TorchWriter.__qualname__}")
     work = Path(tempfile.mkdtemp(prefix="savegame-bench-writer-", dir=args.dir))
