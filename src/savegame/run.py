@@ -161,7 +161,7 @@ class Run:
         # every START after the first as a restart and drops the points it holds from that step
         # on, so a server watching during a crash and a resume from step S forgets the dead
         # process's points after S (the cut files are not re-read by a live server).
-        return SummaryWriter._for_run(self.dir, purge_step=self.step + 1 if self.resumed_from else 0)
+        return SummaryWriter._for_run(self.dir, purge_step=self._first_new_step)
 
     def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
@@ -452,6 +452,7 @@ class Run:
         saved = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
         self._writer: SummaryWriter | None = None
         self._kept_logs = cut_back_event_files(self.dir, saved.get("files", {}), step=self.step)
+        self._first_new_step = self.step + 1 if self.resumed_from else 0  # the writer may come later
         self._epoch_stats = EpochStats()
         self._epoch_stats.load_state_dict(saved.get("epoch_stats", {}))
         # saved after the epoch's data ran out but before its statistics were logged

@@ -15,11 +15,16 @@ from savegame.log.reader import read_scalars
 from tbserver import LOADERS, tensorboard
 
 SCRIPT = Path(__file__).parents[1] / "fixtures" / "train_script.py"
-ARGS = ["--epochs", "2", "--width", "256", "--every", "15"]
+ARGS = ["--epochs", "4", "--width", "768", "--every", "15"]
 
 
 def command(run_dir):
     return [sys.executable, str(SCRIPT), str(run_dir), str(run_dir) + ".safetensors", *ARGS]
+
+
+def run_to_end(run_dir):
+    done = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
 
 
 def logged_steps(run_dir):
@@ -53,10 +58,10 @@ def kill_after_logging_past_a_checkpoint(run_dir):
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    subprocess.run(command(root / "straight"), check=True, capture_output=True, timeout=600)
+    run_to_end(root / "straight")
     checkpoint_step, logged = kill_after_logging_past_a_checkpoint(root / "killed")
     assert logged > checkpoint_step  # the precondition: the dead process logged past its checkpoint
-    subprocess.run(command(root / "killed"), check=True, capture_output=True, timeout=600)
+    run_to_end(root / "killed")
     return root
 
 
@@ -78,12 +83,12 @@ def test_a_server_watching_during_the_kill_and_the_rerun(tmp_path, load_fast):
     run_dir = tmp_path / "live"
     run_dir.mkdir()
     straight = tmp_path / "straight"
-    subprocess.run(command(straight), check=True, capture_output=True, timeout=600)
+    run_to_end(straight)
     expected = [(p.step, p.value) for p in read_scalars(straight)["loss/train"]]
     with tensorboard(tmp_path, load_fast=load_fast) as server:
         kill_after_logging_past_a_checkpoint(run_dir)
         time.sleep(3)  # let the server read what the dead process wrote
-        subprocess.run(command(run_dir), check=True, capture_output=True, timeout=600)
+        run_to_end(run_dir)
         time.sleep(3)
         points = server.wait_scalars("live", "loss/train", len(expected))
         print(load_fast, len(points), len(expected))

@@ -26,20 +26,20 @@ Intended differences from torch's writer:
 
 from __future__ import annotations
 
-import atexit
+import functools
 import os
-import signal
 import socket
-import threading
 import time
-import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LogWriteError, WriterClosedError
+from . import lifecycle
 from .checks import check_audio, check_histogram, check_image, check_same_length, check_step, check_tag, require
+from .convert import (default_bins, embedding_folder_name, maybe_numpy, summary_event, to_list,
+                      to_numpy, to_tensor)
 from .host import resolve, scalar_on_host, tensor_on_host
 from .worker import Job, LogWorker
 
@@ -47,6 +47,20 @@ from .worker import Job, LogWorker
 MAX_BACKLOG = 500_000
 
 _OPEN, _CLOSED, _SILENT = "open", "closed", "silent"
+
+
+def _when_open(method: Callable) -> Callable:
+    """Make ``method`` raise after ``close()`` and return at once on a silent (non-zero) rank,
+    before it copies or checks anything."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def checked(self: "SummaryWriter", *args: Any, **kwargs: Any) -> Any:
+        if self._state is not _OPEN:
+            return self._not_open(name)
+        return method(self, *args, **kwargs)
+
+    return checked
 
 
 def _summary():
@@ -107,9 +121,9 @@ class SummaryWriter:
         self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix)
         self._queue = self._worker.queue
         self._projector = None  # the projector config, grown by each add_embedding
-        _live_writers.add(self)
+        lifecycle.track(self)
         if handle_sigterm:
-            _install_sigterm_flush()
+            lifecycle.install_sigterm_flush()
         if self.purge_step is not None:
             from tensorboard.compat.proto.event_pb2 import Event, SessionLog
             step = check_step("SummaryWriter", self.purge_step)
@@ -157,6 +171,7 @@ class SummaryWriter:
         for tag, value in tag_scalar_dict.items():
             self._queue.append((prefix + str(tag), main_tag, scalar_on_host(value, main_tag), step, walltime))
 
+    @_when_open
     def add_tensor(self, tag: str, tensor: Any, global_step: int | None = None,
                    walltime: float | None = None) -> None:
         value = tensor_on_host(tensor)
@@ -164,16 +179,18 @@ class SummaryWriter:
                   lambda: _summary().tensor_proto(tag, resolve(value)))
 
     # -- distributions -----------------------------------------------------------------------
+    @_when_open
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None,
                       bins: Any = "tensorflow", walltime: float | None = None,
                       max_bins: int | None = None) -> None:
         if isinstance(bins, str) and bins == "tensorflow":
-            bins = _default_bins()
+            bins = default_bins()
         check_histogram(tag, values)
         host = tensor_on_host(values)
         self._job(f"add_histogram({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().histogram(tag, _numpy(resolve(host)), bins, max_bins=max_bins))
+                  lambda: _summary().histogram(tag, to_numpy(resolve(host)), bins, max_bins=max_bins))
 
+    @_when_open
     def add_histogram_raw(self, tag: str, min: float, max: float, num: int, sum: float,
                           sum_squares: float, bucket_limits: Any, bucket_counts: Any,
                           global_step: int | None = None, walltime: float | None = None) -> None:
@@ -183,17 +200,19 @@ class SummaryWriter:
         limits, counts = tensor_on_host(bucket_limits), tensor_on_host(bucket_counts)
         self._job(f"add_histogram_raw({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().histogram_raw(tag, min, max, num, sum, sum_squares,
-                                                   _list(resolve(limits)), _list(resolve(counts))))
+                                                   to_list(resolve(limits)), to_list(resolve(counts))))
 
+    @_when_open
     def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
                      num_thresholds: int = 127, weights: Any = None, walltime: float | None = None) -> None:
         check_same_length("add_pr_curve", tag, labels=labels, predictions=predictions, weights=weights)
         labels, predictions = tensor_on_host(labels), tensor_on_host(predictions)
         weights = tensor_on_host(weights)
         self._job(f"add_pr_curve({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().pr_curve(tag, _numpy(resolve(labels)), _numpy(resolve(predictions)),
-                                              num_thresholds, _maybe_numpy(resolve(weights))))
+                  lambda: _summary().pr_curve(tag, to_numpy(resolve(labels)), to_numpy(resolve(predictions)),
+                                              num_thresholds, maybe_numpy(resolve(weights))))
 
+    @_when_open
     def add_pr_curve_raw(self, tag: str, true_positive_counts: Any, false_positive_counts: Any,
                          true_negative_counts: Any, false_negative_counts: Any, precision: Any,
                          recall: Any, global_step: int | None = None, num_thresholds: int = 127,
@@ -201,31 +220,30 @@ class SummaryWriter:
         parts = [tensor_on_host(x) for x in (true_positive_counts, false_positive_counts,
                                              true_negative_counts, false_negative_counts, precision, recall)]
         self._job(f"add_pr_curve_raw({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().pr_curve_raw(tag, *[_numpy(resolve(p)) for p in parts],
+                  lambda: _summary().pr_curve_raw(tag, *[to_numpy(resolve(p)) for p in parts],
                                                   num_thresholds, weights))
 
     # -- images, figures, video, audio, text, mesh -------------------------------------------
+    @_when_open
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None,
                   walltime: float | None = None, dataformats: str = "CHW") -> None:
         self._image("add_image", tag, img_tensor, global_step, walltime, dataformats)
 
+    @_when_open
     def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None,
                    walltime: float | None = None, dataformats: str = "NCHW") -> None:
         self._image("add_images", tag, img_tensor, global_step, walltime, dataformats)
 
     def _image(self, method: str, tag: str, img: Any, step: Any, walltime: Any, dataformats: str) -> None:
-        if self._state is not _OPEN:
-            return self._not_open(method)
         check_image(method, tag, img, dataformats)
         host = tensor_on_host(img)
         self._job(f"{method}({tag!r})", step, walltime, tag=tag, build=
-                  lambda: _summary().image(tag, _numpy(resolve(host)), dataformats=dataformats))
+                  lambda: _summary().image(tag, to_numpy(resolve(host)), dataformats=dataformats))
 
+    @_when_open
     def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any,
                              global_step: int | None = None, walltime: float | None = None,
                              rescale: int = 1, dataformats: str = "CHW", labels: Any = None) -> None:
-        if self._state is not _OPEN:
-            return self._not_open("add_image_with_boxes")
         check_image("add_image_with_boxes", tag, img_tensor, dataformats)
         if labels is not None:
             labels = [labels] if isinstance(labels, str) else list(labels)
@@ -233,15 +251,14 @@ class SummaryWriter:
                 labels = None  # as torch: labels that don't match the boxes are dropped
         img, boxes = tensor_on_host(img_tensor), tensor_on_host(box_tensor)
         self._job(f"add_image_with_boxes({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().image_boxes(tag, _numpy(resolve(img)), _numpy(resolve(boxes)),
+                  lambda: _summary().image_boxes(tag, to_numpy(resolve(img)), to_numpy(resolve(boxes)),
                                                  rescale=rescale, dataformats=dataformats, labels=labels))
 
+    @_when_open
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
                    walltime: float | None = None) -> None:
         """Render a matplotlib figure (or a list of them) now, on the caller (matplotlib is not
         thread-safe), and log the pixels as an image."""
-        if self._state is not _OPEN:
-            return self._not_open("add_figure")
         require("matplotlib", "add_figure", "matplotlib")
         from torch.utils.tensorboard._utils import figure_to_image
         if isinstance(figure, list):
@@ -249,10 +266,9 @@ class SummaryWriter:
         else:
             self.add_image(tag, figure_to_image(figure, close), global_step, walltime, dataformats="CHW")
 
+    @_when_open
     def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: int = 4,
                   walltime: float | None = None) -> None:
-        if self._state is not _OPEN:
-            return self._not_open("add_video")
         # torch encodes GIFs with moviepy 1.x's moviepy.editor; without it, torch prints a line and
         # writes an empty image. Here the call fails, with the fix.
         require("moviepy.editor", "add_video", "'moviepy<2'")
@@ -261,15 +277,17 @@ class SummaryWriter:
             raise ValueError(f"add_video({tag!r}): expected a 5-d tensor (N, T, C, H, W), got shape {shape}")
         host = tensor_on_host(vid_tensor)
         self._job(f"add_video({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().video(tag, _numpy(resolve(host)), fps))
+                  lambda: _summary().video(tag, to_numpy(resolve(host)), fps))
 
+    @_when_open
     def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None,
                   sample_rate: int = 44100, walltime: float | None = None) -> None:
         check_audio(tag, snd_tensor)
         host = tensor_on_host(snd_tensor)
         self._job(f"add_audio({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().audio(tag, _numpy(resolve(host)), sample_rate=sample_rate))
+                  lambda: _summary().audio(tag, to_numpy(resolve(host)), sample_rate=sample_rate))
 
+    @_when_open
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
         if not isinstance(text_string, str):
@@ -277,16 +295,18 @@ class SummaryWriter:
         self._job(f"add_text({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().text(tag, text_string))
 
+    @_when_open
     def add_mesh(self, tag: str, vertices: Any, colors: Any = None, faces: Any = None,
                  config_dict: Any = None, global_step: int | None = None,
                  walltime: float | None = None) -> None:
         v, c, f = tensor_on_host(vertices), tensor_on_host(colors), tensor_on_host(faces)
         config_dict = tensor_on_host(config_dict)
         self._job(f"add_mesh({tag!r})", global_step, walltime, tag=tag, build=
-                  lambda: _summary().mesh(tag, _tensor(resolve(v)), _tensor(resolve(c)),
-                                          _tensor(resolve(f)), config_dict))
+                  lambda: _summary().mesh(tag, to_tensor(resolve(v)), to_tensor(resolve(c)),
+                                          to_tensor(resolve(f)), config_dict))
 
     # -- hparams, graph, embedding, custom scalars -------------------------------------------
+    @_when_open
     def add_hparams(self, hparam_dict: dict, metric_dict: dict, hparam_domain_discrete: Any = None,
                     run_name: str | None = None, global_step: int | None = None) -> None:
         """Hyperparameters for the HPARAMS dashboard.
@@ -295,26 +315,23 @@ class SummaryWriter:
         beside its curves; TensorBoard then lists every scalar of the run as a metric (latest
         value), so the metrics follow training. With ``run_name``, as torch: a sub-run holding
         the hparams and the metrics (``hparam_domain_discrete`` only applies there)."""
-        if self._state is not _OPEN:
-            return self._not_open("add_hparams")
         if type(hparam_dict) is not dict or type(metric_dict) is not dict:
             raise TypeError("add_hparams(): hparam_dict and metric_dict must be dicts, got "
                             f"{type(hparam_dict).__name__} and {type(metric_dict).__name__}")
         experiment, start, end = _summary().hparams(hparam_dict, metric_dict, hparam_domain_discrete)
         if run_name:
             self._job("add_hparams()", global_step, None, file_key=run_name, build=lambda: [
-                _event(experiment), _event(start), _event(end)])
+                summary_event(experiment), summary_event(start), summary_event(end)])
         else:
-            self._job("add_hparams()", global_step, None, build=lambda: [_event(start)])
+            self._job("add_hparams()", global_step, None, build=lambda: [summary_event(start)])
         for name, value in metric_dict.items():
             self._queue.append((run_name or None, name, scalar_on_host(value, name),
                                 check_step("add_hparams", global_step), time.time()))
 
+    @_when_open
     def add_graph(self, model: Any, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
         """Trace ``model`` now (on the caller, it runs the model) and log its graph."""
-        if self._state is not _OPEN:
-            return self._not_open("add_graph")
         from tensorboard.compat.proto.event_pb2 import Event, TaggedRunMetadata
         from torch.utils.tensorboard._pytorch_graph import graph
         graph_def, step_stats = graph(model, input_to_model, verbose, use_strict_trace)
@@ -323,12 +340,11 @@ class SummaryWriter:
             Event(tagged_run_metadata=TaggedRunMetadata(tag="step1",
                                                         run_metadata=step_stats.SerializeToString()))])
 
+    @_when_open
     def add_embedding(self, mat: Any, metadata: Any = None, label_img: Any = None,
                       global_step: int | None = None, tag: str = "default",
                       metadata_header: Any = None) -> None:
         """Points for TensorBoard's projector: ``<step>/<tag>/`` files plus ``projector_config.pbtxt``."""
-        if self._state is not _OPEN:
-            return self._not_open("add_embedding")
         shape = tuple(getattr(mat, "shape", ()))
         if len(shape) != 2:
             raise ValueError(f"add_embedding({tag!r}): mat must be 2-d (points, features), got shape {shape}")
@@ -349,28 +365,31 @@ class SummaryWriter:
         from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
         from torch.utils.tensorboard import _embedding
 
-        subdir = f"{str(step).zfill(5)}/{_encode_tag(tag)}"
+        subdir = f"{str(step).zfill(5)}/{embedding_folder_name(tag)}"
         save_path = os.path.join(self.log_dir, subdir)
         os.makedirs(save_path, exist_ok=True)
         if metadata is not None:
             _embedding.make_tsv(metadata, save_path, metadata_header=metadata_header)
         if label_img is not None:
             _embedding.make_sprite(label_img, save_path)
-        _embedding.make_mat(_numpy(mat), save_path)
+        _embedding.make_mat(to_numpy(mat), save_path)
         if self._projector is None:
             self._projector = ProjectorConfig()
         info = _embedding.get_embedding_info(metadata, label_img, subdir, step, tag)
         self._projector.embeddings.extend([info])
         _embedding.write_pbtxt(self.log_dir, text_format.MessageToString(self._projector))
 
+    @_when_open
     def add_custom_scalars(self, layout: dict) -> None:
         layout = tensor_on_host(layout)
         self._job("add_custom_scalars()", None, None, build=lambda: _summary().custom_scalars(layout))
 
+    @_when_open
     def add_custom_scalars_multilinechart(self, tags: list, category: str = "default",
                                           title: str = "untitled") -> None:
         self.add_custom_scalars({category: {title: ["Multiline", tags]}})
 
+    @_when_open
     def add_custom_scalars_marginchart(self, tags: list, category: str = "default",
                                        title: str = "untitled") -> None:
         if len(tags) != 3:
@@ -389,7 +408,7 @@ class SummaryWriter:
         if self._state is not _OPEN:
             return
         self._state = _CLOSED
-        _live_writers.discard(self)
+        lifecycle.untrack(self)
         try:
             self._worker.flush(fsync=True)
         finally:
@@ -435,6 +454,10 @@ class SummaryWriter:
         while len(self._queue) > MAX_BACKLOG // 2 and self._worker.alive:
             time.sleep(0.001)
 
+    def _flush_for_signal(self) -> None:
+        if self._state is _OPEN:
+            self._worker.flush(fsync=True, timeout=10)
+
     def _flush_for_checkpoint(self) -> dict[str, int]:
         """Write and fsync everything logged so far; the committed size of each event file."""
         if self._state is not _OPEN:
@@ -450,93 +473,3 @@ def _rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return int(os.environ.get("RANK", "0") or 0)
-
-
-_bins: list[float] | None = None
-
-
-def _default_bins() -> list[float]:
-    """torch's "tensorflow" bins: ±1e-12 growing by 1.1 up to 1e20, and 0."""
-    global _bins
-    if _bins is None:
-        v, positive = 1e-12, []
-        while v < 1e20:
-            positive.append(v)
-            v *= 1.1
-        _bins = [-b for b in reversed(positive)] + [0] + positive
-    return _bins
-
-
-def _numpy(value: Any) -> Any:
-    import numpy as np
-    import torch
-    if isinstance(value, torch.Tensor):
-        if value.dtype in (torch.bfloat16, torch.float16):
-            value = value.float()
-        return value.numpy()
-    return np.asarray(value)
-
-
-def _maybe_numpy(value: Any) -> Any:
-    return None if value is None else _numpy(value)
-
-
-def _tensor(value: Any) -> Any:
-    import torch
-    return None if value is None else torch.as_tensor(value)
-
-
-def _list(value: Any) -> list:
-    return value.tolist() if hasattr(value, "tolist") else list(value)
-
-
-def _event(summary: Any) -> Any:
-    from tensorboard.compat.proto.event_pb2 import Event
-    return Event(summary=summary)
-
-
-def _encode_tag(tag: str) -> str:
-    # torch's escaping of an embedding tag into one folder name
-    return tag.replace("%", "%25").replace("/", "%2f").replace("\\", "%5c")
-
-
-# -- flushing at exit and on SIGTERM ---------------------------------------------------------
-
-_live_writers: "weakref.WeakSet[SummaryWriter]" = weakref.WeakSet()
-_sigterm_installed = False
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    for writer in list(_live_writers):
-        try:
-            writer.close()
-        except Exception:  # noqa: BLE001 - exiting anyway; never hide the real exit reason
-            pass
-
-
-def _install_sigterm_flush() -> None:
-    """On SIGTERM, flush every writer, then do what SIGTERM did before (default: die)."""
-    global _sigterm_installed
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:
-        return
-    owner = os.getpid()
-
-    def flush_then_continue(signum, frame):
-        if os.getpid() == owner:  # a forked child (DataLoader worker) has no log thread
-            for writer in list(_live_writers):
-                try:
-                    if writer._state is _OPEN:
-                        writer._worker.flush(fsync=True, timeout=10)
-                except Exception:  # noqa: BLE001 - the signal's own effect must still happen
-                    pass
-        if callable(previous):
-            return previous(signum, frame)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, flush_then_continue)
-    _sigterm_installed = True
