@@ -2,8 +2,8 @@
 
 Each checkpoint records the committed size of every event file the writer owns. A resumed process
 first cuts each of those files back to its recorded size and moves aside whole files made after the
-checkpoint, so nothing the dead process logged after that point stays visible to TensorBoard; its
-rerun then appends to the same files. Nothing is deleted: the cut-off bytes go to
+checkpoint, so nothing the dead process logged after that point stays visible to TensorBoard.
+Nothing is deleted: the cut-off bytes go to
 ``discarded-logs/after-step-<S>-<time>/`` under names without "tfevents", which TensorBoard
 ignores. Running this twice (a crash during the cut) gives the same result.
 
