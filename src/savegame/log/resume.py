@@ -3,13 +3,13 @@
 Each checkpoint records the committed size of every event file the writer owns. A resumed process
 first cuts each of those files back to its recorded size and moves aside whole files made after the
 checkpoint, so nothing the dead process logged after that point stays visible to TensorBoard.
-Nothing is deleted: the cut-off bytes go to
-``discarded-logs/after-step-<S>-<time>/`` under names without "tfevents", which TensorBoard
-ignores. Running this twice (a crash during the cut) gives the same result.
+Nothing is deleted: the cut-off bytes go to ``discarded-logs/after-step-<S>-<time>/`` under names
+without "tfevents", which TensorBoard ignores. Running this twice (a crash during the cut) gives the same result.
 
 The rerun writes a new file per folder (as every TensorBoard writer does) that starts with a
 ``SessionLog.START`` at step S+1: a TensorBoard already running with the legacy loader then drops
-the points it had read past S; the default (Rust) loader shows them until it is restarted.
+the points it had read past S. The default (Rust) loader, watching live, also ends with one value
+per step (``tests/log/test_server_resume.py`` checks both).
 
 >>> import tempfile, pathlib
 >>> from savegame.log.eventfile import EventFile
