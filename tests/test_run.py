@@ -72,12 +72,18 @@ def test_a_clean_sys_exit_inside_the_block_marks_the_run_finished(tmp_path):
 
 def test_resume_from_a_given_step_and_from_a_given_path(tmp_path):
     tiny_run(tmp_path, keep=savegame.KeepAll())
-    with savegame.Run(tmp_path, resume=2, handle_signals=False) as run:
-        assert run.step == 2
-        run.track(model=torch.nn.Linear(2, 1), optimizer=torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
     path = tmp_path / "checkpoints" / "step-000004"
     with savegame.Run(tmp_path / "other", resume=path, handle_signals=False) as run:
         assert run.step == 4 and run.resumed_from.path == path
+    with pytest.warns(UserWarning, match=r"later checkpoints \(steps \[4, 6\]\) are renamed \*.superseded"):
+        with savegame.Run(tmp_path, resume=2, handle_signals=False) as run:
+            assert run.step == 2
+            run.track(model=torch.nn.Linear(2, 1), optimizer=torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
+    # the old timeline's checkpoints are kept but never resumed from again
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-000002", "step-000004.superseded", "step-000006.superseded"]
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        assert run.step == 2
 
 
 def test_resume_from_a_missing_step_lists_the_steps_there_are(tmp_path):

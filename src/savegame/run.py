@@ -50,7 +50,7 @@ from .io import load_into, object_kind
 from .lock import RunLock
 from .log.aggregate import EpochStats, check_reduce
 from .log.host import resolve, scalar_on_host
-from .log.resume import cut_back_event_files
+from .log.resume import cut_back
 from .log.writer import SummaryWriter
 from .preemption import PreemptionGuard
 from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
@@ -157,11 +157,12 @@ class Run:
         return self._writer
 
     def _new_writer(self) -> SummaryWriter:
-        # Each process's file starts with a SessionLog.START: TensorBoard's legacy loader takes
-        # every START after the first as a restart and drops the points it holds from that step
-        # on, so a server watching during a crash and a resume from step S forgets the dead
-        # process's points after S (the cut files are not re-read by a live server).
-        return SummaryWriter._for_run(self.dir, purge_step=self._first_new_step)
+        # Each file of this process starts with a SessionLog.START: TensorBoard's legacy loader
+        # takes every START after the first as a restart and drops the points it holds from that
+        # step on, so a server watching during a crash and a resume forgets the dead process's
+        # points (a live server does not re-read the cut files).
+        return SummaryWriter._for_run(self.dir, restart_step=self._first_new_step,
+                                      hparams_logged=bool(self.config) and bool(self._kept_logs))
 
     def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
@@ -179,6 +180,8 @@ class Run:
         step = self.step if step is None else step
         reducers = check_reduce(reduce) if reduce is not None else None
         writer = self.writer
+        if not writer._writes():  # closed: raises; a silent rank: returns before any device copy
+            return writer._not_open("run.log")
         for tag, v in values.items():
             if every_step:
                 writer.add_scalar(tag, v, step)
@@ -321,9 +324,13 @@ class Run:
     def _log_state(self) -> dict[str, Any]:
         """What a resume needs to cut the event files back to this moment (flushed and fsynced)."""
         files = dict(self._kept_logs)  # what earlier processes wrote, up to the resumed checkpoint
+        max_step, embeddings = self._max_logged_step, self._kept_embeddings
         if self._writer is not None and not self._finished:
             files.update(self._writer._flush_for_checkpoint())
-        return {"files": files, "epoch_stats": self._epoch_stats.state_dict()}
+            max_step = _max_or_none(max_step, self._writer._max_step())
+            embeddings = self._writer._embedding_count()  # it read the kept ones at its start
+        return {"files": files, "max_step": max_step, "embeddings": embeddings,
+                "epoch_stats": self._epoch_stats.state_dict()}
 
     def _log_session_end(self, status: str) -> None:
         """The HPARAMS tab's status column: finished, failed, or still running (preempted)."""
@@ -338,7 +345,7 @@ class Run:
                                                metadata=metadata.create_summary_metadata(end))])
         if self._writer is None:
             self._writer = self._new_writer()
-        self._writer._job("session end", None, None, build=lambda: summary)
+        self._writer._job("session end", self.step, None, build=lambda: summary)
 
     def _emit_epoch_stats(self) -> None:
         writer = self.writer if self._stats_pending else self._writer  # no writer: nothing logged
@@ -399,14 +406,28 @@ class Run:
                 steps = [c.step for c in self.checkpoints]
                 raise CheckpointNotFoundError(
                     f"{self.dir} has no committed checkpoint at step {resume}; it has steps {steps}")
-            return self._read_for_resume(matches[0].path, fall_back=False)
+            return self._supersede_newer(self._read_for_resume(matches[0].path, fall_back=False))
         if resume != "auto":
-            return self._read_for_resume(Path(resume), fall_back=False)
+            return self._supersede_newer(self._read_for_resume(Path(resume), fall_back=False))
         while self.checkpoints:
             state = self._read_for_resume(self.checkpoints[-1].path, fall_back=True)
             if state is not None:
                 return state
         return None
+
+    def _supersede_newer(self, state: dict[str, Any]) -> dict[str, Any]:
+        """An explicit resume from step S starts a new timeline at S: this folder's checkpoints
+        after S belong to the old one (their logs are cut off now), so they are renamed
+        ``*.superseded`` and a later resume="auto" does not jump back to them."""
+        newer = [c for c in self.checkpoints if c.step > self.resumed_from.step]
+        for checkpoint in newer:
+            quarantine(checkpoint.path, "superseded")
+        if newer:
+            self.checkpoints = [c for c in self.checkpoints if c not in newer]
+            warnings.warn(f"resuming {self.dir} from step {self.resumed_from.step}: its later checkpoints "
+                          f"(steps {[c.step for c in newer]}) are renamed *.superseded; they are kept, "
+                          "but no longer resumed from", stacklevel=5)
+        return state
 
     def _read_for_resume(self, path: Path, *, fall_back: bool) -> dict[str, Any] | None:
         try:
@@ -451,8 +472,12 @@ class Run:
         """Cut the event files back to the checkpoint resumed from (all of them when none)."""
         saved = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
         self._writer: SummaryWriter | None = None
-        self._kept_logs = cut_back_event_files(self.dir, saved.get("files", {}), step=self.step)
-        self._first_new_step = self.step + 1 if self.resumed_from else 0  # the writer may come later
+        self._kept_logs = cut_back(self.dir, saved, step=self.step)
+        self._kept_embeddings = saved.get("embeddings", 0)
+        self._max_logged_step = saved.get("max_step")
+        # The restart marker's step: past everything kept, also on another x axis (tokens seen),
+        # or the legacy loader would drop kept points. Computed now: the writer may come later.
+        self._first_new_step = (max(self.step, self._max_logged_step or 0) + 1) if self.resumed_from else 0
         self._epoch_stats = EpochStats()
         self._epoch_stats.load_state_dict(saved.get("epoch_stats", {}))
         # saved after the epoch's data ran out but before its statistics were logged
@@ -485,6 +510,10 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
         if found:
             return found
     return None
+
+
+def _max_or_none(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

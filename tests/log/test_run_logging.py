@@ -3,6 +3,7 @@
 import math
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing import event_file_loader
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import savegame
 from savegame.log.reader import read_scalars
 from savegame.log.resume import DISCARDED, event_files
+
+pytestmark = pytest.mark.filterwarnings("ignore:resuming inside an epoch")
 
 BATCHES_PER_EPOCH = 10
 EPOCHS = 3
@@ -150,3 +153,71 @@ def test_the_hparams_session_ends_with_the_runs_status(tmp_path, ending, status)
             for e in event_file_loader.EventFileLoader(str(path)).Load() for v in e.summary.value
             if v.tag == metadata.SESSION_END_INFO_TAG]
     assert [api_pb2.Status.Name(s) for s in ends] == [status]
+
+
+def crash_then_finish(run_dir, body, crash_at, steps=4):
+    """Run ``body(run)`` after each of ``steps`` steps, saving at every even step; crash once."""
+    for crash in (crash_at, None):
+        with pytest.raises(Crash) if crash else nullcontext():
+            with savegame.Run(run_dir, save=savegame.EverySteps(2), handle_signals=False) as run:
+                for _ in run.epochs(1):
+                    for _ in run.iterate(range(steps)):
+                        body(run)
+                        if run.step == crash:
+                            raise Crash
+                        run.save()
+
+
+def test_series_on_another_x_axis_keep_their_points_across_a_resume(tmp_path):
+    crash_then_finish(tmp_path, lambda run: run.writer.add_scalar("by_tokens", 1.0, run.step * 100), crash_at=3)
+    assert [p.step for p in read_scalars(tmp_path)["by_tokens"]] == [100, 200, 300, 400]
+
+
+def test_every_file_of_a_resumed_run_starts_with_a_restart_at_the_next_step(tmp_path):
+    crash_then_finish(tmp_path, lambda run: run.writer.add_scalars("pair", {"a": 1.0}, run.step), crash_at=3)
+    newest = event_files(tmp_path / "pair_a")[-1]
+    events = list(event_file_loader.EventFileLoader(str(newest)).Load())
+    assert events[1].session_log.status == events[1].session_log.START and events[1].step == 3
+    assert [p.step for p in read_scalars(tmp_path / "pair_a")["pair"]] == [1, 2, 3, 4]
+
+
+def test_embeddings_logged_after_the_checkpoint_are_moved_aside_on_resume(tmp_path):
+    def body(run):
+        if run.step in (1, 3):
+            run.writer.add_embedding(np.eye(3) * run.step, metadata=["a", "b", "c"], global_step=run.step)
+
+    crash_then_finish(tmp_path, body, crash_at=3)
+    config = (tmp_path / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 2  # step 1 kept, step 3 logged once more by the rerun
+    assert (tmp_path / "00003" / "default" / "tensors.tsv").is_file()
+    assert list((tmp_path / DISCARDED).rglob("00003/default/tensors.tsv"))
+
+
+def test_a_resume_from_an_older_step_then_an_automatic_one_keeps_the_curves_clean(tmp_path):
+    crash_then_finish(tmp_path, lambda run: run.log("loss", float(run.step)), crash_at=None, steps=6)
+    with pytest.warns(UserWarning, match="superseded"):
+        with pytest.raises(Crash):
+            with savegame.Run(tmp_path, resume=2, save=savegame.EverySteps(2), handle_signals=False) as run:
+                for _ in run.epochs(1):
+                    for _ in run.iterate(range(6)):
+                        run.log("loss", float(run.step))
+                        if run.step == 5:
+                            raise Crash
+                        run.save()
+    crash_then_finish(tmp_path, lambda run: run.log("loss", float(run.step)), crash_at=None, steps=6)
+    assert [p.step for p in read_scalars(tmp_path)["loss"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_users_add_hparams_beside_run_config_gets_its_own_sub_run(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    with savegame.Run(tmp_path, config={"lr": 0.1}, handle_signals=False) as run:
+        run.writer.add_hparams({"lr": 0.2, "extra": 1}, {"hp/acc": 0.5})
+    starts = {}
+    for path in event_files(tmp_path):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for v in event.summary.value:
+                if v.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(v.metadata.plugin_data.content)
+                    starts[path.parent == tmp_path] = dict(info.hparams)
+    assert starts[True]["lr"].number_value == 0.1 and starts[False]["lr"].number_value == 0.2

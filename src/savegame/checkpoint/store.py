@@ -427,7 +427,8 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
         return []
     found = []
     for child in sorted(root.iterdir()):
-        if _TEMP.match(child.name) or ".corrupt" in child.name or not is_committed(child):
+        if _TEMP.match(child.name) or any(f".{label}" in child.name for label in SET_ASIDE) \
+                or not is_committed(child):
             continue
         try:
             m = read_manifest(child)
@@ -441,9 +442,13 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
     return sorted(found, key=lambda c: (c.step, c.created))
 
 
-def quarantine(path: str | os.PathLike) -> Path:
-    """Rename a damaged checkpoint to ``<name>.corrupt`` (``.corrupt-2``... if taken) so it is
-    ignored but kept for inspection; returns the new path.
+SET_ASIDE = ("corrupt", "superseded")
+
+
+def quarantine(path: str | os.PathLike, label: str = "corrupt") -> Path:
+    """Rename a checkpoint to ``<name>.<label>`` (``.<label>-2``... if taken) so it is ignored
+    but kept for inspection; returns the new path. Labels: ``corrupt`` (damaged), ``superseded``
+    (newer than the checkpoint a run was explicitly resumed from).
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -451,10 +456,12 @@ def quarantine(path: str | os.PathLike) -> Path:
     'c.corrupt'
     """
     path = Path(path)
-    target, n = path.with_name(f"{path.name}.corrupt"), 1
+    if label not in SET_ASIDE:
+        raise ValueError(f"quarantine(label=...) must be one of {SET_ASIDE}, got {label!r}")
+    target, n = path.with_name(f"{path.name}.{label}"), 1
     while os.path.lexists(target):
         n += 1
-        target = path.with_name(f"{path.name}.corrupt-{n}")
+        target = path.with_name(f"{path.name}.{label}-{n}")
     os.rename(path, target)
     return target
 

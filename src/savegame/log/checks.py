@@ -17,6 +17,8 @@ import importlib
 import numbers
 from typing import Any
 
+import numpy as np
+
 from ..errors import MissingDependencyError
 
 _AXES = {"N": "batch", "C": "channel", "H": "height", "W": "width"}
@@ -40,6 +42,16 @@ def check_step(method: str, step: Any) -> int:
     if isinstance(step, float) and step.is_integer():
         return int(step)
     raise TypeError(f"{method}(): global_step must be an int, got {type(step).__name__} {step!r}")
+
+
+def check_walltime(method: str, walltime: Any) -> float:
+    """A caller-given wall time (seconds since the epoch) as an ``ExplicitTime`` float."""
+    from .worker import ExplicitTime
+    try:
+        return ExplicitTime(walltime)
+    except (TypeError, ValueError):
+        raise TypeError(f"{method}(): walltime must be seconds since the epoch (a float, as "
+                        f"time.time() gives), got {type(walltime).__name__} {walltime!r}") from None
 
 
 def check_image(method: str, tag: str, image: Any, dataformats: str) -> None:
@@ -72,9 +84,7 @@ def check_audio(tag: str, sound: Any) -> None:
 
 
 def check_histogram(tag: str, values: Any) -> None:
-    size = getattr(values, "size", None)
-    count = size() if callable(size) else size if size is not None else len(values)
-    count = count.numel() if hasattr(count, "numel") else count
+    count = values.numel() if hasattr(values, "numel") else np.size(values)
     if count == 0:
         raise ValueError(f"add_histogram({tag!r}): got no values; a histogram needs at least one")
 

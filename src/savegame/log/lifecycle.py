@@ -4,7 +4,7 @@ The atexit hook closes writers a script never closed. SIGTERM (what a cluster se
 kills a job) would end the process without atexit hooks, so a handler flushes first and then
 does what SIGTERM did before: the previous Python handler, or the default (the process dies of
 SIGTERM, as it would have). A forked child (a DataLoader worker) inherits the handler but has no
-log thread: it skips the flush.
+log thread: its copies of the writers go silent (``os.register_at_fork``), and it skips the flush.
 """
 
 from __future__ import annotations
@@ -36,6 +36,18 @@ def _close_all_at_exit() -> None:
             writer.close()
         except Exception:  # noqa: BLE001 - exiting anyway; never hide the real exit reason
             pass
+
+
+def _orphan_writers_in_child() -> None:
+    # A forked child (a DataLoader worker) copies the writers but not their log threads: its
+    # copies go silent, and its exit hook has nothing to wait for.
+    for writer in list(_live):
+        writer._orphan()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_orphan_writers_in_child)
 
 
 def install_sigterm_flush() -> None:

@@ -16,7 +16,7 @@ per step (``tests/log/test_server_resume.py`` checks both).
 >>> run = pathlib.Path(tempfile.mkdtemp())
 >>> f = EventFile.create(run); f.write([b"later"]); f.close()
 >>> keep = {f.path.name: f.size - 5}            # the checkpoint saw everything but b"later"
->>> cut_back_event_files(run, keep, step=10) == keep
+>>> cut_back(run, {"files": keep}, step=10) == keep
 True
 >>> f.path.stat().st_size == keep[f.path.name]
 True
@@ -31,6 +31,7 @@ from pathlib import Path
 from .eventfile import is_our_event_file
 
 DISCARDED = "discarded-logs"
+PROJECTOR_CONFIG = "projector_config.pbtxt"
 _SKIP = {"checkpoints", DISCARDED}
 
 
@@ -44,13 +45,20 @@ def event_files(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, step: int | None) -> dict[str, Path]:
-    """Make the folder's event files hold exactly ``sizes`` (relative path -> bytes).
-
-    Returns the sizes kept (``{relative path: bytes}``): later checkpoints record them again.
-    """
-    kept: dict[str, int] = {}
+def cut_back(run_dir: Path, saved: dict, *, step: int | None) -> dict[str, int]:
+    """Make the run folder's logs what they were when the checkpoint was taken: event files
+    (``saved["files"]``) and projector embeddings (the first ``saved["embeddings"]`` entries).
+    Returns the event-file sizes kept; later checkpoints record them again."""
     aside = run_dir / DISCARDED / f"after-step-{step or 0:06d}-{int(time.time())}"
+    kept = cut_back_event_files(run_dir, saved.get("files", {}), aside=aside)
+    cut_back_embeddings(run_dir, saved.get("embeddings", 0), aside=aside)
+    return kept
+
+
+def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, aside: Path) -> dict[str, int]:
+    """Make the folder's event files hold exactly ``sizes`` (relative path -> bytes); the rest
+    goes to ``aside``. Returns the sizes kept (``{relative path: bytes}``)."""
+    kept: dict[str, int] = {}
     for path in event_files(run_dir):
         relative = path.relative_to(run_dir).as_posix()
         keep = sizes.get(relative, 0)
@@ -69,6 +77,37 @@ def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, step: int | No
             _move_tail(path, keep, target)
         kept[relative] = keep
     return kept
+
+
+def cut_back_embeddings(run_dir: Path, keep: int, *, aside: Path) -> None:
+    """Keep the first ``keep`` entries of ``projector_config.pbtxt``; move the folders that only
+    later entries use to ``aside``."""
+    config_path = run_dir / PROJECTOR_CONFIG
+    if not config_path.is_file():
+        return
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    config = text_format.Parse(config_path.read_text(), ProjectorConfig())
+    if len(config.embeddings) <= keep:
+        return
+    kept, dropped = config.embeddings[:keep], config.embeddings[keep:]
+    in_use = {Path(e.tensor_path).parent for e in kept}
+    for entry in dropped:
+        folder = Path(entry.tensor_path).parent
+        if folder not in in_use and (run_dir / folder).is_dir():
+            (aside / folder).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(run_dir / folder, aside / folder)
+    aside.mkdir(parents=True, exist_ok=True)
+    (aside / PROJECTOR_CONFIG).write_text(config_path.read_text())
+    trimmed = ProjectorConfig()
+    trimmed.embeddings.extend(kept)
+    if keep == 0:
+        config_path.unlink()
+        return
+    temp = config_path.with_name(config_path.name + ".tmp")
+    temp.write_text(text_format.MessageToString(trimmed))
+    os.replace(temp, config_path)
 
 
 def _move_tail(path: Path, keep: int, target: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
+from ..errors import LogWriteError
 from .eventfile import EventFile
 from .host import OnDevice
 from .records import float32_bytes, frame, scalar_record, scalar_value_prefix
@@ -58,33 +60,57 @@ class _Flush:
 _STOP = object()
 
 
-class LogWorker:
-    """Owns the event files of one writer: the main one and one per ``add_scalars`` sub-folder."""
+class ExplicitTime(float):
+    """A wall time the caller passed: merged into a record only with the very same time."""
 
-    def __init__(self, root: Path, *, flush_secs: float, filename_suffix: str = ""):
+    __slots__ = ()
+
+
+class LogWorker:
+    """Owns the event files of one writer: the main one and one per ``add_scalars`` sub-folder.
+
+    Args:
+        root: the run folder.
+        flush_secs: the longest time between fsyncs of the files.
+        filename_suffix: appended to each file name.
+        restart_step: when set, every file this worker creates starts with a ``SessionLog.START``
+            at this step (after a resume, so a live legacy-loader TensorBoard drops what it read
+            from the dead process past the checkpoint).
+    """
+
+    def __init__(self, root: Path, *, flush_secs: float, filename_suffix: str = "",
+                 restart_step: int | None = None):
         self.root = root
         self.queue: deque = deque()
         self.error: str | None = None  # the first failure, reported on the caller's next call
+        self.max_step: int | None = None  # the largest step written, for a later restart marker
         self._flush_secs = flush_secs
         self._suffix = filename_suffix
+        self._restart_step = restart_step
         self._files: dict[str, EventFile] = {}
         self._prefixes: dict[str, bytes] = {}
-        self._aggregates: dict[str, list[float]] = {}
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"savegame-log:{root}", daemon=True)
         self._thread.start()
 
     # -- called from the training thread ------------------------------------------------------
 
-    def flush(self, fsync: bool = False, timeout: float | None = None) -> None:
-        """Return once everything queued before this call is in the files (and fsynced)."""
+    def flush(self, fsync: bool = False, timeout: float | None = None, wake: bool = True) -> None:
+        """Return once everything queued before this call is in the files (and fsynced).
+
+        ``wake=False`` from a signal handler: setting the wake-up event takes a lock the
+        interrupted code may hold; the thread wakes by itself within ``WAKE_SECS``."""
         marker = _Flush(fsync)
         self.queue.append(marker)
-        self._wake.set()
-        while not marker.done.wait(1.0 if timeout is None else timeout):
-            if not self._thread.is_alive() or timeout is not None:
-                raise RuntimeError(f"the savegame log thread for {self.root} stopped; "
-                                   f"{self.error or 'no error was recorded'}")
+        if wake:
+            self._wake.set()
+        waited = 0.0
+        while not marker.done.wait(0.5):
+            waited += 0.5
+            if not self._thread.is_alive() or (timeout is not None and waited >= timeout):
+                raise LogWriteError(f"the savegame log thread for {self.root} "
+                                    f"{'stopped' if not self._thread.is_alive() else 'did not answer'}; "
+                                    f"{self.error or 'no error was recorded'}")
 
     def offsets(self) -> dict[str, int]:
         """``{event file path relative to root: committed size}``; call right after ``flush``."""
@@ -106,88 +132,117 @@ class LogWorker:
 
     def _loop(self) -> None:
         queue = self.queue
+        last_fsync = time.monotonic()
         while True:
             self._wake.wait(WAKE_SECS)
             self._wake.clear()
             while queue:
                 item = self._drain()
                 if item is _STOP:
-                    for f in self._files.values():
-                        f.close()
+                    self._each_file("closing", EventFile.close)
                     return
                 if item is not None:  # a flush marker
-                    for f in self._files.values():
-                        f.flush(item.fsync)
+                    self._each_file("flushing", lambda f: f.flush(item.fsync))
                     item.done.set()
-            for f in self._files.values():
-                f.flush()
+            fsync = time.monotonic() - last_fsync >= self._flush_secs
+            self._each_file("flushing", lambda f: f.flush(fsync))
+            if fsync:
+                last_fsync = time.monotonic()
+
+    def _each_file(self, what: str, action: Callable[[EventFile], None]) -> None:
+        for f in list(self._files.values()):
+            try:
+                action(f)
+            except Exception as error:  # disk full, file removed: report, keep the thread
+                self._fail(f"{what} {f.path} failed", error)
 
     def _drain(self) -> Any:
-        """Write records for queued items up to a control item (flush/stop), which is returned."""
+        """Write records for queued items up to a control item (flush/stop), which is returned.
+        An item that fails is skipped and reported; the others are written."""
         queue = self.queue
         pending: dict[str | None, list[bytes]] = {}
         # the scalars being merged into one record: same file, same step, consecutive
         group: list[bytes] = []
         group_file, group_step, group_wall = None, None, 0.0
         prefixes, pack = self._prefixes, _F32.pack
+        max_step = self.max_step if self.max_step is not None else -(1 << 63)
         control = None
-        try:
-            while queue:
-                item = queue.popleft()
-                if type(item) is tuple:
+        while queue:
+            item = queue.popleft()
+            if type(item) is tuple:
+                try:
                     file_key, tag, value, step, walltime = item
                     if type(value) is OnDevice:
                         value = value.resolve().item()
                     prefix = prefixes.get(tag)
                     if prefix is None:
                         prefix = prefixes[tag] = scalar_value_prefix(tag)
-                    if step != group_step or file_key != group_file or not group:
-                        if group:
-                            pending.setdefault(group_file, []).append(
-                                scalar_record(group_wall, group_step, group))
-                        group, group_file, group_step, group_wall = [], file_key, step, walltime
                     try:
-                        group.append(prefix + pack(value))
+                        entry = prefix + pack(value)
                     except OverflowError:  # beyond float32: ±inf, as protobuf stores it
-                        group.append(prefix + float32_bytes(value))
+                        entry = prefix + float32_bytes(value)
+                except Exception as error:
+                    self._fail(f"a scalar for {item[1]!r} could not be encoded", error)
                     continue
-                if group:
-                    pending.setdefault(group_file, []).append(scalar_record(group_wall, group_step, group))
-                    group = []
-                if type(item) is Job:
-                    self._run_job(item, pending)
-                else:
-                    control = item
-                    break
+                if (step != group_step or file_key != group_file or not group
+                        or (walltime != group_wall and (type(walltime) is not float
+                                                        or type(group_wall) is not float))):
+                    if group:
+                        pending.setdefault(group_file, []).append(
+                            scalar_record(group_wall, group_step, group))
+                    group, group_file, group_step, group_wall = [], file_key, step, walltime
+                    if step > max_step:
+                        max_step = step
+                group.append(entry)
+                continue
             if group:
                 pending.setdefault(group_file, []).append(scalar_record(group_wall, group_step, group))
-            for file_key, records in pending.items():
+                group = []
+            if type(item) is Job:
+                self._run_job(item, pending)
+                if item.step is not None and item.step > max_step:
+                    max_step = item.step
+            else:
+                control = item
+                break
+        if group:
+            pending.setdefault(group_file, []).append(scalar_record(group_wall, group_step, group))
+        for file_key, records in pending.items():
+            try:
                 self._file(file_key).write(records)
-        except Exception as error:  # disk full, permissions: keep the thread, report the error
-            self._fail(f"writing to {self.root} failed", error)
+            except Exception as error:  # disk full, a sub-run folder name the OS refuses
+                where = f"{self.root / file_key}" if file_key else f"{self.root}"
+                self._fail(f"writing {len(records)} records to {where} failed; they are lost", error)
+        if max_step > -(1 << 63):
+            self.max_step = max_step
         return control
 
     def _run_job(self, job: Job, pending: dict[str | None, list[bytes]]) -> None:
         try:
             built = job.build()
+            if built is None:
+                return
+            events = [event_pb2.Event(summary=built)] if isinstance(built, summary_pb2.Summary) else built
+            records = []
+            for event in events:
+                if not event.wall_time:
+                    event.wall_time = job.walltime
+                if job.step is not None:
+                    event.step = job.step
+                records.append(frame(event.SerializeToString()))
         except Exception as error:
-            self._fail(f"{job.what} failed on the log thread", error)
+            self._fail(f"{job.what} failed on the log thread and was skipped", error)
             return
-        if built is None:
-            return
-        events = [event_pb2.Event(summary=built)] if isinstance(built, summary_pb2.Summary) else built
-        out = pending.setdefault(job.file_key, [])
-        for event in events:
-            if not event.wall_time:
-                event.wall_time = job.walltime
-            if job.step is not None:
-                event.step = job.step
-            out.append(frame(event.SerializeToString()))
+        pending.setdefault(job.file_key, []).extend(records)
 
     def _file(self, key: str | None) -> EventFile:
         f = self._files.get(key or "")
         if f is None:
             f = EventFile.create(self.root / key if key else self.root, self._suffix)
+            if self._restart_step is not None:
+                start = event_pb2.Event(wall_time=time.time(), step=self._restart_step,
+                                        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+                f.write([frame(start.SerializeToString())])
             self._files[key or ""] = f
         return f
 

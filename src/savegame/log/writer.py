@@ -37,7 +37,8 @@ from typing import Any, Callable
 
 from ..errors import LogWriteError, WriterClosedError
 from . import lifecycle
-from .checks import check_audio, check_histogram, check_image, check_same_length, check_step, check_tag, require
+from .checks import (check_audio, check_histogram, check_image, check_same_length, check_step, check_tag,
+                     check_walltime, require)
 from .convert import (default_bins, embedding_folder_name, maybe_numpy, summary_event, to_list,
                       to_numpy, to_tensor)
 from .host import resolve, scalar_on_host, tensor_on_host
@@ -61,6 +62,20 @@ def _when_open(method: Callable) -> Callable:
         return method(self, *args, **kwargs)
 
     return checked
+
+
+def _read_projector_config(root: Path) -> Any:
+    """The run's projector config so far (a resumed run adds to it), or None."""
+    path = root / "projector_config.pbtxt"
+    if not path.is_file():
+        return None
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+    try:
+        return text_format.Parse(path.read_text(), ProjectorConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"{path} is not a projector config ({error}); move it away so "
+                         "add_embedding can write a new one") from None
 
 
 def _summary():
@@ -102,25 +117,29 @@ class SummaryWriter:
         self._start(handle_sigterm=True)
 
     @classmethod
-    def _for_run(cls, log_dir: Path, purge_step: int | None) -> "SummaryWriter":
-        """A ``Run``'s writer. The Run flushes it at each checkpoint and handles SIGTERM itself
-        (saving flushes), so this writer installs no handler."""
+    def _for_run(cls, log_dir: Path, *, restart_step: int, hparams_logged: bool) -> "SummaryWriter":
+        """A ``Run``'s writer. Every file it makes starts with a ``SessionLog.START`` at
+        ``restart_step`` (see ``LogWorker``). The Run flushes it at each checkpoint and handles
+        SIGTERM itself (saving flushes), so this writer installs no handler."""
         writer = cls.__new__(cls)
-        writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), purge_step, 10
+        writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), None, 10
         writer.flush_secs, writer.filename_suffix = 120, ""
         writer._state, writer._worker = _OPEN, None
         if _rank() != 0:
             writer._state = _SILENT
         else:
-            writer._start(handle_sigterm=False)
+            writer._start(handle_sigterm=False, restart_step=restart_step)
+            writer._hparams_logged = hparams_logged
         return writer
 
-    def _start(self, *, handle_sigterm: bool) -> None:
+    def _start(self, *, handle_sigterm: bool, restart_step: int | None = None) -> None:
         root = Path(self.log_dir)
         root.mkdir(parents=True, exist_ok=True)
-        self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix)
+        self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix,
+                                 restart_step=restart_step)
         self._queue = self._worker.queue
-        self._projector = None  # the projector config, grown by each add_embedding
+        self._hparams_logged = False  # the first add_hparams goes into this run, later ones beside
+        self._projector = _read_projector_config(root)  # grown by each add_embedding
         lifecycle.track(self)
         if handle_sigterm:
             lifecycle.install_sigterm_flush()
@@ -155,7 +174,8 @@ class SummaryWriter:
         if type(scalar_value) is not float:
             scalar_value = scalar_on_host(scalar_value, tag)
         queue = self._queue
-        queue.append((None, tag, scalar_value, global_step, time.time() if walltime is None else walltime))
+        queue.append((None, tag, scalar_value, global_step,
+                      time.time() if walltime is None else check_walltime("add_scalar", walltime)))
         if len(queue) > MAX_BACKLOG:
             self._wait_for_backlog()
 
@@ -166,7 +186,7 @@ class SummaryWriter:
             return self._not_open("add_scalars")
         check_tag("add_scalars", main_tag)
         step = check_step("add_scalars", global_step)
-        walltime = time.time() if walltime is None else walltime
+        walltime = time.time() if walltime is None else check_walltime("add_scalars", walltime)
         prefix = main_tag.replace("/", "_") + "_"
         for tag, value in tag_scalar_dict.items():
             self._queue.append((prefix + str(tag), main_tag, scalar_on_host(value, main_tag), step, walltime))
@@ -322,8 +342,15 @@ class SummaryWriter:
         if run_name:
             self._job("add_hparams()", global_step, None, file_key=run_name, build=lambda: [
                 summary_event(experiment), summary_event(start), summary_event(end)])
-        else:
+        elif not self._hparams_logged:
+            self._hparams_logged = True
             self._job("add_hparams()", global_step, None, build=lambda: [summary_event(start)])
+        else:
+            # TensorBoard keeps the first hparams record of a run: a second set (torch's
+            # one-call-per-trial loop) becomes a sub-run of its own, as torch does for every call
+            run_name = str(time.time())
+            self._job("add_hparams()", global_step, None, file_key=run_name,
+                      build=lambda: [summary_event(start)])
         for name, value in metric_dict.items():
             self._queue.append((run_name or None, name, scalar_on_host(value, name),
                                 check_step("add_hparams", global_step), time.time()))
@@ -433,7 +460,7 @@ class SummaryWriter:
             check_tag(method, tag)
         if step is not None:
             step = check_step(method, step)
-        when = time.time() if walltime is None else float(walltime)
+        when = time.time() if walltime is None else check_walltime(method, walltime)
         self._queue.append(Job(file_key, step, when, build, f"{what} at step {step}"))
 
     def _not_open(self, method: str) -> None:
@@ -446,17 +473,37 @@ class SummaryWriter:
         worker = self._worker
         if worker is not None and worker.error is not None:
             message, worker.error = worker.error, None
-            raise LogWriteError(f"SummaryWriter({self.log_dir!r}): {message}. Everything else logged "
-                                "was written.")
+            raise LogWriteError(f"SummaryWriter({self.log_dir!r}): {message}")
 
     def _wait_for_backlog(self) -> None:
         self._worker.wake()
-        while len(self._queue) > MAX_BACKLOG // 2 and self._worker.alive:
+        while len(self._queue) > MAX_BACKLOG // 2:
+            if not self._worker.alive:
+                self._raise_worker_error()
+                raise LogWriteError(f"SummaryWriter({self.log_dir!r}): the log thread stopped; "
+                                    "nothing more can be written")
             time.sleep(0.001)
+
+    def _writes(self) -> bool:
+        """False after close() and on a silent rank."""
+        return self._state is _OPEN
+
+    def _embedding_count(self) -> int:
+        """Entries in the projector config (after a flush: of every add_embedding so far)."""
+        projector = getattr(self, "_projector", None)  # a silent rank never started
+        return len(projector.embeddings) if projector is not None else 0
+
+    def _max_step(self) -> int | None:
+        """The largest step written so far (after a flush: of everything logged)."""
+        return self._worker.max_step if self._worker is not None else None
 
     def _flush_for_signal(self) -> None:
         if self._state is _OPEN:
-            self._worker.flush(fsync=True, timeout=10)
+            self._worker.flush(fsync=True, timeout=10, wake=False)
+
+    def _orphan(self) -> None:
+        """In a forked child: the log thread is the parent's; this copy stays silent."""
+        self._state = _SILENT
 
     def _flush_for_checkpoint(self) -> dict[str, int]:
         """Write and fsync everything logged so far; the committed size of each event file."""
