@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +251,5 @@ class LogWorker:
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         if self.error is None:
             self.error = f"{what}: {detail}"
+            # seen at once on stderr; raised later on the caller (flush, close, the next add_*)
+            warnings.warn(f"savegame log thread for {self.root}: {self.error}", RuntimeWarning, stacklevel=1)
