@@ -35,8 +35,29 @@ def test_demo_trains_to_over_90_percent_and_leaves_a_finished_run(tmp_path, caps
     accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
     assert accuracy > 90
     assert status(folder) == "finished" and [c.epoch for c in list_checkpoints(folder / "checkpoints")] == [0, 1]
-    for hint in (f"savegame show {folder}", f"savegame verify {folder}", "--best -o digits.safetensors"):
+    for hint in (f"savegame show {folder}", f"savegame verify {folder}", "--best -o digits.safetensors",
+                 f"savegame board {folder.parent}"):
         assert hint in out
+    assert_demo_logged_everything(folder)
+
+
+def assert_demo_logged_everything(folder: Path) -> None:
+    """What the issue asks the demo to log, read back with tensorboard's own loader."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+    legacy = ea.EventAccumulator(str(folder), size_guidance={ea.SCALARS: 0})
+    legacy.Reload()
+    tags = legacy.Tags()
+    assert {"loss/train", "acc/train", "loss/val", "acc/val", "lr", "loss/train/epoch_mean"} <= set(tags["scalars"])
+    assert [e.step for e in legacy.Scalars("loss/val")] == [45, 90]
+    assert tags["images"] == ["data/train_batch"] and tags["graph"]
+    assert any(t.startswith("weights/") for t in tags["histograms"])
+    plugins = pea.EventAccumulator(str(folder))
+    plugins.Reload()
+    by_plugin = {plugins.SummaryMetadata(t).plugin_data.plugin_name for t in plugins.Tags()["tensors"]}
+    assert {"pr_curves", "hparams"} <= by_plugin
+    assert "val_features" in (folder / "projector_config.pbtxt").read_text()
 
 
 def test_rerunning_a_finished_demo_shows_the_summary_and_fresh_starts_over(tmp_path, capsys, monkeypatch):

@@ -88,3 +88,24 @@ def test_a_forked_child_neither_writes_nor_hangs(tmp_path):
     writer.close()
     curves = read_scalars(tmp_path)
     assert [p.step for p in curves["parent"]] == [1, 3] and "child" not in curves
+
+
+def test_code_reaching_for_torchs_file_writer_still_works(tmp_path):
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    with savegame.SummaryWriter(tmp_path) as writer:
+        writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="own", simple_value=3.0)]), 7)
+        assert writer._get_file_writer().get_logdir() == str(tmp_path)
+    assert [(p.step, p.value) for p in read_scalars(tmp_path)["own"]] == [(7, 3.0)]
+
+
+def test_add_onnx_graph_without_onnx_says_what_to_install(tmp_path):
+    pytest.importorskip("tensorboard")
+    try:
+        import onnx  # noqa: F401
+        pytest.skip("onnx is installed")
+    except ImportError:
+        pass
+    with savegame.SummaryWriter(tmp_path) as writer:
+        with pytest.raises(ImportError, match="pip install onnx"):
+            writer.add_onnx_graph("model.onnx")

@@ -64,6 +64,28 @@ def _when_open(method: Callable) -> Callable:
     return checked
 
 
+class _FileWriterView:
+    """torch's ``FileWriter`` methods that user code reaches for: events and summaries it built
+    itself go through the log thread like everything else."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self._writer = writer
+
+    def get_logdir(self) -> str:
+        return self._writer.log_dir
+
+    def add_summary(self, summary: Any, global_step: int | None = None, walltime: float | None = None) -> None:
+        summary = type(summary).FromString(summary.SerializeToString())  # a private copy
+        self._writer._job("add_summary()", global_step, walltime, build=lambda: summary)
+
+    def add_event(self, event: Any, step: int | None = None, walltime: float | None = None) -> None:
+        event = type(event).FromString(event.SerializeToString())
+        self._writer._job("add_event()", step, walltime, build=lambda: [event])
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+
 def _read_projector_config(root: Path) -> Any:
     """The run's projector config so far (a resumed run adds to it), or None."""
     path = root / "projector_config.pbtxt"
@@ -366,6 +388,23 @@ class SummaryWriter:
             Event(graph_def=graph_def.SerializeToString()),
             Event(tagged_run_metadata=TaggedRunMetadata(tag="step1",
                                                         run_metadata=step_stats.SerializeToString()))])
+
+    @_when_open
+    def add_onnx_graph(self, prototxt: str) -> None:
+        """The graph of an ONNX model file (needs the ``onnx`` package)."""
+        require("onnx", "add_onnx_graph", "onnx")
+        from tensorboard.compat.proto.event_pb2 import Event
+        from torch.utils.tensorboard._onnx_graph import load_onnx_graph
+        graph_def = load_onnx_graph(prototxt)
+        self._job("add_onnx_graph()", None, None, build=lambda: [Event(graph_def=graph_def.SerializeToString())])
+
+    @property
+    def file_writer(self) -> "_FileWriterView":
+        """For code written against torch's internals (``writer.file_writer.add_summary(...)``)."""
+        return _FileWriterView(self)
+
+    def _get_file_writer(self) -> "_FileWriterView":
+        return _FileWriterView(self)
 
     @_when_open
     def add_embedding(self, mat: Any, metadata: Any = None, label_img: Any = None,
