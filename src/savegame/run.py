@@ -48,9 +48,7 @@ from .checkpoint.store import (
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
 from .io import load_into, object_kind
 from .lock import RunLock
-from .log.aggregate import EpochStats, check_reduce
-from .log.host import resolve, scalar_on_host
-from .log.resume import cut_back
+from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .preemption import PreemptionGuard
 from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
@@ -109,7 +107,9 @@ class Run:
             self._saved_loaders: dict[str, Any] = {}
             if self._resume_state is not None:
                 self._apply_run_state()
-            self._open_logs()
+            saved_log = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
+            self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=self.resumed_from is not None,
+                                epoch_finished=self._start_epoch > self.epoch)
             write_run_info(self.dir, self._info)
         except BaseException:
             self._lock.release()
@@ -117,7 +117,7 @@ class Run:
         self._guard = PreemptionGuard()
         if handle_signals:
             self._guard.install()
-        if self.config and not self._kept_logs:
+        if self.config and not self._logs.has_history:
             self.writer.add_hparams(hparams_from_config(self.config), {})
 
     # -- the loop's side ---------------------------------------------------------------------
@@ -150,19 +150,7 @@ class Run:
     def writer(self) -> SummaryWriter:
         """A :class:`savegame.SummaryWriter` on the run folder (the TensorBoard run), made on first
         use. Its files are cut back to the checkpoint a run resumes from, so curves never zig-zag."""
-        if self._writer is None:
-            if self._finished:
-                raise RuntimeError(f"run {self.dir} is finished; its writer is closed")
-            self._writer = self._new_writer()
-        return self._writer
-
-    def _new_writer(self) -> SummaryWriter:
-        # Each file of this process starts with a SessionLog.START: TensorBoard's legacy loader
-        # takes every START after the first as a restart and drops the points it holds from that
-        # step on, so a server watching during a crash and a resume forgets the dead process's
-        # points (a live server does not re-read the cut files).
-        return SummaryWriter._for_run(self.dir, restart_step=self._first_new_step,
-                                      hparams_logged=bool(self.config) and bool(self._kept_logs))
+        return self._logs.writer
 
     def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
@@ -177,29 +165,18 @@ class Run:
             values = {values: value}
         elif value is not None:
             raise TypeError("run.log(): pass a tag and a value, or one dict of {tag: value}")
-        step = self.step if step is None else step
-        reducers = check_reduce(reduce) if reduce is not None else None
-        writer = self.writer
-        if not writer._writes():  # closed: raises; a silent rank: returns before any device copy
-            return writer._not_open("run.log")
-        for tag, v in values.items():
-            if every_step:
-                writer.add_scalar(tag, v, step)
-            if reducers:
-                host = scalar_on_host(v, tag)
-                writer._job(f"run.log({tag!r})", None, None, tag=tag,
-                            build=lambda t=tag, h=host: self._epoch_stats.add(t, reducers, float(resolve(h))))
+        self._logs.log(values, step=self.step if step is None else step, reduce=reduce, every_step=every_step)
 
     def epochs(self, n: int) -> Iterator[int]:
         """Yield the epoch numbers still to do, from where the last process stopped, up to ``n``."""
-        if self._stats_pending:  # the last process saved after its epoch but died before logging it
-            self._emit_epoch_stats()
+        if self._logs.stats_pending:  # the last process saved after its epoch, died before logging it
+            self._logs.end_of_epoch(self.step)
         for epoch in range(self._start_epoch, n):
             self.epoch = epoch
             self._epoch_slots = {}
             self._restore_pending_rng()
             yield epoch
-            self._emit_epoch_stats()
+            self._logs.end_of_epoch(self.step)
             self._check_preemption()
 
     def iterate(self, loader: Iterable, *, name: str | None = None) -> Iterator[Any]:
@@ -247,10 +224,7 @@ class Run:
         self._finished = True
         self._guard.uninstall()
         try:
-            if self.config:
-                self._log_session_end(status)
-            if self._writer is not None:
-                self._writer.close()
+            self._logs.close(step=self.step, hparams_status=status if self.config else None)
             self._info["status"] = status
             self._info["message"] = message
             write_run_info(self.dir, self._info)
@@ -302,7 +276,7 @@ class Run:
             "rng": capture_rng(), "config": self.config,
             "loaders": {slot: t.state_dict() for slot, t in self._trackers.items()},
             "save_policy": self.save_policy.state_dict(),
-            "log": self._log_state(),
+            "log": self._logs.state_dict(),
         }
         path = self._checkpoint_root / checkpoint_dirname(self.step)
         replace = newest is not None and newest.step == self.step
@@ -320,39 +294,6 @@ class Run:
         self._record_best()
         write_run_info(self.dir, self._info)
         return info
-
-    def _log_state(self) -> dict[str, Any]:
-        """What a resume needs to cut the event files back to this moment (flushed and fsynced)."""
-        files = dict(self._kept_logs)  # what earlier processes wrote, up to the resumed checkpoint
-        max_step, embeddings = self._max_logged_step, self._kept_embeddings
-        if self._writer is not None and not self._finished:
-            files.update(self._writer._flush_for_checkpoint())
-            max_step = _max_or_none(max_step, self._writer._max_step())
-            embeddings = self._writer._embedding_count()  # it read the kept ones at its start
-        return {"files": files, "max_step": max_step, "embeddings": embeddings,
-                "epoch_stats": self._epoch_stats.state_dict()}
-
-    def _log_session_end(self, status: str) -> None:
-        """The HPARAMS tab's status column: finished, failed, or still running (preempted)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-        code = {"finished": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(
-            status, api_pb2.STATUS_RUNNING)
-        end = plugin_data_pb2.HParamsPluginData(
-            session_end_info=plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time()))
-        summary = Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG,
-                                               metadata=metadata.create_summary_metadata(end))])
-        if self._writer is None:
-            self._writer = self._new_writer()
-        self._writer._job("session end", self.step, None, build=lambda: summary)
-
-    def _emit_epoch_stats(self) -> None:
-        writer = self.writer if self._stats_pending else self._writer  # no writer: nothing logged
-        self._stats_pending = False
-        if writer is not None:
-            writer._job("epoch statistics", self.step, None,
-                              build=lambda: self._epoch_stats.summary() if self._epoch_stats else None)
 
     def _record_best(self) -> None:
         best = self.best
@@ -468,21 +409,6 @@ class Run:
             "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
             "pid": os.getpid()})
 
-    def _open_logs(self) -> None:
-        """Cut the event files back to the checkpoint resumed from (all of them when none)."""
-        saved = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
-        self._writer: SummaryWriter | None = None
-        self._kept_logs = cut_back(self.dir, saved, step=self.step)
-        self._kept_embeddings = saved.get("embeddings", 0)
-        self._max_logged_step = saved.get("max_step")
-        # The restart marker's step: past everything kept, also on another x axis (tokens seen),
-        # or the legacy loader would drop kept points. Computed now: the writer may come later.
-        self._first_new_step = (max(self.step, self._max_logged_step or 0) + 1) if self.resumed_from else 0
-        self._epoch_stats = EpochStats()
-        self._epoch_stats.load_state_dict(saved.get("epoch_stats", {}))
-        # saved after the epoch's data ran out but before its statistics were logged
-        self._stats_pending = bool(self._epoch_stats) and self._start_epoch > self.epoch
-
     def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
@@ -510,10 +436,6 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
         if found:
             return found
     return None
-
-
-def _max_or_none(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

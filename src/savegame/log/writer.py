@@ -523,6 +523,13 @@ class SummaryWriter:
                                     "nothing more can be written")
             time.sleep(0.001)
 
+    def _add_host_scalar(self, tag: str, value: Any, step: int) -> None:
+        """``add_scalar`` for a value already made safe by ``scalar_on_host`` (``run.log``)."""
+        check_tag("run.log", tag)
+        self._queue.append((None, tag, value, check_step("run.log", step), time.time()))
+        if len(self._queue) > MAX_BACKLOG:
+            self._wait_for_backlog()
+
     def _writes(self) -> bool:
         """False after close() and on a silent rank."""
         return self._state is _OPEN
