@@ -1,0 +1,139 @@
+"""``Setup``: what every preflight check works from, built once from the user's arguments.
+
+Checks never touch the user's objects: ``fresh_model()`` is a deep copy, ``fresh_optimizer()``
+builds an optimizer of the user's kind and hyperparameters over a copy's parameters, and the
+batches are the first few of the user's data, already on the device.
+
+>>> import torch
+>>> net = torch.nn.Linear(4, 3)
+>>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+>>> setup = Setup.build(net, torch.nn.CrossEntropyLoss(), data)
+>>> x, y = setup.split(setup.batches[0])
+>>> setup.loss(setup.fresh_model(), setup.batches[0]).shape
+torch.Size([])
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+# Keys tried, in order, for the inputs and targets of a dict batch.
+INPUT_KEYS = ("input", "inputs", "x", "image", "images", "input_ids", "data", "features")
+TARGET_KEYS = ("target", "targets", "y", "label", "labels")
+
+
+class SetupError(ValueError):
+    """The arguments cannot be turned into a setup (an empty loader, a batch of unknown shape);
+    ``preflight`` reports it as a failed "setup" check, never raises it."""
+
+
+@dataclass
+class Setup:
+    model: nn.Module                      # the user's model: read, never trained or moved
+    loss_fn: Callable[..., torch.Tensor]
+    batches: list[Any]                    # the first few batches, on ``device``
+    device: torch.device
+    optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+    forward: Callable[[nn.Module, Any], torch.Tensor] | None = None  # user's forward(model, batch) -> loss
+    steps: int = 50                       # step budget of the training checks
+    keys: tuple[str, str] | None = None   # (input key, target key) for dict batches
+    quick: bool = False
+
+    @classmethod
+    def build(cls, model: nn.Module, loss_fn: Callable, data: Iterable, *, optimizer: Any = None,
+              steps: int | None = None, device: Any = None, forward: Callable | None = None,
+              keys: tuple[str, str] | None = None, quick: bool = False, max_batches: int = 2) -> "Setup":
+        device = torch.device(device) if device is not None else _model_device(model)
+        try:
+            batches = list(itertools.islice(iter(data), max_batches))
+        except Exception as error:  # noqa: BLE001 - the loader itself is broken: say so
+            raise SetupError(f"reading the first batches of the data failed: {type(error).__name__}: {error}") from error
+        if not batches:
+            raise SetupError("the data yielded no batch (an empty DataLoader or dataset); "
+                             "check the dataset length and drop_last")
+        return cls(model=model, loss_fn=loss_fn, batches=[to_device(b, device) for b in batches],
+                   device=device, optimizer_factory=_optimizer_factory(optimizer),
+                   forward=forward, steps=steps or (20 if quick else 50), keys=keys, quick=quick)
+
+    # -- copies ---------------------------------------------------------------------------
+    def fresh_model(self) -> nn.Module:
+        """A deep copy of the user's model on the device, in train mode."""
+        model = copy.deepcopy(self.model).to(self.device)
+        model.train()
+        return model
+
+    def fresh_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return self.optimizer_factory([p for p in model.parameters() if p.requires_grad])
+
+    # -- batches --------------------------------------------------------------------------
+    def split(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        """``(inputs, targets)`` of a ``(x, y)`` tuple/list or a dict batch; ``SetupError``
+        for anything else (then pass ``forward=``)."""
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return batch[0], batch[1]
+        if isinstance(batch, dict):
+            x_key, y_key = self.keys or (_first_key(batch, INPUT_KEYS), _first_key(batch, TARGET_KEYS))
+            if x_key in batch and y_key in batch:
+                return batch[x_key], batch[y_key]
+            raise SetupError(f"a dict batch with keys {sorted(batch)}: cannot tell inputs from targets; "
+                             "pass keys=(input_key, target_key) or forward=")
+        raise SetupError(f"a batch of type {type(batch).__name__} is not (inputs, targets) nor a dict; "
+                         "pass forward=lambda model, batch: loss")
+
+    def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, _ = self.split(batch)
+        return model(inputs)
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss of ``model`` on ``batch`` (the user's ``forward`` when given)."""
+        if self.forward is not None:
+            return self.forward(model, batch)
+        inputs, targets = self.split(batch)
+        return self.loss_fn(model(inputs), targets)
+
+    @property
+    def splittable(self) -> bool:
+        try:
+            self.split(self.batches[0])
+            return True
+        except SetupError:
+            return False
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _first_key(batch: dict, candidates: Sequence[str]) -> str:
+    return next((k for k in candidates if k in batch), candidates[0])
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _optimizer_factory(optimizer: Any) -> Callable:
+    """Adam by default; an instance gives its class and hyperparameters (the user's optimizer
+    itself is never stepped); a callable is used as is."""
+    if optimizer is None:
+        return lambda params: torch.optim.Adam(params, lr=1e-3)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        defaults = dict(optimizer.defaults)
+        return lambda params: type(optimizer)(params, **defaults)
+    if callable(optimizer):
+        return optimizer
+    raise SetupError(f"optimizer must be an optimizer, a factory params -> optimizer, or None; "
+                     f"got {type(optimizer).__name__}")
