@@ -37,16 +37,18 @@ from .errors import (
     WriterClosedError,
     LogWriteError,
     MissingDependencyError,
+    PreflightFailedError,
 )
 from .io import export_weights, import_weights, load, save
 from .log import SummaryWriter
+from .preflight import PreflightReport, preflight
 from .run import Run
 
 __all__ = [
-    "Run", "SummaryWriter", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
+    "Run", "SummaryWriter", "preflight", "PreflightReport", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
     "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError", "NotSerializableError",
     "RunLockedError", "SaveFailedError", "StateMismatchError",
-    "WriterClosedError", "LogWriteError", "MissingDependencyError",
+    "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
 ]

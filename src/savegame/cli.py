@@ -484,6 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorBoard's loader: true = the Rust data server, false = the Python "
                    "loader (default: auto, the first that works)")
     p.set_defaults(func=cmd_board)
+
+    p = sub.add_parser("preflight", help="check a training setup before a long run (cs231n / Karpathy)",
+                       description="Run the preflight checks (data, loss at init, gradients, overfit "
+                       "one batch, ...) on the demo or on module:function, print each verdict with "
+                       "its likely fix. Exit 0 when no check failed, 1 when one did.")
+    from .preflight import command as preflight_command
+    preflight_command.add_arguments(p)
+    p.set_defaults(func=lambda args, console: preflight_command.run(args, console))
     return parser
 
 

@@ -73,6 +73,15 @@ def make_model(width: int) -> nn.Module:
     )
 
 
+def preflight_setup() -> dict[str, Any]:
+    """The demo's model, loss and training data, for ``savegame preflight`` and the demo itself."""
+    train_set, _ = load_digits(CONFIG["val_fraction"], CONFIG["seed"])
+    loader = torch.utils.data.DataLoader(train_set, batch_size=CONFIG["batch_size"], shuffle=True,
+                                         generator=torch.Generator().manual_seed(CONFIG["seed"]))
+    return {"model": make_model(CONFIG["width"]), "loss_fn": nn.CrossEntropyLoss(), "data": loader,
+            "optimizer": lambda params: torch.optim.Adam(params, lr=CONFIG["lr"])}
+
+
 def shift(images: torch.Tensor) -> torch.Tensor:
     """Move the batch by up to one pixel: a random augmentation, so the RNG state matters on resume."""
     i, j = torch.randint(0, 3, (2,)).tolist()

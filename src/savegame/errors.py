@@ -64,3 +64,11 @@ class LogWriteError(SavegameError, RuntimeError):
 
 class MissingDependencyError(SavegameError, ImportError):
     """An optional package is needed for this call; the message says what to ``pip install``."""
+
+
+class PreflightFailedError(SavegameError, RuntimeError):
+    """``run.preflight`` found a failing check; the message is the report, ``.report`` the object."""
+
+    def __init__(self, report) -> None:
+        super().__init__(f"{report}\nFix the failing checks, or pass continue_on_failure=True to train anyway.")
+        self.report = report

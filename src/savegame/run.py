@@ -45,7 +45,8 @@ from .checkpoint.store import (
     remove_stale_temps,
     write_checkpoint,
 )
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
+from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, PreflightFailedError,
+                     StateMismatchError)
 from .io import load_into, object_kind
 from .lock import RunLock
 from .log.runlog import RunLog
@@ -145,6 +146,29 @@ class Run:
                         "run folder (or resume='never' in an empty one)."
                     )
                 load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
+
+    def preflight(self, model: Any, loss_fn: Any, data: Any, *, continue_on_failure: bool = False,
+                  **options: Any) -> Any:
+        """Check the setup before training starts (``savegame.preflight``), once per run.
+
+        Skipped on resume (returns None). The report goes to ``preflight.json`` in the run folder
+        and to TensorBoard (a table in TEXT, the first batch in IMAGES when it is images). A failed
+        check raises :class:`~savegame.errors.PreflightFailedError` holding the report, unless
+        ``continue_on_failure``. ``options`` go to ``savegame.preflight`` (``quick=True`` ...).
+        """
+        if self.resumed_from is not None:
+            return None
+        from .preflight import preflight
+        from .runinfo import write_json_atomic
+
+        report = preflight(model, loss_fn, data, **options)
+        write_json_atomic(self.dir / "preflight.json", report.to_dict())
+        self.writer.add_text("preflight", report.to_markdown(), self.step)
+        if report.images is not None:
+            self.writer.add_images("preflight/first_batch", report.images, self.step)
+        if not report.passed and not continue_on_failure:
+            raise PreflightFailedError(report)
+        return report
 
     @property
     def writer(self) -> SummaryWriter:

@@ -74,9 +74,13 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     """Replace ``<run_dir>/run.json`` atomically."""
     info["updated"] = time.time()
-    path = Path(run_dir) / RUN_FILE
-    temp = path.with_name(f".{RUN_FILE}.tmp-{os.getpid()}")
-    data = json.dumps(info, indent=2, allow_nan=False, default=jsonable).encode()
+    write_json_atomic(Path(run_dir) / RUN_FILE, info, allow_nan=False)
+
+
+def write_json_atomic(path: Path, value: Any, *, allow_nan: bool = True) -> None:
+    """Replace the JSON file ``path`` atomically (temp file, fsync, rename)."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = json.dumps(value, indent=2, allow_nan=allow_nan, default=jsonable).encode()
     with open(temp, "wb") as file:
         file.write(data)
         file.flush()

@@ -48,6 +48,7 @@ class PreflightReport:
     """All checks of one preflight; ``passed`` when none failed (warnings do not fail it)."""
 
     checks: list[CheckResult]
+    images: Any = field(default=None, repr=False, compare=False)  # the first batch, (N, C, H, W), if images
 
     @property
     def passed(self) -> bool:
@@ -58,6 +59,14 @@ class PreflightReport:
             if check.name == name:
                 return check
         raise KeyError(f"no check named {name!r}; there are {[c.name for c in self.checks]}")
+
+    def to_markdown(self) -> str:
+        """A Markdown table, for TensorBoard's TEXT tab."""
+        rows = ["| status | check | what was found | likely fix |", "|---|---|---|---|"]
+        for c in self.checks:
+            cells = [c.status.upper() if c.status in ("warn", "fail") else c.status, c.name, c.message, c.fix]
+            rows.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
+        return f"**preflight: {'passed' if self.passed else 'FAILED'}**\n\n" + "\n".join(rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}

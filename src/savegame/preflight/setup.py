@@ -137,3 +137,40 @@ def _optimizer_factory(optimizer: Any) -> Callable:
         return optimizer
     raise SetupError(f"optimizer must be an optimizer, a factory params -> optimizer, or None; "
                      f"got {type(optimizer).__name__}")
+
+
+# Known error texts from torch and what they usually mean, in the user's terms: (substring, hint).
+_ERROR_HINTS = (
+    ("is out of bounds", "a label is out of range: labels must be 0..C-1 for a model with C outputs "
+                         "(1-based labels? subtract 1; more classes? widen the final layer)"),
+    ("same device", "the model and the data are on different devices: move both with .to(device), "
+                    "or pass device= to preflight"),
+    ("expected device", "the model and the data are on different devices: move both with .to(device), "
+                        "or pass device= to preflight"),
+    ("multi-target not supported", "the targets have an extra dimension: CrossEntropyLoss wants class "
+                                   "indices of shape (B,), e.g. y.squeeze(1)"),
+    ("expected target dtype", "CrossEntropyLoss/NLLLoss want integer class labels: y.long()"),
+    ("expected scalar type", "a dtype mismatch between the inputs and the model: convert the inputs, "
+                             "e.g. x.float(), or the model, e.g. model.double()"),
+    ("cannot be multiplied", "the input's feature size does not match the first layer's in_features"),
+    ("must be the same as input size", "the output and the target shapes differ: reshape the output "
+                                       "(out.squeeze(-1)) or the target to match"),
+    ("does not require grad", "the loss is not connected to the model's parameters: remove .detach(), "
+                              ".item() or torch.no_grad() in forward, and check that some parameters "
+                              "have requires_grad=True"),
+)
+
+
+def explain_error(error: BaseException) -> str:
+    """``"IndexError: Target 5 is out of bounds. — <likely cause and fix>"``: an exception in plain
+    words, for a check's message.
+
+    >>> explain_error(IndexError("Target 5 is out of bounds."))[:50]
+    'IndexError: Target 5 is out of bounds. — a label i'
+    """
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    head = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    for needle, hint in _ERROR_HINTS:
+        if needle in str(error):
+            return f"{head} — {hint}"
+    return head

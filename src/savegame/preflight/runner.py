@@ -1,0 +1,231 @@
+"""``preflight``: run every check on copies of the user's objects and gather the verdicts.
+
+A check that crashes is that check's failure; a setup that cannot be built is a failed "setup"
+check. Nothing raises out of ``preflight`` for bad user input, and the user's model, optimizer and
+random generators are as they were before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+import traceback
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint.rng import capture_rng, restore_rng
+from .report import CheckResult, PreflightReport
+from .setup import Setup, SetupError, explain_error
+
+# (name, "module:function", runs in quick mode), in the order they run and are reported.
+REGISTRY: list[tuple[str, str, bool]] = [
+    ("data", "savegame.preflight.checks_data:check_data", True),
+    ("loss/target shapes", "savegame.preflight.checks_loss:check_loss_target_shapes", True),
+    ("loss at init", "savegame.preflight.checks_loss:check_loss_at_init", True),
+    ("gradients", "savegame.preflight.checks_grad:check_gradients", True),
+    ("parameters change", "savegame.preflight.checks_grad:check_parameters_change", True),
+    ("batch independence", "savegame.preflight.checks_grad:check_batch_independence", False),
+    ("overfit one batch", "savegame.preflight.checks_train:check_overfit_one_batch", False),
+    ("input-independent baseline", "savegame.preflight.checks_train:check_input_independent_baseline", False),
+    ("determinism", "savegame.preflight.checks_train:check_determinism", False),
+]
+# Opt-in (gradcheck=True): float64 numerical gradients are slow.
+GRADCHECK = ("gradcheck", "savegame.preflight.checks_grad:check_gradcheck", True)
+# Checks that still say something useful when the loss cannot be computed on the first batch.
+WITHOUT_LOSS = {"data", "loss/target shapes"}
+SEED = 0  # every check starts from this seed, so a report is the same run after run
+
+
+def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
+              steps: int | None = None, device: Any = None, forward: Callable | None = None,
+              quick: bool = False, keys: tuple[str, str] | None = None,
+              gradcheck: bool = False) -> PreflightReport:
+    """Check a training setup before training: data, loss at init, gradients, overfitting one batch...
+
+    Args:
+        model: the model to train; only copies of it are run.
+        loss_fn: ``loss_fn(model(inputs), targets) -> loss`` (may be ``None`` with ``forward``).
+        data: a DataLoader or any iterable of ``(inputs, targets)`` or dict batches; the first two are used.
+        optimizer: an optimizer (its class and hyperparameters are reused on a copy), a factory
+            ``params -> optimizer``, or ``None`` for Adam(lr=1e-3).
+        steps: the step budget of the training checks (default 50, 20 with ``quick``).
+        device: where to run (default: the model's device).
+        forward: ``forward(model, batch) -> loss`` for batches that are not ``(inputs, targets)``.
+        quick: only the cheap checks (data, loss, gradients, parameters change), fewer steps.
+        keys: ``(input_key, target_key)`` of dict batches.
+        gradcheck: also run ``torch.autograd.gradcheck`` in float64 (slow).
+
+    Returns:
+        a :class:`PreflightReport`; ``report.passed`` is False when any check failed.
+    """
+    registry = [entry for entry in REGISTRY if entry[2] or not quick]
+    if gradcheck:
+        registry.append(GRADCHECK)
+    rng = capture_rng()
+    before = _fingerprint(model, optimizer)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # The checks provoke torch's warnings on purpose; their verdicts say it in words.
+            warnings.simplefilter("ignore")
+            results, images = _run(model, loss_fn, data, registry, optimizer=optimizer, steps=steps, device=device,
+                           forward=forward, quick=quick, keys=keys)
+    finally:
+        restore_rng(rng)
+    if _fingerprint(model, optimizer) != before:
+        results.append(CheckResult("untouched", "fail", "preflight changed the model's or the optimizer's "
+                                   "state, which it must never do", fix="report this as a savegame bug; "
+                                   "reload the model before training"))
+    return PreflightReport(results, images=images)
+
+
+def _run(model, loss_fn, data, registry, **options) -> tuple[list[CheckResult], torch.Tensor | None]:
+    started = time.perf_counter()
+    setup, problem, loss_error = _build(model, loss_fn, data, **options)
+    head = CheckResult("setup", "fail" if problem else "pass", problem[0] if problem else _describe(setup),
+                       fix=problem[1] if problem else "", seconds=time.perf_counter() - started)
+    results = [head]
+    for name, target, _ in registry:
+        if problem:
+            results.append(CheckResult(name, "skip", "not run: the setup failed"))
+        elif loss_error and name not in WITHOUT_LOSS:
+            results.append(CheckResult(name, "skip", "not run: the loss cannot be computed on the first batch "
+                                       "(see 'loss/target shapes')"))
+        else:
+            results.extend(run_check(name, target, setup))
+    return results, _images(setup)
+
+
+def _images(setup: Setup | None) -> torch.Tensor | None:
+    """The first batch as images for ``report.images`` (TensorBoard), or None."""
+    if setup is None:
+        return None
+    try:
+        from .checks_data import image_grid
+        return image_grid(setup)
+    except Exception:  # noqa: BLE001 - a picture is a bonus, never a failure
+        return None
+
+
+def _build(model, loss_fn, data, **options) -> tuple[Setup | None, tuple[str, str] | None, str | None]:
+    """(setup, (message, fix) when the setup is unusable, error text when the loss cannot be computed)."""
+    try:
+        setup = Setup.build(model, loss_fn, data, **options)
+    except SetupError as error:
+        return None, (str(error), "give preflight the same model, loss and data you train with"), None
+    except Exception as error:  # noqa: BLE001 - a bad device string, a loader that crashes...
+        return None, (f"the setup could not be built: {explain_error(error)}",
+                      "check the device= argument and that the data loader runs on its own"), None
+    if setup.forward is None and not setup.splittable:
+        try:
+            setup.split(setup.batches[0])
+        except SetupError as error:
+            fix = "yield (inputs, targets) or a dict, or pass forward=lambda model, batch: loss"
+            return None, (str(error), fix), None
+    try:
+        model_copy = setup.fresh_model()
+    except Exception as error:  # noqa: BLE001 - e.g. a module holding a lock or an open file
+        return None, (f"the model cannot be copied: {explain_error(error)}",
+                      "preflight only runs copies of the model; make it deep-copyable (copy.deepcopy)"), None
+    try:
+        _seed()
+        setup.loss(model_copy, setup.batches[0])
+    except Exception as error:  # noqa: BLE001 - which check explains it depends on the error
+        text = explain_error(error)
+        if "same device" in str(error) or "expected device" in str(error):
+            return None, (f"the model and the data are on different devices ({text.partition(' — ')[0]})",
+                          "move the model and the data to one device (model.to(device)), or pass device="), None
+        return setup, None, text
+    return setup, None, None
+
+
+def run_check(name: str, target: str | Callable, setup: Setup) -> list[CheckResult]:
+    """Run one check (``"module:function"`` or a callable), seeded and timed; a crash is its failure."""
+    started = time.perf_counter()
+    try:
+        check = _resolve(target)
+    except ModuleNotFoundError as error:
+        module = target.split(":")[0] if isinstance(target, str) else ""
+        if error.name and module.startswith(error.name):
+            return [CheckResult(name, "skip", f"not available: {module} is not installed")]
+        return [_crash(name, error, started, "loading the check failed")]
+    except Exception as error:  # noqa: BLE001
+        return [_crash(name, error, started, "loading the check failed")]
+    try:
+        _seed()
+        found = check(setup)
+    except Exception as error:  # noqa: BLE001 - one check's crash must not sink the report
+        return [_crash(name, error, started, "the check crashed")]
+    results = list(found) if isinstance(found, (list, tuple)) else [found]
+    if not results or not all(isinstance(r, CheckResult) for r in results):
+        return [CheckResult(name, "fail", f"the check returned {type(found).__name__}, not CheckResult",
+                            fix="report this as a savegame bug", seconds=time.perf_counter() - started)]
+    share = (time.perf_counter() - started) / len(results)
+    for result in results:
+        result.seconds = share
+    return results
+
+
+def _crash(name: str, error: BaseException, started: float, what: str) -> CheckResult:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return CheckResult(name, "fail", f"{what}: {explain_error(error)}",
+                       fix="run the model and the loss on one batch by hand to see the full traceback; "
+                           "if they run, report this as a savegame bug",
+                       numbers={"error": type(error).__name__, "where": where},
+                       seconds=time.perf_counter() - started)
+
+
+def _resolve(target: str | Callable) -> Callable:
+    if callable(target):
+        return target
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _seed() -> None:
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+def _describe(setup: Setup) -> str:
+    try:
+        optimizer = type(setup.fresh_optimizer(setup.fresh_model())).__name__
+    except Exception as error:  # noqa: BLE001 - e.g. no trainable parameter; the checks say so
+        optimizer = f"? ({explain_error(error)})"
+    count = len(setup.batches)
+    return (f"{count} batch{'es' if count > 1 else ''} on {setup.device}, optimizer {optimizer}, "
+            f"{setup.steps} steps" + (", quick" if setup.quick else ""))
+
+
+def _fingerprint(model: nn.Module, optimizer: Any) -> list:
+    """A cheap summary of every tensor's value (no copy of the model is kept): sums, weighted sums
+    and version counters of the parameters, buffers and optimizer state, plus the train flags."""
+    def tensor(t: torch.Tensor) -> tuple:
+        with torch.no_grad():
+            f = t.detach().reshape(-1)
+            f = (torch.view_as_real(f) if f.is_complex() else f).double().reshape(-1)
+            weights = torch.arange(f.numel(), device=f.device, dtype=torch.float64).remainder_(97).add_(1)
+            # repr: NaN != NaN, but its text is stable.
+            return (tuple(t.shape), str(t.dtype), str(t.device), t._version, repr(float(f.sum())),
+                    repr(float((f * weights).sum())))
+
+    def value(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return tensor(v)
+        if isinstance(v, dict):
+            return {k: value(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [value(x) for x in v]
+        return repr(v)
+
+    found = [value(model.state_dict()), [(m.training) for m in model.modules()],
+             [(p.requires_grad, None if p.grad is None else id(p.grad)) for p in model.parameters()]]
+    if isinstance(optimizer, torch.optim.Optimizer):
+        found.append(value(optimizer.state_dict()))
+    return found
