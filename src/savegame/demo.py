@@ -3,7 +3,7 @@
 About two minutes on two CPU cores. Press Ctrl-C at any time: the current step finishes, a
 checkpoint is written and the process exits; run the same command again and it resumes where it
 stopped (mid-epoch included). The loop below is the whole integration: ``Run``, ``track``,
-``epochs``, ``iterate``, ``save``, and ``run.log`` / ``run.writer`` for TensorBoard (losses,
+``epochs``, ``iterate``, ``save``, ``run.preflight`` (checks the setup first), and ``run.log`` / ``run.writer`` for TensorBoard (losses,
 accuracy, learning rate, weight histograms, a batch of images, the model graph, PR curves, an
 embedding of validation features, and the config as hparams); everything else is an ordinary
 PyTorch loop. ``savegame board runs`` shows it all.
@@ -170,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             console.print(f"training a CNN on {len(train_set)} digits, validating on "
                           f"{len(val_labels)}; Ctrl-C saves and stops, rerun to resume")
+            # the double check before training (cs231n, Karpathy's recipe); a failure stops here
+            console.print(run.preflight(net, nn.CrossEntropyLoss(), loader, optimizer=optimizer).table())
             log_first_look(run, net, next(iter(loader))[0])
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
