@@ -34,6 +34,8 @@ def test_demo_trains_to_over_90_percent_and_leaves_a_finished_run(tmp_path, caps
     out = capsys.readouterr().out
     accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
     assert accuracy > 90
+    assert "preflight: passed" in out and "overfit one batch" in out  # the report, shown first
+    assert (folder / "preflight.json").is_file()
     assert status(folder) == "finished" and [c.epoch for c in list_checkpoints(folder / "checkpoints")] == [0, 1]
     for hint in (f"savegame show {folder}", f"savegame verify {folder}", "--best -o digits.safetensors",
                  f"savegame board {folder.parent}"):
@@ -51,7 +53,7 @@ def assert_demo_logged_everything(folder: Path) -> None:
     tags = legacy.Tags()
     assert {"loss/train", "acc/train", "loss/val", "acc/val", "lr", "loss/train/epoch_mean"} <= set(tags["scalars"])
     assert [e.step for e in legacy.Scalars("loss/val")] == [45, 90]
-    assert tags["images"] == ["data/train_batch"] and tags["graph"]
+    assert {"data/train_batch", "preflight/first_batch"} <= set(tags["images"]) and tags["graph"]
     assert any(t.startswith("weights/") for t in tags["histograms"])
     plugins = pea.EventAccumulator(str(folder))
     plugins.Reload()

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import savegame
-from savegame.log.reader import read_scalars  # noqa: F401  (the writer is exercised below)
 
 
 def classification(softmax=False):
@@ -69,3 +68,11 @@ def test_the_cli_says_what_is_wrong_with_a_bad_target(tmp_path):
     done = subprocess.run([sys.executable, "-m", "savegame.cli", "preflight", "nosuchmodule:setup"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "cannot load nosuchmodule:setup" in done.stderr
+
+
+def test_the_cli_checks_the_demo_by_default():
+    pytest.importorskip("sklearn")
+    done = subprocess.run([sys.executable, "-m", "savegame.cli", "preflight", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"]
