@@ -74,39 +74,37 @@ def _decode(plugin: str, tensor_proto):
     return tensor_util.make_ndarray(tensor_proto)
 
 
+def _tensor_tags(mux):
+    """``(run, tag, accumulator, metadata)`` for every tensor-style tag of every run, runs sorted."""
+    for run in sorted(mux.Runs()):
+        acc = mux.GetAccumulator(run)
+        for tag in acc.Tags()[plugin_event_accumulator.TENSORS]:
+            yield run, tag, acc, acc.SummaryMetadata(tag)
+
+
 def load_logdir(logdir) -> dict:
     """``{run: {plugin: {tag: [(step, value), ...]}}}`` for every run under ``logdir``.
 
     ``run`` is TensorBoard's run name (``"."`` for ``logdir`` itself, ``"sub"`` for ``logdir/sub``);
     wall times are dropped. For ``hparams`` the value is the tag's plugin content (bytes)."""
     mux = _multiplexer(logdir)
-    out: dict = {}
-    for run in sorted(mux.Runs()):
-        acc = mux.GetAccumulator(run)
-        per_plugin: dict = {}
-        for tag in acc.Tags()[plugin_event_accumulator.TENSORS]:
-            meta = acc.SummaryMetadata(tag)
-            plugin = meta.plugin_data.plugin_name
-            if plugin == "hparams":
-                rows = [(ev.step, bytes(meta.plugin_data.content)) for ev in acc.Tensors(tag)]
-            else:
-                rows = [(ev.step, _decode(plugin, ev.tensor_proto)) for ev in acc.Tensors(tag)]
-            per_plugin.setdefault(plugin, {})[tag] = rows
-        out[run] = per_plugin
+    out: dict = {run: {} for run in sorted(mux.Runs())}
+    for run, tag, acc, meta in _tensor_tags(mux):
+        plugin = meta.plugin_data.plugin_name
+        if plugin == "hparams":
+            rows = [(ev.step, bytes(meta.plugin_data.content)) for ev in acc.Tensors(tag)]
+        else:
+            rows = [(ev.step, _decode(plugin, ev.tensor_proto)) for ev in acc.Tensors(tag)]
+        out[run].setdefault(plugin, {})[tag] = rows
     return out
 
 
 def load_contents(logdir) -> dict:
     """``{run: {plugin: {tag: content_bytes}}}``: each tag's plugin content (its first metadata)."""
     mux = _multiplexer(logdir)
-    out: dict = {}
-    for run in sorted(mux.Runs()):
-        acc = mux.GetAccumulator(run)
-        per_plugin: dict = {}
-        for tag in acc.Tags()[plugin_event_accumulator.TENSORS]:
-            meta = acc.SummaryMetadata(tag)
-            per_plugin.setdefault(meta.plugin_data.plugin_name, {})[tag] = bytes(meta.plugin_data.content)
-        out[run] = per_plugin
+    out: dict = {run: {} for run in sorted(mux.Runs())}
+    for run, tag, _, meta in _tensor_tags(mux):
+        out[run].setdefault(meta.plugin_data.plugin_name, {})[tag] = bytes(meta.plugin_data.content)
     return out
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
+from ..checkpoint.rng import capture_rng, restore_rng
 from .report import CheckResult
 from .setup import Setup, SetupError
 
@@ -51,35 +52,20 @@ def timed(check: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
 
 
 class seeded:
-    """Save torch's (and the device's), numpy's and Python's RNG state; seed torch with ``seed``
-    (when not None); restore everything on exit."""
+    """Save every generator's state (``checkpoint.rng.capture_rng``), seed torch with ``seed``
+    (when not None), restore everything on exit."""
 
     def __init__(self, setup: Setup, seed: int | None) -> None:
-        self.device = setup.device
         self.seed = seed
 
     def __enter__(self) -> "seeded":
-        self.torch_state = torch.random.get_rng_state()
-        self.cuda_state = (torch.cuda.get_rng_state(self.device)
-                           if self.device.type == "cuda" else None)
-        self.python_state = random.getstate()
-        try:
-            import numpy
-            self.numpy_state = numpy.random.get_state()
-        except ImportError:  # pragma: no cover - numpy comes with torch in practice
-            self.numpy_state = None
+        self.state = capture_rng()
         if self.seed is not None:
             torch.manual_seed(self.seed)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        torch.random.set_rng_state(self.torch_state)
-        if self.cuda_state is not None:
-            torch.cuda.set_rng_state(self.cuda_state, self.device)
-        random.setstate(self.python_state)
-        if self.numpy_state is not None:
-            import numpy
-            numpy.random.set_state(self.numpy_state)
+        restore_rng(self.state)
 
 
 def scalar_loss(loss: Any) -> torch.Tensor:
