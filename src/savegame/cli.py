@@ -200,7 +200,7 @@ def _best_text(best: dict[str, Any] | None, *, step: bool = True) -> str:
 
 
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "collapse_padding": True, "pad_edge": False}
-STATUS_STYLE = {"finished": "green", "running": "cyan", "preempted": "yellow",
+STATUS_STYLE = {"finished": "green", "stopped": "green", "running": "cyan", "preempted": "yellow",
                 "failed": "red", "crashed": "red"}
 
 
@@ -492,6 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .preflight import command as preflight_command
     preflight_command.add_arguments(p)
     p.set_defaults(func=lambda args, console: preflight_command.run(args, console))
+
+    from .doctor import command as doctor_command
+    p = sub.add_parser("doctor", help="diagnose learning curves: overfitting, divergence, plateaus, lr ...",
+                       description="Read any TensorBoard logdir (savegame, torch.utils.tensorboard, "
+                       "tensorboardX, Lightning), find each run's training and validation loss, and "
+                       "give it a verdict with evidence and suggestions. Exit 0; 1 when no run could "
+                       "be judged.")
+    doctor_command.add_doctor_arguments(p)
+    p.set_defaults(func=doctor_command.run_doctor)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of runs: curves, verdicts, "
+                       "checkpoints, hparams", description="Diagnose every run under RUNS and write "
+                       "one static HTML file (no server, nothing fetched) with its curves, verdict, "
+                       "signals and checkpoints, and a comparison table across runs.")
+    doctor_command.add_report_arguments(p)
+    p.set_defaults(func=doctor_command.run_report)
     return parser
 
 

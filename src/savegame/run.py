@@ -29,7 +29,7 @@ import time
 import warnings
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .checkpoint.loader import LoaderTracker
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, plan_deletions
@@ -54,7 +54,11 @@ from .log.writer import SummaryWriter
 from .preemption import PreemptionGuard
 from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
 
+if TYPE_CHECKING:
+    from .doctor import Diagnosis, Doctor
+
 _NO_METRICS: Mapping[str, float] = MappingProxyType({})
+MAX_SAVED_STEPS = 10_000  # run.json lists at most this many saved steps (the newest)
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
 
 
@@ -70,11 +74,15 @@ class Run:
         resume: ``"auto"`` (newest valid checkpoint, if any), ``"never"`` (the folder must have
             no checkpoints), a step number, or the path of a checkpoint folder.
         handle_signals: turn SIGTERM / the first Ctrl-C into save-and-exit (default True).
+        doctor: judge the learning curves at each validation (``True`` or a
+            :class:`savegame.Doctor`): warns about new findings, logs them, samples training
+            signals, and stops the run (saving first) when it diverges. See ``savegame.doctor``.
     """
 
     def __init__(self, dir: str | Path, *, config: Mapping[str, Any] | None = None,
                  save: SavePolicy | None = None, keep: KeepPolicy | None = None,
-                 resume: str | int | Path = "auto", handle_signals: bool = True) -> None:
+                 resume: str | int | Path = "auto", handle_signals: bool = True,
+                 doctor: "bool | Doctor" = False) -> None:
         _check_resume_argument(resume)
         self.dir = Path(dir)
         self.config = dict(config or {})
@@ -91,6 +99,8 @@ class Run:
         self._last_save_epochs_done: int | None = None
         self._last_save_time: float | None = None
         self._finished = False
+        self._stop_reason: str | None = None  # set by the doctor: save, end the loops, mark "stopped"
+        self._signals = None
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = RunLock(self.dir / "LOCK")
@@ -111,6 +121,7 @@ class Run:
             saved_log = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
             self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=self.resumed_from is not None,
                                 epoch_finished=self._start_epoch > self.epoch)
+            self._doctor = self._make_doctor(doctor)
             write_run_info(self.dir, self._info)
         except BaseException:
             self._lock.release()
@@ -146,6 +157,8 @@ class Run:
                         "run folder (or resume='never' in an empty one)."
                     )
                 load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
+        if self._doctor is not None and self._signals is None:
+            self._signals = self._doctor_signals()
 
     def preflight(self, model: Any, loss_fn: Any, data: Any, *, continue_on_failure: bool = False,
                   **options: Any) -> Any:
@@ -189,7 +202,21 @@ class Run:
             values = {values: value}
         elif value is not None:
             raise TypeError("run.log(): pass a tag and a value, or one dict of {tag: value}")
-        self._logs.log(values, step=self.step if step is None else step, reduce=reduce, every_step=every_step)
+        step = self.step if step is None else step
+        hosts = self._logs.log(values, step=step, reduce=reduce, every_step=every_step)
+        if self._doctor is not None and hosts:
+            self._doctor.observe(hosts, step)
+
+    @property
+    def should_stop(self) -> str | None:
+        """Why the run was asked to stop early (by the doctor), else None. ``epochs()`` and
+        ``iterate()`` end by themselves; a loop of your own can test this."""
+        return self._stop_reason
+
+    @property
+    def doctor(self) -> "Diagnosis | None":
+        """The live doctor's latest diagnosis (None without ``doctor=`` or before a validation)."""
+        return self._doctor.last if self._doctor is not None else None
 
     def epochs(self, n: int) -> Iterator[int]:
         """Yield the epoch numbers still to do, from where the last process stopped, up to ``n``."""
@@ -202,6 +229,9 @@ class Run:
             yield epoch
             self._logs.end_of_epoch(self.step)
             self._check_preemption()
+            if self._stop_reason is not None:
+                self._stop_now()
+                return
 
     def iterate(self, loader: Iterable, *, name: str | None = None) -> Iterator[Any]:
         """Yield the batches of ``loader``, counting ``run.step``; resumes inside an epoch.
@@ -223,6 +253,8 @@ class Run:
         for batch in tracker.iterate(epoch=self.epoch, before_batch=self._check_preemption):
             self.step += 1
             yield batch
+            if self._stop_reason is not None:
+                return
 
     def save(self, *, metrics: Mapping[str, Any] | None = None, force: bool = False) -> CheckpointInfo | None:
         """Save a checkpoint if the save policy says so (or ``force``); returns it, else None.
@@ -237,7 +269,7 @@ class Run:
             metrics=metrics, last_save_step=self._last_save_step,
             last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time,
         )
-        if not (self.save_policy.should_save(context) or force):
+        if not (self.save_policy.should_save(context) or force or self._stop_reason is not None):
             return None
         return self._write(metrics, context.epochs_done)
 
@@ -246,7 +278,11 @@ class Run:
         if self._finished:
             return
         self._finished = True
+        if status == "finished" and self._stop_reason is not None:
+            status, message = "stopped", self._stop_reason
         self._guard.uninstall()
+        if self._signals is not None:
+            self._signals.close()
         try:
             self._logs.close(step=self.step, hparams_status=status if self.config else None)
             self._info["status"] = status
@@ -309,6 +345,8 @@ class Run:
         info = write_checkpoint(path, state, step=self.step, epoch=self.epoch, metrics=metrics,
                                 info={"objects": objects}, overwrite=replace)
         self.checkpoints = [c for c in self.checkpoints if c.step != info.step] + [info]
+        saved = self._info.setdefault("saved_steps", [])  # for the report: what the keep policy dropped
+        saved[:] = [s for s in saved if s < self.step][-(MAX_SAVED_STEPS - 1):] + [self.step]
         self._last_save_step, self._last_save_epochs_done = self.step, epochs_done
         self._last_save_time = time.monotonic()
         protected = {self.resumed_from.step} if self.resumed_from is not None else set()
@@ -325,6 +363,49 @@ class Run:
             name, mode = _best_metric(self.keep_policy)
             self._info["best"] = {"metric": name, "mode": mode, "value": best.metrics[name],
                                   "step": best.step, "checkpoint": best.path.name}
+
+    def _make_doctor(self, doctor: Any) -> Any:
+        if doctor is False or doctor is None:
+            return None
+        from .doctor.live import Doctor, LiveDoctor
+
+        if doctor is True:
+            doctor = Doctor()
+        if not isinstance(doctor, Doctor):
+            raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
+        if not self._logs.writer._writes():  # a silent rank (not rank 0) logs nothing to judge
+            return None
+        return LiveDoctor(doctor, self.dir, resumed=self.resumed_from is not None,
+                          write_text=lambda text, step: self.writer.add_text("doctor", text, step),
+                          request_stop=self._request_stop)
+
+    def _doctor_signals(self) -> Any:
+        """Signals on the first tracked model and optimizer, once both are tracked."""
+        import torch
+
+        if self._doctor.config.every == 0:
+            return None
+        model = next((o for o in self._objects.values() if isinstance(o, torch.nn.Module)), None)
+        optimizer = next((o for o in self._objects.values() if isinstance(o, torch.optim.Optimizer)), None)
+        if model is None or optimizer is None:
+            return None
+        from .doctor.signals import Signals
+
+        return Signals(model, optimizer, every=self._doctor.config.every, step=lambda: self.step,
+                       log=lambda values, step: self.log(values, step=step))
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            print(f"savegame: {reason}", file=sys.stderr, flush=True)
+
+    def _stop_now(self) -> None:
+        """The doctor asked to stop: save this step (unless saved already) and record why."""
+        newest = self.checkpoints[-1] if self.checkpoints else None
+        if not (newest is not None and newest.step == self.step and self._last_save_step == self.step):
+            self._write({}, self._epochs_done())
+        self._info["status"], self._info["message"] = "stopped", self._stop_reason
+        write_run_info(self.dir, self._info)
 
     def _check_preemption(self) -> None:
         if not self._guard.requested:

@@ -28,7 +28,7 @@ from .errors import FormatVersionError
 RUN_FILE = "run.json"
 FORMAT = "savegame.run"
 VERSION = 1
-STATUSES = ("running", "finished", "failed", "preempted")
+STATUSES = ("running", "finished", "failed", "preempted", "stopped")  # stopped: early, by the doctor
 
 
 def new_run_info(name: str, *, config: dict[str, Any] | None) -> dict[str, Any]:

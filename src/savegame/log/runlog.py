@@ -57,18 +57,23 @@ class RunLog:
         return self._writer
 
     def log(self, values: Mapping[str, Any], *, step: int, reduce: Any = None,
-            every_step: bool = True) -> None:
+            every_step: bool = True) -> dict[str, Any]:
+        """Log ``values``; returns them as host values (floats, or CUDA copies in flight) for
+        other readers (the live doctor), or ``{}`` on a silent rank."""
         reducers = check_reduce(reduce) if reduce is not None else None
         writer = self.writer
         if not writer._writes():  # closed: raises; a silent rank: returns before any device copy
-            return writer._not_open("run.log")
+            writer._not_open("run.log")
+            return {}
+        hosts = {}
         for tag, value in values.items():
-            host = scalar_on_host(value, tag)  # once, for both uses (a CUDA value: one copy)
+            host = hosts[tag] = scalar_on_host(value, tag)  # once, for every use (a CUDA value: one copy)
             if every_step:
                 writer._add_host_scalar(tag, host, step)
             if reducers:
                 writer._job(f"run.log({tag!r})", None, None, tag=tag,
                             build=lambda t=tag, h=host: self._stats.add(t, reducers, float(resolve(h))))
+        return hosts
 
     def end_of_epoch(self, step: int) -> None:
         """Log the epoch's statistics (also the ones a dead process saved but never logged)."""
@@ -109,7 +114,8 @@ def _session_end(status: str) -> Any:
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    code = {"finished": api_pb2.STATUS_SUCCESS, "failed": api_pb2.STATUS_FAILURE}.get(
+    code = {"finished": api_pb2.STATUS_SUCCESS, "stopped": api_pb2.STATUS_SUCCESS,
+            "failed": api_pb2.STATUS_FAILURE}.get(
         status, api_pb2.STATUS_RUNNING)
     end = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time()))

@@ -1,0 +1,128 @@
+"""``savegame doctor PATH`` and ``savegame report RUNS -o report.html``.
+
+``doctor`` reads any TensorBoard logdir and prints one verdict per run (exit 0; 1 when no run
+could be judged; 2 on bad input). ``--json`` prints a list of diagnoses, ``--plot out.png`` draws
+the curves with the verdicts. ``report`` writes one self-contained HTML file.
+
+    savegame doctor runs/
+    savegame doctor lightning_logs --val-tag val_loss --json
+    savegame report runs/ -o report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .curves import RunData, load_runs
+from .diagnosis import Diagnosis
+
+VERDICT_STYLE = {"healthy": "green", "still_improving": "cyan", "overfitting": "yellow",
+                 "underfitting": "yellow", "plateau": "yellow", "lr_too_low": "yellow",
+                 "lr_too_high": "red", "diverged": "bold red"}
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="a TensorBoard logdir: one run folder or a folder of runs")
+    _add_tag_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of diagnoses")
+    parser.add_argument("--plot", metavar="PNG", default=None, help="also draw the curves and verdicts into PNG")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUNS", help="logdirs or run folders")
+    parser.add_argument("-o", "--output", default="report.html", metavar="HTML",
+                        help="the HTML file to write (default: report.html)")
+    _add_tag_arguments(parser)
+
+
+def _add_tag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-tag", default=None, metavar="TAG", help="the training-loss tag (default: guessed)")
+    parser.add_argument("--val-tag", default=None, metavar="TAG", help="the validation-loss tag (default: guessed)")
+
+
+def diagnose_path(path: str | Path, *, train_tag: str | None = None,
+                  val_tag: str | None = None) -> tuple[list[RunData], list[Diagnosis]]:
+    """Every run under ``path`` and its diagnosis; a folder without event files gives one
+    "cannot judge" diagnosis for the folder itself."""
+    from .rules import diagnose
+
+    runs = load_runs(path)
+    if not runs:
+        empty = RunData(name=".", path=Path(path))
+        return [empty], [Diagnosis(run=".", cannot_judge=f"no TensorBoard event files under {path}")]
+    return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag) for run in runs]
+
+
+def run_doctor(args: argparse.Namespace, console: Any) -> int:
+    runs, diagnoses = diagnose_path(args.path, train_tag=args.train_tag, val_tag=args.val_tag)
+    if args.json:
+        print(json.dumps(json_safe([d.to_dict() for d in diagnoses]), indent=2, allow_nan=False))
+    else:
+        console.print(table(diagnoses, title=f"savegame doctor {args.path}"))
+    if args.plot:
+        from .plot import save_plot
+
+        out = save_plot(runs, diagnoses, Path(args.plot))
+        if not args.json:
+            console.print(f"plot: {out}", markup=False)
+    return 0 if any(d.judged for d in diagnoses) else 1
+
+
+def run_report(args: argparse.Namespace, console: Any) -> int:
+    from .html import write_report
+
+    runs: list[RunData] = []
+    diagnoses: list[Diagnosis] = []
+    for path in args.runs:
+        found, judged = diagnose_path(path, train_tag=args.train_tag, val_tag=args.val_tag)
+        if len(args.runs) > 1:  # several roots: prefix each run with its root's name
+            for run, diagnosis in zip(found, judged):
+                run.name = diagnosis.run = Path(path).name if run.name == "." else f"{Path(path).name}/{run.name}"
+        runs += found
+        diagnoses += judged
+    out = write_report(runs, diagnoses, Path(args.output))
+    console.print(table(diagnoses, title="diagnosis"))
+    console.print(f"report: {out}", markup=False)
+    return 0
+
+
+def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
+    """A rich table (run, verdict, confidence, the main evidence) followed by each run's
+    evidence, suggestions and findings."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    for name, kwargs in (("run", {"overflow": "fold", "max_width": 40}), ("verdict", {"no_wrap": True}),
+                         ("conf.", {"justify": "right"}), ("evidence", {"ratio": 1})):
+        grid.add_column(name, **kwargs)
+    details: list[Any] = []
+    for d in diagnoses:
+        if not d.judged:
+            grid.add_row(Text(d.run), Text("cannot judge", style="dim"), "", Text(d.cannot_judge or ""))
+        else:
+            style = VERDICT_STYLE.get(d.verdict, "")
+            grid.add_row(Text(d.run), Text(d.verdict, style=style), f"{d.confidence:.0%}",
+                         Text(d.evidence[0] if d.evidence else ""))
+        lines = [f"  evidence: {e}" for e in d.evidence[1:]] + [f"  do: {s}" for s in d.suggestions]
+        lines += [f"  also: {f.message}" for f in d.findings]
+        if lines:
+            details.append(Text(f"\n{d.run} — {d.verdict or 'cannot judge'}", style="bold"))
+            details.append(Text("\n".join(lines)))
+    return Group(grid, *details)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None: strict JSON that every parser reads."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,76 @@
+"""What the doctor says about one run: a verdict, how sure it is, why, and what to do.
+
+>>> d = Diagnosis(run="cnn", verdict="overfitting", confidence=0.8,
+...               evidence=["validation loss bottomed out at 0.21 at step 2,300"],
+...               suggestions=["keep the checkpoint of step 2,300"])
+>>> d.to_dict()["verdict"], d.judged
+('overfitting', True)
+>>> Diagnosis(run="empty", cannot_judge="no scalar data").line()
+'empty: cannot judge: no scalar data'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VERDICTS = ("healthy", "overfitting", "underfitting", "diverged", "plateau", "lr_too_high",
+            "lr_too_low", "still_improving")
+"""Every primary verdict, in the order the rules try them is not this one (see rules.py)."""
+
+
+@dataclass
+class Finding:
+    """A secondary observation: ``kind`` is a stable name (``nan``, ``noisy``, ``gap``,
+    ``vanishing_gradients`` ...), ``message`` a sentence with steps and values."""
+
+    kind: str
+    message: str
+    step: int | None = None
+    severity: str = "warn"  # "info" | "warn"
+
+
+@dataclass
+class Marks:
+    """Numbers a plot draws on the curves (any may be None)."""
+
+    best_step: int | None = None        # where the validation (else training) loss was lowest
+    best_value: float | None = None
+    diverged_step: int | None = None    # first step of the explosion / first non-finite value
+    plateau_start: int | None = None    # where the loss stopped improving
+    gap_step: int | None = None         # where the train/val gap is measured (the last val point)
+    gap: float | None = None            # val - train there
+
+
+@dataclass
+class Diagnosis:
+    """One run's diagnosis. ``verdict`` is one of :data:`VERDICTS`, or None with
+    ``cannot_judge`` saying why. ``tags`` names the series it read (train_loss, val_loss, ...)."""
+
+    run: str
+    verdict: str | None = None
+    confidence: float = 0.0
+    evidence: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    marks: Marks = field(default_factory=Marks)
+    tags: dict[str, str] = field(default_factory=dict)
+    cannot_judge: str | None = None
+
+    @property
+    def judged(self) -> bool:
+        return self.verdict is not None
+
+    def line(self) -> str:
+        """One line for a terminal or a log."""
+        if not self.judged:
+            return f"{self.run}: cannot judge: {self.cannot_judge}"
+        why = f" — {self.evidence[0]}" if self.evidence else ""
+        return f"{self.run}: {self.verdict} ({self.confidence:.0%}){why}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: run, verdict, confidence, evidence, suggestions, findings, marks, tags,
+        cannot_judge."""
+        data = asdict(self)
+        data["confidence"] = round(self.confidence, 3)
+        return data

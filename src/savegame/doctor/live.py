@@ -1,0 +1,188 @@
+"""The doctor inside a training run: ``Run(..., doctor=True)`` or ``doctor=Doctor(...)``.
+
+Every ``run.log`` value of a loss, accuracy or learning-rate tag (and the signals) is kept in
+memory; each time a validation loss is logged, the same rules as ``savegame doctor`` judge the
+curves so far. A verdict or finding not seen before is warned about once (``DoctorWarning``),
+logged to TensorBoard (TEXT tab, tag ``doctor``) and written to ``doctor.json`` in the run
+folder. On ``diverged`` (and, with ``overfit_patience``, on overfitting that long past the
+validation minimum) the run is asked to stop: it saves first, so the keep policy still holds
+the best checkpoint, ends the epoch loop, and marks the run ``stopped``.
+
+>>> Doctor(overfit_patience=3).stop_reason("overfitting", validations_past_best=3)
+'overfitting: 3 validations past the best validation loss (overfit_patience=3)'
+>>> Doctor().stop_reason("diverged", validations_past_best=0)
+'diverged'
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..log.host import resolve
+from .curves import RunData, Series, read_run
+from .diagnosis import Diagnosis
+from .tags import _role
+
+
+class DoctorWarning(UserWarning):
+    """A new verdict or finding of the live doctor."""
+
+
+@dataclass(kw_only=True)
+class Doctor:
+    """What the live doctor does.
+
+    Attributes:
+        every: sample the training signals (gradient norm and update/weight ratio per layer,
+            dead ReLUs, non-finite gradients) every this many optimizer steps; 0 turns them off.
+        stop_on_diverged: stop the run (after saving) when the loss diverges.
+        overfit_patience: stop once the validation loss has been this many validations past its
+            minimum while the verdict is overfitting; None never stops for overfitting.
+        train_tag / val_tag: the tags of the losses, when the names are not recognizable.
+    """
+
+    every: int = 50
+    stop_on_diverged: bool = True
+    overfit_patience: int | None = None
+    train_tag: str | None = None
+    val_tag: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ValueError(f"Doctor(every=...) must be an int >= 0 (0: no signals), but got {self.every!r}")
+        if self.overfit_patience is not None and (not isinstance(self.overfit_patience, int)
+                                                  or self.overfit_patience < 1):
+            raise ValueError("Doctor(overfit_patience=...) must be None or an int >= 1 (validations past the "
+                             f"best one), but got {self.overfit_patience!r}")
+
+    def stop_reason(self, verdict: str | None, *, validations_past_best: int) -> str | None:
+        """Why to stop now, or None."""
+        if verdict == "diverged" and self.stop_on_diverged:
+            return "diverged"
+        if (verdict == "overfitting" and self.overfit_patience is not None
+                and validations_past_best >= self.overfit_patience):
+            return (f"overfitting: {validations_past_best} validations past the best validation loss "
+                    f"(overfit_patience={self.overfit_patience})")
+        return None
+
+
+class LiveDoctor:
+    """A Run's doctor: fed by ``run.log``, judges at each validation, asks the run to stop."""
+
+    def __init__(self, config: Doctor, run_dir: Path, *, resumed: bool,
+                 write_text: Callable[[str, int], None], request_stop: Callable[[str], None]) -> None:
+        self.config = config
+        self.dir = run_dir
+        self._write_text = write_text
+        self._request_stop = request_stop
+        self._series: dict[str, tuple[list[int], list[Any]]] = {}
+        self._roles: dict[str, str | None] = {}
+        self._seen: set[str] = set()
+        self.history: list[dict[str, Any]] = []
+        self.last: Diagnosis | None = None
+        self.seconds = 0.0  # time spent judging, for the benchmark
+        if resumed:  # the logs were just cut back to the checkpoint: they are the curves so far
+            for tag, series in read_run(run_dir).scalars.items():
+                if self._keeps(tag):
+                    self._series[tag] = (series.steps.tolist(), series.values.tolist())
+
+    def observe(self, values: Mapping[str, Any], step: int) -> None:
+        """Values as ``run.log`` got them (floats, or host copies in flight for CUDA tensors)."""
+        validation = False
+        for tag, value in values.items():
+            if not self._keeps(tag):
+                continue
+            steps, kept = self._series.setdefault(tag, ([], []))
+            steps.append(step)
+            kept.append(value)
+            validation = validation or self._roles[tag] == "val_loss"
+        if validation:
+            self.check(step)
+
+    def check(self, step: int) -> Diagnosis:
+        """Judge the curves now: warn, log and ask to stop as configured."""
+        from .rules import diagnose
+
+        started = time.perf_counter()
+        run = RunData(name=self.dir.name, path=self.dir, scalars=self._as_series())
+        diagnosis = diagnose(run, train_tag=self._known(self.config.train_tag),
+                             val_tag=self._known(self.config.val_tag))
+        self.last = diagnosis
+        new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict else []
+        new += [f"finding:{f.kind}" for f in diagnosis.findings if f.severity == "warn"]
+        new = [key for key in new if key not in self._seen]
+        if new:
+            self._seen.update(new)
+            self._report(diagnosis, step, new)
+        reason = self.config.stop_reason(diagnosis.verdict, validations_past_best=self._past_best(diagnosis))
+        self.seconds += time.perf_counter() - started
+        if reason is not None:
+            self._request_stop(f"the doctor stopped the run at step {step:,}: {reason}. {diagnosis.line()}")
+        return diagnosis
+
+    # -- internals ---------------------------------------------------------------------------
+    def _keeps(self, tag: str) -> bool:
+        role = self._roles.get(tag, "?")
+        if role == "?":
+            from .tags import words
+
+            if tag in (self.config.train_tag, self.config.val_tag):
+                role = "val_loss" if tag == self.config.val_tag else "train_loss"
+            elif tag.startswith("doctor/"):
+                role = "signal"
+            else:
+                role = _role(words(tag))[0]
+            self._roles[tag] = role
+        return role is not None
+
+    def _known(self, tag: str | None) -> str | None:
+        return tag if tag is not None and tag in self._series else None
+
+    def _as_series(self) -> dict[str, Series]:
+        from .curves import _clean
+
+        out = {}
+        for tag, (steps, values) in self._series.items():
+            for i, value in enumerate(values):
+                if not isinstance(value, float):
+                    values[i] = value = float(resolve(value))  # a CUDA copy: done by now, or soon
+            out[tag] = _clean((steps, values), tag, [])
+        return out
+
+    def _past_best(self, diagnosis: Diagnosis) -> int:
+        tag, best = diagnosis.tags.get("val_loss"), diagnosis.marks.best_step
+        if tag is None or best is None:
+            return 0
+        return int(np.sum(np.asarray(self._series[tag][0]) > best))
+
+    def _report(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
+        from ..runinfo import write_json_atomic
+
+        warnings.warn(f"savegame doctor at step {step:,}: {diagnosis.line()}"
+                      + (f" Suggestion: {diagnosis.suggestions[0]}" if diagnosis.suggestions else ""),
+                      DoctorWarning, stacklevel=5)
+        for finding in diagnosis.findings:
+            if f"finding:{finding.kind}" in new:
+                warnings.warn(f"savegame doctor at step {step:,}: {finding.message}", DoctorWarning, stacklevel=5)
+        self.history.append({"step": step, "time": time.time(), **diagnosis.to_dict()})
+        write_json_atomic(self.dir / "doctor.json", {"latest": self.history[-1], "history": self.history})
+        self._write_text(to_markdown(diagnosis), step)
+
+
+def to_markdown(diagnosis: Diagnosis) -> str:
+    """The diagnosis as TensorBoard's TEXT tab shows it."""
+    if not diagnosis.judged:
+        return f"**cannot judge**: {diagnosis.cannot_judge}"
+    lines = [f"**{diagnosis.verdict}** (confidence {diagnosis.confidence:.0%})", ""]
+    lines += [f"- {e}" for e in diagnosis.evidence]
+    if diagnosis.suggestions:
+        lines += ["", "What to do:"] + [f"- {s}" for s in diagnosis.suggestions]
+    if diagnosis.findings:
+        lines += ["", "Also noticed:"] + [f"- {f.message}" for f in diagnosis.findings]
+    return "\n".join(lines)

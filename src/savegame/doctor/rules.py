@@ -1,0 +1,354 @@
+"""The verdict rules: one primary verdict per run, with evidence, suggestions and findings.
+
+The rules are tried in a fixed order, the first that holds wins: **diverged** (NaN/inf, or the
+loss ends far above where it started) · **overfitting** (validation loss bottomed out and rose
+while training loss kept falling) · **lr_too_high** (the loss bounces without settling) ·
+**plateau** (the loss never really left its starting value) · **lr_too_low** (a slow, almost
+straight decline that is still going) · **underfitting** (converged, but train and validation
+loss both stayed high and close) · **still_improving** (converging, not there yet) · otherwise
+**healthy**. Training signals (``doctor/...`` tags, see ``signals.py``) back the learning-rate
+and plateau verdicts when a run has them. Every threshold is a named constant below.
+
+>>> import numpy as np
+>>> from savegame.doctor.curves import RunData, Series
+>>> steps = np.arange(1, 201)
+>>> train = 2 * np.exp(-steps / 30) + 0.05
+>>> val = 2 * np.exp(-steps / 30) + 0.2 + np.maximum(steps - 80, 0) * 0.004
+>>> run = RunData("r", None, {"loss/train": Series(steps, train), "loss/val": Series(steps, val)})
+>>> d = diagnose(run)
+>>> d.verdict, 75 < d.marks.best_step < 90
+('overfitting', True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .curves import RunData, Series
+from .diagnosis import Diagnosis, Finding
+from .features import CurveFeatures, curve_features
+from .signals_read import SignalSummary, summarize_signals
+from .tags import pick_tags
+
+MIN_POINTS = 5             # fewer finite points than this: cannot judge a trend
+EXPLODED = 1.5             # diverged: ends above start x this ...
+EXPLODED_OVER_LOW = 3.0    # ... and above its own minimum x this
+OVERFIT_RISE = 0.08        # overfitting: validation ends this much (relative) above its minimum
+OVERFIT_AFTER = 2          # ... with at least this many validation points after the minimum
+PLATEAU_PROGRESS = 0.12    # plateau: less than this share of the starting loss removed
+LOW_LR_LATE = 0.15         # lr_too_low: the last quarter made at least this share of the drop ...
+LOW_LR_EARLY = 0.45        # ... the first quarter at most this share (an almost straight line) ...
+LOW_LR_PROGRESS = 0.6      # ... and less than this share of the loss removed so far
+UNDERFIT_PROGRESS = 0.6    # underfitting: less than this share removed (final >= 40% of start)
+UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training
+STILL_LATE = 0.05          # still improving: the last quarter made at least this share of the drop
+HIGH_LR_NOISE = 0.25       # lr_too_high: typical jump of the loss around its trend, relative
+HIGH_LR_PROGRESS = 0.75    # ... while less than this share of the loss was removed
+HIGH_LR_VAL_BOUNCE = 0.5   # ... or validation went up and down this much more than it fell
+HEALTHY_UPDATE = (1e-4, 1e-2)  # cs231n: update/weight ratios around 1e-3 are healthy
+
+
+@dataclass
+class _Curves:
+    train: CurveFeatures | None
+    val: CurveFeatures | None
+    train_series: Series | None
+    val_series: Series | None
+    acc_train: Series | None
+    acc_val: Series | None
+    signals: SignalSummary
+
+
+def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None = None) -> Diagnosis:
+    """The diagnosis of one run. Never raises on odd data: it says "cannot judge" instead."""
+    diagnosis = Diagnosis(run=run.name)
+    diagnosis.findings.extend(run.notes)
+    missing = [t for t in (train_tag, val_tag) if t is not None and t not in run.scalars]
+    if missing:
+        return _cannot(diagnosis, f"no scalar tag {missing[0]!r} in this run; it has {_tag_list(run)}")
+    tags = pick_tags({t: len(s) for t, s in run.scalars.items()}, train_tag=train_tag, val_tag=val_tag)
+    diagnosis.tags = tags
+    if "train_loss" not in tags and "val_loss" not in tags:
+        if not run.scalars:
+            return _cannot(diagnosis, "the run has no scalar data")
+        return _cannot(diagnosis, f"no tag looks like a training or validation loss (it has "
+                                  f"{_tag_list(run)}); name them with --train-tag / --val-tag")
+    curves = _curves(run, tags)
+    main = curves.train or curves.val
+    main_series = curves.train_series if curves.train is not None else curves.val_series
+    if main is None or (main.points < MIN_POINTS and main.nonfinite_step is None):
+        n = 0 if main is None else main.points
+        return _cannot(diagnosis, f"only {n} finite point(s) of {tags.get('train_loss') or tags['val_loss']}; "
+                                  f"a trend needs at least {MIN_POINTS}")
+    _secondary(diagnosis, curves, tags)
+    for rule in (_diverged, _overfitting, _lr_too_high, _plateau, _lr_too_low, _underfitting,
+                 _still_improving, _healthy):
+        if rule(diagnosis, curves, main, main_series):
+            break
+    if "val_loss" not in tags:
+        diagnosis.confidence *= 0.85
+        diagnosis.findings.append(Finding(
+            "no_validation", "no validation loss found: overfitting cannot be seen; log one "
+            "(e.g. loss/val) or name it with --val-tag", severity="info"))
+    return diagnosis
+
+
+# -- the rules, in order -----------------------------------------------------------------------
+def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    first_bad = _first_nonfinite(c)
+    exploded = main.end > max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) and main.start > 0
+    if first_bad is None and not exploded:
+        return False
+    if first_bad is not None:
+        step, tag = first_bad
+        d.marks.diverged_step = step
+        d.evidence.append(f"{tag} became NaN/inf at step {step:,} after falling to "
+                          f"{main.low:.4g} at step {main.low_step:,}")
+        d.confidence = 0.95
+    else:
+        step = _first_step_above(main, max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW))
+        d.marks.diverged_step = step
+        d.evidence.append(f"the loss fell to {main.low:.4g} at step {main.low_step:,}, then exploded from "
+                          f"step {step:,} to {main.end:.4g} at the end (it started at {main.start:.4g})")
+        d.confidence = 0.85
+    if c.signals.grad_growth is not None and c.signals.grad_growth > 100:
+        d.evidence.append(f"gradient norm grew {c.signals.grad_growth:,.0f}x during the run")
+        d.confidence = min(0.98, d.confidence + 0.05)
+    d.verdict = "diverged"
+    d.marks.best_step, d.marks.best_value = _best(c)
+    d.suggestions += [
+        f"resume from a checkpoint before step {d.marks.diverged_step:,} with a lower learning rate "
+        "(try 1/3 to 1/10 of it) or a warmup",
+        "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step()",
+        "look for log(0), division by zero or a too-small eps; with AMP keep the GradScaler",
+    ]
+    return True
+
+
+def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    v = c.val
+    if v is None or c.val_series is None or v.points < MIN_POINTS - 1:
+        return False
+    after = int(np.sum(c.val_series.steps > v.low_step))
+    rise = (v.end - v.low) / abs(v.low) if v.low else 0.0
+    if after < OVERFIT_AFTER or rise < OVERFIT_RISE:
+        return False
+    t = c.train
+    if t is not None and t.end > t.at(v.low_step) * 1.02:
+        return False  # training loss rose too: not memorization (lr or data trouble)
+    d.verdict = "overfitting"
+    d.confidence = min(0.97, 0.6 + rise)
+    d.marks.best_step, d.marks.best_value = v.low_step, v.low
+    d.evidence.append(f"validation loss bottomed out at {v.low:.4g} at step {v.low_step:,}, then rose "
+                      f"{rise:.0%} to {v.end:.4g} by step {int(c.val_series.steps[-1]):,}")
+    if t is not None:
+        d.evidence.append(f"meanwhile training loss kept falling, from {t.at(v.low_step):.4g} to {t.end:.4g}")
+        d.marks.gap_step, d.marks.gap = int(c.val_series.steps[-1]), v.end - t.end
+    d.suggestions += [
+        f"best validation loss at step {v.low_step:,}: keep that checkpoint "
+        "(savegame: Keep(best=...) on the validation loss; savegame export RUN --best)",
+        "stop earlier: Run(..., doctor=Doctor(overfit_patience=5)) stops and saves once it is past the minimum",
+        "regularize: weight decay (AdamW weight_decay=0.05), dropout, data augmentation; or get more "
+        "data / use a smaller model",
+    ]
+    return True
+
+
+def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    ratio = c.signals.update_ratio
+    bounce = _val_bounce(c.val)
+    noisy = main.noise > HIGH_LR_NOISE and main.progress < HIGH_LR_PROGRESS
+    bouncy = bounce is not None and bounce > HIGH_LR_VAL_BOUNCE and main.progress < HIGH_LR_PROGRESS
+    big_updates = ratio is not None and ratio > HEALTHY_UPDATE[1]
+    if not (noisy or bouncy or (big_updates and main.progress < HIGH_LR_PROGRESS)):
+        return False
+    d.verdict = "lr_too_high"
+    d.confidence = 0.6 + 0.1 * (noisy + bouncy + big_updates)
+    if noisy:
+        d.evidence.append(f"the loss jumps {main.noise:.0%} around its trend in the second half and only "
+                          f"{max(main.progress, 0):.0%} of the starting loss ({main.start:.4g}) was removed")
+    if bouncy:
+        d.evidence.append(f"validation loss went up and down {bounce:.1f}x more than it fell overall")
+    if ratio is not None:
+        d.evidence.append(f"median update/weight ratio {ratio:.1e} (healthy: about 1e-3)")
+    d.marks.best_step, d.marks.best_value = _best(c)
+    d.suggestions += ["lower the learning rate 3-10x (or add a warmup and a decay schedule)",
+                      "a larger batch also calms the updates; clip gradients if spikes remain"]
+    return True
+
+
+def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    if main.progress >= PLATEAU_PROGRESS:
+        return False
+    d.verdict = "plateau"
+    d.confidence = 0.7 + min(0.25, (PLATEAU_PROGRESS - main.progress))
+    d.marks.plateau_start = int(main.steps[0])
+    d.evidence.append(f"the loss stayed near its starting value {main.start:.4g} for the whole run "
+                      f"(ended at {main.end:.4g}, {max(main.progress, 0):.0%} lower)")
+    s = c.signals
+    if s.grad_total_end is not None and s.grad_total_end < 1e-4:
+        d.evidence.append(f"gradient norm is tiny ({s.grad_total_end:.1e}): vanishing gradients")
+        d.confidence = min(0.97, d.confidence + 0.05)
+    if s.dead_relu is not None and s.dead_relu > 0.5:
+        d.evidence.append(f"{s.dead_relu:.0%} of ReLU units are dead in the worst layer")
+        d.confidence = min(0.97, d.confidence + 0.05)
+    d.suggestions += [
+        "the network is not learning: check the gradients reach every layer (savegame preflight)",
+        "dead ReLUs or saturated sigmoids/tanh: use a standard init (kaiming), LeakyReLU/GELU, "
+        "normalization layers, or a smaller learning rate if the units died after a big step",
+        "if the learning rate is tiny or decayed to ~0, raise it",
+    ]
+    return True
+
+
+def _lr_too_low(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    ratio = c.signals.update_ratio
+    straight = (main.late_share >= LOW_LR_LATE and main.early_share <= LOW_LR_EARLY
+                and main.progress < LOW_LR_PROGRESS)
+    tiny_updates = ratio is not None and ratio < HEALTHY_UPDATE[0] and main.late_share >= STILL_LATE
+    if not (straight or tiny_updates):
+        return False
+    d.verdict = "lr_too_low"
+    d.confidence = 0.65 + 0.15 * straight + 0.15 * tiny_updates
+    d.evidence.append(f"the loss fell slowly and almost in a straight line, {main.start:.4g} to {main.end:.4g} "
+                      f"({main.progress:.0%}), and the last quarter of the run still made "
+                      f"{main.late_share:.0%} of that progress")
+    if ratio is not None:
+        d.evidence.append(f"median update/weight ratio {ratio:.1e} (healthy: about 1e-3)")
+    d.marks.best_step, d.marks.best_value = _best(c)
+    d.suggestions += ["raise the learning rate 3-10x (an LR range test finds the largest stable one)",
+                      "Adam/AdamW with lr around 1e-3 is a forgiving default"]
+    return True
+
+
+def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    t, v = c.train or main, c.val
+    if t.progress >= UNDERFIT_PROGRESS or t.late_share >= STILL_LATE * 2:
+        return False
+    if v is not None and abs(v.end - t.end) > UNDERFIT_GAP * abs(t.end):
+        return False  # a clear gap: not a capacity problem
+    acc = _last(c.acc_train)
+    if acc is not None and acc >= 0.9:
+        return False
+    d.verdict = "underfitting"
+    d.confidence = 0.6 + min(0.3, UNDERFIT_PROGRESS - t.progress)
+    gap = "" if v is None else f"; validation ends at {v.end:.4g}, close to it"
+    d.evidence.append(f"training loss converged at {t.end:.4g}, still {t.end / t.start:.0%} of its start "
+                      f"{t.start:.4g}{gap}")
+    if acc is not None:
+        d.evidence.append(f"training accuracy only {acc:.1%}")
+    d.marks.best_step, d.marks.best_value = _best(c)
+    d.suggestions += ["the model cannot fit even the training data: make it bigger (width/depth) or "
+                      "better suited (features, architecture)",
+                      "lower regularization (weight decay, dropout) and train longer with a decaying lr"]
+    return True
+
+
+def _still_improving(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    judged = c.val or main
+    if judged.late_share < STILL_LATE or judged.end >= judged.start:
+        return False
+    d.verdict = "still_improving"
+    d.confidence = 0.6 + min(0.35, judged.late_share)
+    name = "validation" if c.val is not None else "training"
+    d.evidence.append(f"{name} loss is still falling: the last quarter of the run made "
+                      f"{judged.late_share:.0%} of its progress ({judged.start:.4g} to {judged.end:.4g})")
+    d.marks.best_step, d.marks.best_value = _best(c)
+    d.suggestions += ["train longer: rerun the same command with more epochs; the run resumes from its "
+                      "last checkpoint"]
+    return True
+
+
+def _healthy(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
+    d.verdict = "healthy"
+    d.confidence = 0.8
+    d.marks.best_step, d.marks.best_value = _best(c)
+    judged = c.val or main
+    d.evidence.append(f"{'validation' if c.val else 'training'} loss converged: {judged.start:.4g} to "
+                      f"{judged.end:.4g}, flat over the last quarter")
+    if d.marks.best_step is not None:
+        d.suggestions.append(f"best validation loss at step {d.marks.best_step:,}: keep that checkpoint")
+    return True
+
+
+# -- secondary findings ------------------------------------------------------------------------
+def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
+    for features, role in ((c.train, "train_loss"), (c.val, "val_loss")):
+        if features is not None and features.nonfinite_count:
+            d.findings.append(Finding("nan", f"{tags[role]} holds {features.nonfinite_count} NaN/inf value(s), "
+                                             f"the first at step {features.nonfinite_step:,}",
+                                      step=features.nonfinite_step))
+    if c.train is not None and c.train.noise > HIGH_LR_NOISE:
+        d.findings.append(Finding("noisy", f"{tags['train_loss']} is noisy: it jumps {c.train.noise:.0%} around "
+                                           "its trend (small batches or a high learning rate)", severity="info"))
+    if c.train is not None and c.val is not None and c.val_series is not None:
+        step = int(c.val_series.steps[min(c.val.points, len(c.val_series.steps)) - 1])
+        gap = c.val.end - c.train.at(step)
+        d.marks.gap_step, d.marks.gap = step, gap
+        if c.train.end > 0 and gap > 0.5 * c.train.end and gap > 0.02:
+            d.findings.append(Finding("gap", f"validation loss {c.val.end:.4g} is {c.val.end / c.train.end:.1f}x "
+                                             f"the training loss {c.train.end:.4g} at step {step:,}", step=step))
+        elif gap < -0.1 * abs(c.train.end):
+            d.findings.append(Finding("val_below_train", f"validation loss {c.val.end:.4g} sits below training "
+                                      f"loss {c.train.end:.4g}: expected with dropout or augmentation on in "
+                                      "training", step=step, severity="info"))
+    d.findings.extend(c.signals.findings)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _curves(run: RunData, tags: dict[str, str]) -> _Curves:
+    def series(role: str) -> Series | None:
+        tag = tags.get(role)
+        return run.scalars.get(tag) if tag else None
+
+    def features(role: str) -> CurveFeatures | None:
+        s = series(role)
+        return curve_features(s.steps, s.values) if s is not None and len(s) else None
+
+    return _Curves(train=features("train_loss"), val=features("val_loss"), train_series=series("train_loss"),
+                   val_series=series("val_loss"), acc_train=series("train_acc"), acc_val=series("val_acc"),
+                   signals=summarize_signals(run.scalars))
+
+
+def _cannot(d: Diagnosis, why: str) -> Diagnosis:
+    d.verdict, d.confidence, d.cannot_judge = None, 0.0, why
+    return d
+
+
+def _tag_list(run: RunData) -> str:
+    tags = sorted(run.scalars)
+    return ", ".join(tags[:12]) + (f" and {len(tags) - 12} more" if len(tags) > 12 else "") if tags else "no tags"
+
+
+def _first_nonfinite(c: _Curves) -> tuple[int, str] | None:
+    found = [(f.nonfinite_step, name) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
+             if f is not None and f.nonfinite_step is not None]
+    return min(found) if found else None
+
+
+def _first_step_above(f: CurveFeatures, level: float) -> int:
+    after = np.flatnonzero((f.smooth > level) & (f.steps > f.low_step))
+    return int(f.steps[after[0]]) if len(after) else int(f.steps[-1])
+
+
+def _best(c: _Curves) -> tuple[int | None, float | None]:
+    f = c.val or c.train
+    return (f.low_step, f.low) if f is not None else (None, None)
+
+
+def _last(s: Series | None) -> float | None:
+    if s is None or not len(s):
+        return None
+    finite = s.values[np.isfinite(s.values)]
+    return float(np.median(finite[-3:])) if len(finite) else None
+
+
+def _val_bounce(v: CurveFeatures | None) -> float | None:
+    """Total up-and-down movement of the validation curve beyond its net fall, over that fall."""
+    if v is None or len(v.raw) < MIN_POINTS:
+        return None
+    moves = np.abs(np.diff(v.raw)).sum()
+    net = max(v.raw[0] - v.raw[-1], 1e-12 * abs(v.raw[0]) + 1e-30)
+    return float((moves - net) / net)
