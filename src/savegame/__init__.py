@@ -3,52 +3,72 @@
 >>> import savegame
 >>> savegame.Keep(last=2, best=1, metric="loss/val")
 KeepAny(KeepLast(n=2), KeepBest(k=1, metric='loss/val', mode='min'))
+
+The names below load on first use (PEP 562), so ``savegame doctor`` and other readers of run
+folders start without importing torch; ``from savegame import Run`` works as usual.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .checkpoint.policy import (
-    AllOf,
-    Always,
-    AnyOf,
-    EveryEpochs,
-    EverySeconds,
-    EverySteps,
-    Keep,
-    KeepAll,
-    KeepAny,
-    KeepBest,
-    KeepEvery,
-    KeepLast,
-    Never,
-    OnImprovement,
-    When,
-)
-from .checkpoint.store import CheckpointInfo
-from .errors import (
-    CheckpointCorruptError,
-    CheckpointNotFoundError,
-    FormatVersionError,
-    MetricNotFoundError,
-    NotSerializableError,
-    RunLockedError,
-    SaveFailedError,
-    StateMismatchError,
-    WriterClosedError,
-    LogWriteError,
-    MissingDependencyError,
-    PreflightFailedError,
-)
-from .io import export_weights, import_weights, load, save
-from .log import SummaryWriter
-from .preflight import PreflightReport, preflight
-from .run import Run
+_EXPORTS = {
+    ".checkpoint.policy": ["AllOf", "Always", "AnyOf", "EveryEpochs", "EverySeconds", "EverySteps", "Keep",
+                           "KeepAll", "KeepAny", "KeepBest", "KeepEvery", "KeepLast", "Never", "OnImprovement",
+                           "When"],
+    ".checkpoint.store": ["CheckpointInfo"],
+    ".errors": ["CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError",
+                "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
+                "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError"],
+    ".io": ["export_weights", "import_weights", "load", "save"],
+    ".log.writer": ["SummaryWriter"],
+    ".preflight": ["PreflightReport"],
+    ".run": ["Run"],
+    ".doctor": ["Doctor", "Diagnosis", "diagnose", "load_runs"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "Run", "SummaryWriter", "preflight", "PreflightReport", "save", "load", "import_weights", "export_weights", "CheckpointInfo",
+    "Run", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "Diagnosis", "diagnose", "load_runs",
+    "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
-    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError", "NotSerializableError",
-    "RunLockedError", "SaveFailedError", "StateMismatchError",
+    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError",
+    "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
     "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
 ]
+
+
+# Eager, and light (it imports torch only when called): the subpackage savegame.preflight would
+# otherwise shadow the function of the same name once anything imports the subpackage.
+from .preflight import preflight  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'savegame' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .checkpoint.policy import (AllOf, Always, AnyOf, EveryEpochs, EverySeconds, EverySteps, Keep, KeepAll,
+                                    KeepAny, KeepBest, KeepEvery, KeepLast, Never, OnImprovement, When)
+    from .checkpoint.store import CheckpointInfo
+    from .doctor import Diagnosis, Doctor, diagnose, load_runs
+    from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, LogWriteError,
+                         MetricNotFoundError, MissingDependencyError, NotSerializableError, PreflightFailedError,
+                         RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
+    from .io import export_weights, import_weights, load, save
+    from .log.writer import SummaryWriter
+    from .preflight import PreflightReport
+    from .run import Run

@@ -18,17 +18,20 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .checkpoint.store import CheckpointInfo, list_checkpoints, read_manifest, verify_checkpoint
 from .errors import SavegameError
 from .runinfo import is_run_dir, read_run_info
 
+if TYPE_CHECKING:
+    from .checkpoint.store import CheckpointInfo
+
 CHECKPOINTS = "checkpoints"
+COMMANDS = ("demo", "ls", "show", "verify", "export", "board", "preflight", "doctor", "report")
 
 
 class CliError(SavegameError):
@@ -38,6 +41,14 @@ class CliError(SavegameError):
 # --------------------------------------------------------------------------------------------
 # Reading run folders
 # --------------------------------------------------------------------------------------------
+def _store() -> Any:
+    """The checkpoint store, imported when a command needs it: it imports torch, which costs
+    seconds that ``savegame doctor`` and ``--help`` need not pay."""
+    from .checkpoint import store
+
+    return store
+
+
 
 def _run_dir(path: str) -> Path:
     run = Path(path)
@@ -79,7 +90,7 @@ def _keep_metric(checkpoints: list[CheckpointInfo]) -> tuple[str, str] | None:
     """
     for ckpt in reversed(checkpoints):
         try:
-            manifest = read_manifest(ckpt.path)
+            manifest = _store().read_manifest(ckpt.path)
         except (OSError, ValueError):
             continue
         info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
@@ -150,7 +161,7 @@ def _find_runs(root: Path, depth: int = 2) -> list[Path]:
 
 def _summary(run: Path) -> dict[str, Any]:
     info = _info(run)
-    checkpoints = list_checkpoints(run / CHECKPOINTS)
+    checkpoints = _store().list_checkpoints(run / CHECKPOINTS)
     newest = checkpoints[-1] if checkpoints else None
     return {
         "run": str(run), "name": info.get("name"), "status": _status(info),
@@ -242,7 +253,7 @@ def cmd_ls(args: argparse.Namespace, console: Console) -> int:
 
 
 def _checkpoint_rows(run: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict | None]:
-    checkpoints = list_checkpoints(run / CHECKPOINTS)
+    checkpoints = _store().list_checkpoints(run / CHECKPOINTS)
     best = _best(info, checkpoints)
     rows = [{"name": c.path.name, "path": str(c.path), "step": c.step, "epoch": c.epoch,
              "metrics": dict(c.metrics), "size": c.size, "created": c.created,
@@ -313,7 +324,7 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     else:
         run = _run_dir(args.path)
         root = run / CHECKPOINTS
-        targets = [c.path for c in list_checkpoints(root)] if root.is_dir() else []
+        targets = [c.path for c in _store().list_checkpoints(root)] if root.is_dir() else []
         committed = {t.name for t in targets}
         for other in sorted(root.iterdir()) if root.is_dir() else []:
             if not other.name.startswith("step-") or other.name in committed:
@@ -331,7 +342,7 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
         if not targets:
             raise CliError(f"{run} has no committed checkpoints to verify; "
                            "run training until it saves one")
-    results = [{"name": t.name, "path": str(t), "problems": verify_checkpoint(t)} for t in targets]
+    results = [{"name": t.name, "path": str(t), "problems": _store().verify_checkpoint(t)} for t in targets]
     ok = all(not r["problems"] for r in results)
     if args.json:
         _print_json({"path": str(path), "ok": ok, "checkpoints": results, "notes": notes})
@@ -356,7 +367,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
     run = _run_dir(args.run)
     info = _info(run)
-    checkpoints = list_checkpoints(run / CHECKPOINTS)
+    checkpoints = _store().list_checkpoints(run / CHECKPOINTS)
     if not checkpoints:
         raise CliError(f"{run} has no committed checkpoints yet; train until it saves one")
     if args.latest:
@@ -421,17 +432,20 @@ def cmd_board(args: argparse.Namespace, console: Console) -> int:
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import demo
-
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, the other commands' own arguments are left out (their
+    modules import torch, which a command that does not need it should not wait for)."""
     parser = argparse.ArgumentParser(
         prog="savegame", description="Save slots for PyTorch training runs: inspect, verify and "
         "export the checkpoints in a run folder.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="train a small CNN on handwritten digits (Ctrl-C, rerun: it resumes)",
-                       description=demo.__doc__.splitlines()[0])
-    demo.add_arguments(p)
+                       description="Train a small CNN on the 8x8 handwritten digits that scikit-learn "
+                       "ships, with save slots.")
+    if command in (None, "demo"):
+        from . import demo
+        demo.add_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ls", help="list runs: status, progress, best metric, size",
@@ -489,9 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the preflight checks (data, loss at init, gradients, overfit "
                        "one batch, ...) on the demo or on module:function, print each verdict with "
                        "its likely fix. Exit 0 when no check failed, 1 when one did.")
-    from .preflight import command as preflight_command
-    preflight_command.add_arguments(p)
-    p.set_defaults(func=lambda args, console: preflight_command.run(args, console))
+    if command in (None, "preflight"):
+        from .preflight import command as preflight_command
+        preflight_command.add_arguments(p)
+        p.set_defaults(func=lambda args, console: preflight_command.run(args, console))
 
     from .doctor import command as doctor_command
     p = sub.add_parser("doctor", help="diagnose learning curves: overfitting, divergence, plateaus, lr ...",
@@ -512,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     console = Console(highlight=False)
     try:
         return args.func(args, console)

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"epochs to train (default: {CONFIG['epochs']})")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the run folder first and start over")
+    parser.add_argument("--break-at", type=int, default=None, metavar="EPOCH",
+                        help="from this epoch on (counted from 1), multiply the learning rate by 1000: "
+                        "watch the doctor stop the diverging run and keep its best checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--epochs must be at least 1, but got {args.epochs}")
 
     cfg = {**CONFIG, "epochs": args.epochs}
+    if args.break_at is not None:
+        if args.break_at < 1:
+            raise CliError(f"--break-at must be an epoch number from 1, but got {args.break_at}")
+        cfg["break_at"] = args.break_at
     try:
         train_set, (val_images, val_labels) = load_digits(cfg["val_fraction"], cfg["seed"])
     except ModuleNotFoundError as error:
@@ -159,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         save=savegame.EveryEpochs(1) | savegame.OnImprovement("loss/val"),  # when to save
         keep=savegame.Keep(last=2, best=2, metric="loss/val", mode="min"),  # what to keep
         resume="auto",
+        doctor=savegame.Doctor(every=50),  # judges the curves at each validation; stops if it diverges
     )
     with run:
         run.track(model=net, optimizer=optimizer, lr_schedule=scheduler)  # restored on resume
@@ -199,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
                                     info=f"loss {total / seen:.3f}  acc {correct / seen:.1%}")
                 run.log("lr", optimizer.param_groups[0]["lr"])
                 scheduler.step()
+                if cfg.get("break_at") == epoch + 2:  # a deliberately broken schedule, for --break-at
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 1000
                 val_loss, val_acc, probabilities = evaluate(net, val_images, val_labels)
                 run.log({"loss/val": val_loss, "acc/val": val_acc})
                 log_epoch(run, net, probabilities, val_labels)
@@ -211,10 +222,32 @@ def run(args: argparse.Namespace) -> int:
                     f"{total / max(seen, 1):.4f}  val loss {val_loss:.4f}  val acc {val_acc:.1%}")
         if val_acc is not None:
             log_embedding(run, net, val_images, val_labels)
-    if val_acc is not None:
+    if run.should_stop:
+        console.print(f"\nstopped early: {run.should_stop}")
+    elif val_acc is not None:
         console.print(f"\nfinished: validation accuracy {val_acc:.1%} after {cfg['epochs']} epochs")
     summary(console, folder)
+    diagnosis_and_report(console, folder)
     return 0
+
+
+def diagnosis_and_report(console: Console, folder: Path) -> None:
+    """The doctor's verdict on the finished run, and a self-contained HTML report beside it."""
+    from .doctor import diagnose, read_run
+    from .doctor.command import table
+    from .errors import MissingDependencyError
+
+    run_data = read_run(folder, name=folder.name)
+    diagnosis = diagnose(run_data)
+    console.print(table([diagnosis], title="the doctor's diagnosis"))
+    try:
+        from .doctor.html import write_report
+        report = write_report([run_data], [diagnosis], folder / "report.html")
+    except MissingDependencyError as error:
+        console.print(f"no HTML report: {error}", markup=False)
+        return
+    console.print(f"report: {report}  (open it in a browser; savegame report {folder.parent} -o report.html "
+                  "compares every run)", markup=False, soft_wrap=True)
 
 
 def summary(console: Console, folder: Path) -> None:

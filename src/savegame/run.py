@@ -39,6 +39,7 @@ from .checkpoint.store import (
     checkpoint_dirname,
     delete_checkpoint,
     list_checkpoints,
+    metrics_from_json,
     plain_metrics,
     quarantine,
     read_checkpoint,
@@ -52,7 +53,7 @@ from .lock import RunLock
 from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .preemption import PreemptionGuard
-from .runinfo import jsonable, new_run_info, read_run_info, write_run_info
+from .runinfo import hparams_from_config, jsonable, new_run_info, read_run_info, write_run_info
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis, Doctor
@@ -375,7 +376,7 @@ class Run:
             raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
         if not self._logs.writer._writes():  # a silent rank (not rank 0) logs nothing to judge
             return None
-        return LiveDoctor(doctor, self.dir, resumed=self.resumed_from is not None,
+        return LiveDoctor(doctor, self.dir, resumed_at=self.step if self.resumed_from is not None else None,
                           write_text=lambda text, step: self.writer.add_text("doctor", text, step),
                           request_stop=self._request_stop)
 
@@ -491,7 +492,7 @@ class Run:
                 f"{path} was written by savegame.save(), not by a Run; load it with "
                 "savegame.load(path, into={...}) instead of resuming from it")
         self.resumed_from = CheckpointInfo(path=path, step=manifest["step"], epoch=manifest["epoch"],
-                                           metrics=manifest.get("metrics", {}),
+                                           metrics=metrics_from_json(manifest.get("metrics", {})),
                                            created=manifest.get("created", 0.0), size=0)
         return state
 
@@ -541,24 +542,6 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
         if found:
             return found
     return None
-
-
-def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config as TensorBoard hparams: nested keys joined with ".", values a bool, number or str.
-
-    >>> hparams_from_config({"lr": 0.1, "model": {"depth": 4, "act": None}, "sizes": [1, 2]})
-    {'lr': 0.1, 'model.depth': 4, 'model.act': 'None', 'sizes': '[1, 2]'}
-    """
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(hparams_from_config(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def _jsonish(config: dict[str, Any]) -> Any:

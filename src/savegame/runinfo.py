@@ -19,9 +19,7 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Mapping
 
 from .errors import FormatVersionError
 
@@ -39,7 +37,7 @@ def new_run_info(name: str, *, config: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "name": name, "config": config or {},
         "status": "running", "created": now, "updated": now,
-        "savegame_version": __version__, "torch_version": torch.__version__,
+        "savegame_version": __version__, "torch_version": _torch_version(),
         "python_version": platform.python_version(), "host": socket.gethostname(),
         "pid": os.getpid(), "resumes": [], "best": None, "message": None,
     }
@@ -95,3 +93,27 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     return str(value)
+
+
+def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as TensorBoard hparams: nested keys joined with ".", values a bool, number or str.
+
+    >>> hparams_from_config({"lr": 0.1, "model": {"depth": 4, "act": None}, "sizes": [1, 2]})
+    {'lr': 0.1, 'model.depth': 4, 'model.act': 'None', 'sizes': '[1, 2]'}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(hparams_from_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _torch_version() -> str:
+    import torch  # here, not at the top: `savegame doctor` reads run.json without importing torch
+
+    return torch.__version__

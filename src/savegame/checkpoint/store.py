@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -128,6 +129,20 @@ def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
+def metrics_to_json(metrics: Mapping[str, float]) -> dict[str, Any]:
+    """Strict JSON has no NaN/inf, but a diverged run's validation loss is one: those are stored
+    as the strings "nan", "inf", "-inf" (``metrics_from_json`` reads them back).
+
+    >>> metrics_from_json(metrics_to_json({"loss": float("nan"), "acc": 0.5}))
+    {'loss': nan, 'acc': 0.5}
+    """
+    return {k: v if math.isfinite(v) else repr(v) for k, v in metrics.items()}
+
+
+def metrics_from_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in metrics.items()}
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -207,7 +222,7 @@ def persist(
         temp.mkdir()
         tensor_file = write_tensors(temp / TENSORS, snap.tensors, metadata={"format": FORMAT})
         manifest = {
-            "format": FORMAT, "version": VERSION, "step": step, "epoch": epoch, "metrics": plain,
+            "format": FORMAT, "version": VERSION, "step": step, "epoch": epoch, "metrics": metrics_to_json(plain),
             "created": time.time(), "savegame_version": _savegame_version(),
             "torch_version": torch.__version__, "info": info_tree,
             "files": {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash}},
@@ -435,7 +450,7 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
             size = sum(int(e["size"]) for e in m["files"].values())
             size += (child / MANIFEST).stat().st_size + (child / COMMIT).stat().st_size
             found.append(CheckpointInfo(path=child, step=int(m["step"]), epoch=int(m["epoch"]),
-                                        metrics=dict(m.get("metrics", {})), created=float(m.get("created", 0)),
+                                        metrics=metrics_from_json(m.get("metrics", {})), created=float(m.get("created", 0)),
                                         size=size))
         except (ValueError, OSError, KeyError, TypeError) as e:
             warnings.warn(f"Skipping checkpoint {child}: {e}", stacklevel=2)

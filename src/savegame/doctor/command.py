@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ def diagnose_path(path: str | Path, *, train_tag: str | None = None,
 def run_doctor(args: argparse.Namespace, console: Any) -> int:
     runs, diagnoses = diagnose_path(args.path, train_tag=args.train_tag, val_tag=args.val_tag)
     if args.json:
-        print(json.dumps(json_safe([d.to_dict() for d in diagnoses]), indent=2, allow_nan=False))
+        print(json.dumps([d.to_dict() for d in diagnoses], indent=2, allow_nan=False))
     else:
         console.print(table(diagnoses, title=f"savegame doctor {args.path}"))
     if args.plot:
@@ -115,14 +114,3 @@ def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
             details.append(Text(f"\n{d.run} — {d.verdict or 'cannot judge'}", style="bold"))
             details.append(Text("\n".join(lines)))
     return Group(grid, *details)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf floats as None: strict JSON that every parser reads."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -115,8 +116,10 @@ def _event_folders(root: Path) -> Iterable[Path]:
 
 
 def _event_files(folder: Path) -> list[Path]:
-    # Names start with the creation time, so sorted names are write order (as TensorBoard reads).
-    return sorted(p for p in folder.iterdir() if "tfevents" in p.name and p.is_file())
+    # Names hold the creation time, then a per-process counter (torch: ...<time>.<host>.<pid>.<n>):
+    # numbers compared as numbers give the write order, also past file 9 of one second.
+    return sorted((p for p in folder.iterdir() if "tfevents" in p.name and p.is_file()),
+                  key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)])
 
 
 def _read_run(root: Path, folder: Path) -> RunData:
@@ -139,7 +142,7 @@ def _run_info(folder: Path) -> dict[str, Any] | None:
 def _config_hparams(info: dict[str, Any] | None) -> dict[str, Any]:
     if not info or not isinstance(info.get("config"), dict):
         return {}
-    from ..run import hparams_from_config
+    from ..runinfo import hparams_from_config
 
     return hparams_from_config(info["config"])
 
@@ -148,40 +151,33 @@ def _read_folder(folder: Path) -> tuple[dict[str, tuple[list[int], list[float]]]
     """{tag: (steps, values)} in write order, and the hparams of a session start, if any."""
     from tensorboard.compat.proto import event_pb2
 
-    from ..log.records import read_records
+    from .eventscan import scan_scalars
 
     scalars: dict[str, tuple[list[int], list[float]]] = {}
     hparams: dict[str, Any] = {}
-    parse = event_pb2.Event.FromString
     for path in _event_files(folder):
         try:
             blob = path.read_bytes()
         except OSError:
             continue  # unreadable: the folder's other files still count
-        for record in read_records(blob):  # stops at a torn tail, as TensorBoard does
+        others: list[bytes] = []
+        scan_scalars(blob, scalars, others)  # stops at a torn tail, as TensorBoard does
+        for record in others:  # everything but plain scalars: protobuf
             try:
-                event = parse(record)
+                event = event_pb2.Event.FromString(record)
             except Exception:  # a damaged record: skip it, as TensorBoard's loader does
                 continue
-            if not event.HasField("summary"):
-                continue
-            step = event.step
             for value in event.summary.value:
                 kind = value.WhichOneof("value")
-                if kind == "simple_value":
-                    number = value.simple_value
-                elif value.tag == _HPARAMS_TAG:
+                if value.tag == _HPARAMS_TAG:
                     hparams.update(_session_hparams(value))
                     continue
-                elif kind == "tensor":
-                    number = _scalar_tensor(value.tensor)
-                    if number is None:
-                        continue
-                else:
-                    continue
-                steps, values = scalars.setdefault(value.tag, ([], []))
-                steps.append(step)
-                values.append(number)
+                number = (value.simple_value if kind == "simple_value" else
+                          _scalar_tensor(value.tensor) if kind == "tensor" else None)
+                if number is not None:
+                    steps, values = scalars.setdefault(value.tag, ([], []))
+                    steps.append(event.step)
+                    values.append(number)
     return scalars, hparams
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,8 +70,19 @@ class Diagnosis:
         return f"{self.run}: {self.verdict} ({self.confidence:.0%}){why}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: run, verdict, confidence, evidence, suggestions, findings, marks, tags,
-        cannot_judge."""
+        """Strict-JSON-ready (NaN/inf become None): run, verdict, confidence, evidence,
+        suggestions, findings, marks, tags, cannot_judge."""
         data = asdict(self)
         data["confidence"] = round(self.confidence, 3)
-        return data
+        return json_safe(data)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf floats as None: strict JSON that every parser reads."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -32,6 +32,7 @@ class CurveFeatures:
     low: float                 # smoothed minimum
     low_step: int
     high_after_low: float      # smoothed maximum after the minimum
+    high_before_low: float     # smoothed maximum up to the minimum
     progress: float            # (start - end) / |start|: the share of the loss removed
     late_share: float          # share of the total drop made in the last quarter of the steps
     early_share: float         # share made in the first quarter
@@ -62,16 +63,19 @@ def curve_features(steps: np.ndarray, values: np.ndarray) -> CurveFeatures | Non
     if len(v) < 2:
         return None
     s, v = _bucket(s, v)
-    smooth = running_median(v, _window(len(v)))
+    window = _window(len(v))
+    smooth = running_median(v, window)
     # The first values, not the smoothed ones: a fast early drop would pull a window's median down.
-    start, end = float(np.median(v[:3])), float(smooth[-1])
+    # The end is the median of the last few: one spike at the last step is not where a curve ends.
+    start, end = float(np.median(v[:3])), float(np.median(v[-max(3, window // 2 + 1):]))
     i_low = int(np.argmin(smooth))
     low = float(smooth[i_low])
     scale = abs(start) if start else 1.0
     total_drop = start - end
     features = CurveFeatures(
         steps=s, raw=v, smooth=smooth, start=start, end=end, low=low, low_step=int(s[i_low]),
-        high_after_low=float(smooth[i_low:].max()), progress=total_drop / scale, late_share=0.0,
+        high_after_low=float(smooth[i_low:].max()), high_before_low=float(max(smooth[:i_low + 1].max(), start)),
+        progress=total_drop / scale, late_share=0.0,
         early_share=0.0, noise=_noise(v, smooth), nonfinite_step=nonfinite_step,
         nonfinite_count=int(len(bad)), points=cut)
     if total_drop > 1e-12 * scale:

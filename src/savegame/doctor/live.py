@@ -24,10 +24,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..log.host import resolve
 from .curves import RunData, Series, read_run
 from .diagnosis import Diagnosis
 from .tags import _role
+
+
+MIN_VALIDATIONS = 5  # before this many validations, only "diverged" warns or stops
+ALARMS = ("overfitting", "underfitting", "diverged", "plateau", "lr_too_high", "lr_too_low")  # warned about
 
 
 class DoctorWarning(UserWarning):
@@ -75,7 +78,7 @@ class Doctor:
 class LiveDoctor:
     """A Run's doctor: fed by ``run.log``, judges at each validation, asks the run to stop."""
 
-    def __init__(self, config: Doctor, run_dir: Path, *, resumed: bool,
+    def __init__(self, config: Doctor, run_dir: Path, *, resumed_at: int | None,
                  write_text: Callable[[str, int], None], request_stop: Callable[[str], None]) -> None:
         self.config = config
         self.dir = run_dir
@@ -87,10 +90,14 @@ class LiveDoctor:
         self.history: list[dict[str, Any]] = []
         self.last: Diagnosis | None = None
         self.seconds = 0.0  # time spent judging, for the benchmark
-        if resumed:  # the logs were just cut back to the checkpoint: they are the curves so far
+        if resumed_at is not None:  # the logs were just cut back to the checkpoint: the curves so far
             for tag, series in read_run(run_dir).scalars.items():
                 if self._keeps(tag):
                     self._series[tag] = (series.steps.tolist(), series.values.tolist())
+            self.history = [h for h in _read_history(run_dir) if h.get("step", 0) <= resumed_at]
+            for entry in self.history:  # what was warned about before is not warned again
+                self._seen.add(f"verdict:{entry.get('verdict')}")
+                self._seen.update(f"finding:{f.get('kind')}" for f in entry.get("findings", ()))
 
     def observe(self, values: Mapping[str, Any], step: int) -> None:
         """Values as ``run.log`` got them (floats, or host copies in flight for CUDA tensors)."""
@@ -114,13 +121,20 @@ class LiveDoctor:
         diagnosis = diagnose(run, train_tag=self._known(self.config.train_tag),
                              val_tag=self._known(self.config.val_tag))
         self.last = diagnosis
-        new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict else []
-        new += [f"finding:{f.kind}" for f in diagnosis.findings if f.severity == "warn"]
+        early = self._validations(diagnosis) < MIN_VALIDATIONS and diagnosis.verdict != "diverged"
+        if early:  # two points make no trend: only a divergence is worth an alarm this soon
+            new = []
+        else:
+            new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict in ALARMS else []
+            new += [f"finding:{f.kind}" for f in diagnosis.findings if f.severity == "warn"]
         new = [key for key in new if key not in self._seen]
         if new:
             self._seen.update(new)
-            self._report(diagnosis, step, new)
-        reason = self.config.stop_reason(diagnosis.verdict, validations_past_best=self._past_best(diagnosis))
+            self._warn(diagnosis, step, new)
+        if diagnosis.verdict != (self.history[-1]["verdict"] if self.history else None) or new:
+            self._record(diagnosis, step)
+        reason = None if early else self.config.stop_reason(diagnosis.verdict,
+                                                             validations_past_best=self._past_best(diagnosis))
         self.seconds += time.perf_counter() - started
         if reason is not None:
             self._request_stop(f"the doctor stopped the run at step {step:,}: {reason}. {diagnosis.line()}")
@@ -145,6 +159,7 @@ class LiveDoctor:
         return tag if tag is not None and tag in self._series else None
 
     def _as_series(self) -> dict[str, Series]:
+        from ..log.host import resolve
         from .curves import _clean
 
         out = {}
@@ -155,24 +170,42 @@ class LiveDoctor:
             out[tag] = _clean((steps, values), tag, [])
         return out
 
+    def _validations(self, diagnosis: Diagnosis) -> int:
+        tag = diagnosis.tags.get("val_loss")
+        return len(self._series[tag][0]) if tag in self._series else 0
+
     def _past_best(self, diagnosis: Diagnosis) -> int:
         tag, best = diagnosis.tags.get("val_loss"), diagnosis.marks.best_step
         if tag is None or best is None:
             return 0
         return int(np.sum(np.asarray(self._series[tag][0]) > best))
 
-    def _report(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
-        from ..runinfo import write_json_atomic
-
-        warnings.warn(f"savegame doctor at step {step:,}: {diagnosis.line()}"
-                      + (f" Suggestion: {diagnosis.suggestions[0]}" if diagnosis.suggestions else ""),
-                      DoctorWarning, stacklevel=5)
+    def _warn(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
+        if f"verdict:{diagnosis.verdict}" in new:
+            warnings.warn(f"savegame doctor at step {step:,}: {diagnosis.line()}"
+                          + (f" Suggestion: {diagnosis.suggestions[0]}" if diagnosis.suggestions else ""),
+                          DoctorWarning, stacklevel=5)
         for finding in diagnosis.findings:
             if f"finding:{finding.kind}" in new:
                 warnings.warn(f"savegame doctor at step {step:,}: {finding.message}", DoctorWarning, stacklevel=5)
+
+    def _record(self, diagnosis: Diagnosis, step: int) -> None:
+        """A changed verdict or a new finding: into doctor.json and TensorBoard's TEXT tab."""
+        from ..runinfo import write_json_atomic
+
         self.history.append({"step": step, "time": time.time(), **diagnosis.to_dict()})
         write_json_atomic(self.dir / "doctor.json", {"latest": self.history[-1], "history": self.history})
         self._write_text(to_markdown(diagnosis), step)
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        history = json.loads((run_dir / "doctor.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
 
 def to_markdown(diagnosis: Diagnosis) -> str:

@@ -33,20 +33,25 @@ from .signals_read import SignalSummary, summarize_signals
 from .tags import pick_tags
 
 MIN_POINTS = 5             # fewer finite points than this: cannot judge a trend
+CONVERGED_POINTS = 30      # "stuck" verdicts (plateau, underfitting) need at least this many points
 EXPLODED = 1.5             # diverged: ends above start x this ...
 EXPLODED_OVER_LOW = 3.0    # ... and above its own minimum x this
-OVERFIT_RISE = 0.08        # overfitting: validation ends this much (relative) above its minimum
+COLLAPSED_OVER_LOW = 5.0   # or diverged: ends above its minimum x this ...
+COLLAPSED_NEAR_START = 0.7  # ... and back above this share of where it started
+OVERFIT_RISE = 0.08        # overfitting: validation ends this much (relative) above its minimum ...
+OVERFIT_GIVEBACK = 0.1     # ... giving back at least this share of what it had gained
 OVERFIT_AFTER = 2          # ... with at least this many validation points after the minimum
-PLATEAU_PROGRESS = 0.12    # plateau: less than this share of the starting loss removed
+PLATEAU_PROGRESS = 0.08    # plateau: less than this share of the starting loss removed, or ...
+PLATEAU_SLOW = 0.2         # ... less than this share and no longer falling
 LOW_LR_LATE = 0.15         # lr_too_low: the last quarter made at least this share of the drop ...
 LOW_LR_EARLY = 0.45        # ... the first quarter at most this share (an almost straight line) ...
 LOW_LR_PROGRESS = 0.6      # ... and less than this share of the loss removed so far
-UNDERFIT_PROGRESS = 0.6    # underfitting: less than this share removed (final >= 40% of start)
+UNDERFIT_PROGRESS = 0.8    # underfitting: less than this share removed (final >= 20% of start)
 UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training
 STILL_LATE = 0.05          # still improving: the last quarter made at least this share of the drop
-HIGH_LR_NOISE = 0.25       # lr_too_high: typical jump of the loss around its trend, relative
-HIGH_LR_PROGRESS = 0.75    # ... while less than this share of the loss was removed
-HIGH_LR_VAL_BOUNCE = 0.5   # ... or validation went up and down this much more than it fell
+HIGH_LR_NOISE = 0.45       # lr_too_high: typical jump of the training loss around its trend, relative
+HIGH_LR_VAL_NOISE = 0.2    # ... or of the validation loss (logged once per epoch: normally smooth)
+NOISY = 0.25               # a "noisy" finding from here
 HEALTHY_UPDATE = (1e-4, 1e-2)  # cs231n: update/weight ratios around 1e-3 are healthy
 
 
@@ -76,14 +81,23 @@ def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None 
         return _cannot(diagnosis, f"no tag looks like a training or validation loss (it has "
                                   f"{_tag_list(run)}); name them with --train-tag / --val-tag")
     curves = _curves(run, tags)
-    main = curves.train or curves.val
-    main_series = curves.train_series if curves.train is not None else curves.val_series
-    if main is None or (main.points < MIN_POINTS and main.nonfinite_step is None):
-        n = 0 if main is None else main.points
-        return _cannot(diagnosis, f"only {n} finite point(s) of {tags.get('train_loss') or tags['val_loss']}; "
-                                  f"a trend needs at least {MIN_POINTS}")
+    main_tag = tags["train_loss"] if curves.train_series is not None else tags["val_loss"]
+    main_series = run.scalars[main_tag]
+    main = curves.train if curves.train_series is not None else curves.val
+    early_bad = _early_nonfinite(main_series)
+    if early_bad is not None:  # broken from (almost) the first step: nothing else to judge
+        step, finite = early_bad
+        diagnosis.verdict, diagnosis.confidence = "diverged", 0.9
+        diagnosis.marks.diverged_step = step
+        diagnosis.evidence.append(f"{main_tag} is NaN/inf from step {step:,}, after only {finite} finite value(s)")
+        diagnosis.suggestions += ["the loss is broken from the start: check the data for NaN/inf (savegame "
+                                  "preflight), the loss for log(0) or division by zero, and the learning rate"]
+        return diagnosis
+    if main is None or main.points < MIN_POINTS:
+        n = int(np.isfinite(main_series.values).sum())
+        return _cannot(diagnosis, f"only {n} finite point(s) of {main_tag}; a trend needs at least {MIN_POINTS}")
     _secondary(diagnosis, curves, tags)
-    for rule in (_diverged, _overfitting, _lr_too_high, _plateau, _lr_too_low, _underfitting,
+    for rule in (_diverged, _plateau, _lr_too_high, _overfitting, _lr_too_low, _underfitting,
                  _still_improving, _healthy):
         if rule(diagnosis, curves, main, main_series):
             break
@@ -99,7 +113,9 @@ def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None 
 def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     first_bad = _first_nonfinite(c)
     exploded = main.end > max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) and main.start > 0
-    if first_bad is None and not exploded:
+    # fell, then climbed back to the untrained level (a collapse: e.g. the lr jumped)
+    collapsed = main.end > main.low * COLLAPSED_OVER_LOW and main.end > main.start * COLLAPSED_NEAR_START
+    if first_bad is None and not (exploded or collapsed):
         return False
     if first_bad is not None:
         step, tag = first_bad
@@ -108,10 +124,13 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
                           f"{main.low:.4g} at step {main.low_step:,}")
         d.confidence = 0.95
     else:
-        step = _first_step_above(main, max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW))
+        level = (max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) if exploded else
+                 max(main.low * COLLAPSED_OVER_LOW, main.start * COLLAPSED_NEAR_START))
+        step = _first_step_above(main, level)
         d.marks.diverged_step = step
-        d.evidence.append(f"the loss fell to {main.low:.4g} at step {main.low_step:,}, then exploded from "
-                          f"step {step:,} to {main.end:.4g} at the end (it started at {main.start:.4g})")
+        d.evidence.append(f"the loss fell to {main.low:.4g} at step {main.low_step:,}, then "
+                          f"{'exploded' if exploded else 'climbed back'} from step {step:,} to {main.end:.4g} "
+                          f"at the end (it started at {main.start:.4g})")
         d.confidence = 0.85
     if c.signals.grad_growth is not None and c.signals.grad_growth > 100:
         d.evidence.append(f"gradient norm grew {c.signals.grad_growth:,.0f}x during the run")
@@ -133,7 +152,8 @@ def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
         return False
     after = int(np.sum(c.val_series.steps > v.low_step))
     rise = (v.end - v.low) / abs(v.low) if v.low else 0.0
-    if after < OVERFIT_AFTER or rise < OVERFIT_RISE:
+    gained = max(v.high_before_low - v.low, 1e-30)
+    if after < OVERFIT_AFTER or rise < OVERFIT_RISE or (v.end - v.low) / gained < OVERFIT_GIVEBACK:
         return False
     t = c.train
     if t is not None and t.end > t.at(v.low_step) * 1.02:
@@ -158,21 +178,20 @@ def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
 
 def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     ratio = c.signals.update_ratio
-    bounce = _val_bounce(c.val)
-    noisy = main.noise > HIGH_LR_NOISE and main.progress < HIGH_LR_PROGRESS
-    bouncy = bounce is not None and bounce > HIGH_LR_VAL_BOUNCE and main.progress < HIGH_LR_PROGRESS
+    noisy = main.noise > HIGH_LR_NOISE
+    val_noisy = c.val is not None and c.val is not main and c.val.noise > HIGH_LR_VAL_NOISE
     big_updates = ratio is not None and ratio > HEALTHY_UPDATE[1]
-    if not (noisy or bouncy or (big_updates and main.progress < HIGH_LR_PROGRESS)):
+    if not (noisy or val_noisy):  # big updates alone are a finding: young nets have them too
         return False
     d.verdict = "lr_too_high"
-    d.confidence = 0.6 + 0.1 * (noisy + bouncy + big_updates)
+    d.confidence = min(0.95, 0.55 + 0.15 * (noisy + val_noisy + big_updates))
     if noisy:
-        d.evidence.append(f"the loss jumps {main.noise:.0%} around its trend in the second half and only "
-                          f"{max(main.progress, 0):.0%} of the starting loss ({main.start:.4g}) was removed")
-    if bouncy:
-        d.evidence.append(f"validation loss went up and down {bounce:.1f}x more than it fell overall")
+        d.evidence.append(f"the training loss jumps {main.noise:.0%} around its trend in the second half "
+                          f"(it ended at {main.end:.4g}, lowest {main.low:.4g})")
+    if val_noisy:
+        d.evidence.append(f"the validation loss jumps {c.val.noise:.0%} from one evaluation to the next")
     if ratio is not None:
-        d.evidence.append(f"median update/weight ratio {ratio:.1e} (healthy: about 1e-3)")
+        d.evidence.append(f"median update/weight ratio {ratio:.1e} per step (healthy: about 1e-3)")
     d.marks.best_step, d.marks.best_value = _best(c)
     d.suggestions += ["lower the learning rate 3-10x (or add a warmup and a decay schedule)",
                       "a larger batch also calms the updates; clip gradients if spikes remain"]
@@ -180,7 +199,8 @@ def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
 
 
 def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
-    if main.progress >= PLATEAU_PROGRESS:
+    if main.points < CONVERGED_POINTS or not (
+            main.progress < PLATEAU_PROGRESS or (main.progress < PLATEAU_SLOW and main.late_share < STILL_LATE)):
         return False
     d.verdict = "plateau"
     d.confidence = 0.7 + min(0.25, (PLATEAU_PROGRESS - main.progress))
@@ -225,7 +245,7 @@ def _lr_too_low(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -
 
 def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     t, v = c.train or main, c.val
-    if t.progress >= UNDERFIT_PROGRESS or t.late_share >= STILL_LATE * 2:
+    if t.points < CONVERGED_POINTS or t.progress >= UNDERFIT_PROGRESS or t.late_share >= STILL_LATE * 2:
         return False
     if v is not None and abs(v.end - t.end) > UNDERFIT_GAP * abs(t.end):
         return False  # a clear gap: not a capacity problem
@@ -280,7 +300,7 @@ def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
             d.findings.append(Finding("nan", f"{tags[role]} holds {features.nonfinite_count} NaN/inf value(s), "
                                              f"the first at step {features.nonfinite_step:,}",
                                       step=features.nonfinite_step))
-    if c.train is not None and c.train.noise > HIGH_LR_NOISE:
+    if c.train is not None and c.train.noise > NOISY:
         d.findings.append(Finding("noisy", f"{tags['train_loss']} is noisy: it jumps {c.train.noise:.0%} around "
                                            "its trend (small batches or a high learning rate)", severity="info"))
     if c.train is not None and c.val is not None and c.val_series is not None:
@@ -289,7 +309,8 @@ def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
         d.marks.gap_step, d.marks.gap = step, gap
         if c.train.end > 0 and gap > 0.5 * c.train.end and gap > 0.02:
             d.findings.append(Finding("gap", f"validation loss {c.val.end:.4g} is {c.val.end / c.train.end:.1f}x "
-                                             f"the training loss {c.train.end:.4g} at step {step:,}", step=step))
+                                             f"the training loss {c.train.end:.4g} at step {step:,}", step=step,
+                                      severity="info"))
         elif gap < -0.1 * abs(c.train.end):
             d.findings.append(Finding("val_below_train", f"validation loss {c.val.end:.4g} sits below training "
                                       f"loss {c.train.end:.4g}: expected with dropout or augmentation on in "
@@ -322,6 +343,14 @@ def _tag_list(run: RunData) -> str:
     return ", ".join(tags[:12]) + (f" and {len(tags) - 12} more" if len(tags) > 12 else "") if tags else "no tags"
 
 
+def _early_nonfinite(series: Series) -> tuple[int, int] | None:
+    """(first non-finite step, finite points before it) when that leaves too few to judge."""
+    bad = np.flatnonzero(~np.isfinite(series.values))
+    if len(bad) and bad[0] < MIN_POINTS:
+        return int(series.steps[bad[0]]), int(bad[0])
+    return None
+
+
 def _first_nonfinite(c: _Curves) -> tuple[int, str] | None:
     found = [(f.nonfinite_step, name) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
              if f is not None and f.nonfinite_step is not None]
@@ -343,12 +372,3 @@ def _last(s: Series | None) -> float | None:
         return None
     finite = s.values[np.isfinite(s.values)]
     return float(np.median(finite[-3:])) if len(finite) else None
-
-
-def _val_bounce(v: CurveFeatures | None) -> float | None:
-    """Total up-and-down movement of the validation curve beyond its net fall, over that fall."""
-    if v is None or len(v.raw) < MIN_POINTS:
-        return None
-    moves = np.abs(np.diff(v.raw)).sum()
-    net = max(v.raw[0] - v.raw[-1], 1e-12 * abs(v.raw[0]) + 1e-30)
-    return float((moves - net) / net)

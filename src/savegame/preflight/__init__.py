@@ -18,7 +18,42 @@ batch, ...) and says pass, warn or fail for each, with the likely fix.
 (False, 'fail')
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
 from .report import CheckResult, PreflightReport
-from .runner import preflight
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
+              steps: int | None = None, device: Any = None, forward: Callable | None = None,
+              quick: bool = False, keys: tuple[str, str] | None = None,
+              gradcheck: bool = False) -> PreflightReport:
+    """Check a training setup before training: data, loss at init, gradients, overfitting one batch...
+
+    Args:
+        model: the model to train; only copies of it are run.
+        loss_fn: ``loss_fn(model(inputs), targets) -> loss`` (may be ``None`` with ``forward``).
+        data: a DataLoader or any iterable of ``(inputs, targets)`` or dict batches; the first two are used.
+        optimizer: an optimizer (its class and hyperparameters are reused on a copy), a factory
+            ``params -> optimizer``, or ``None`` for Adam(lr=1e-3).
+        steps: the step budget of the training checks (default 50, 20 with ``quick``).
+        device: where to run (default: the model's device).
+        forward: ``forward(model, batch) -> loss`` for batches that are not ``(inputs, targets)``.
+        quick: only the cheap checks (data, loss, gradients, parameters change), fewer steps.
+        keys: ``(input_key, target_key)`` of dict batches.
+        gradcheck: also run ``torch.autograd.gradcheck`` in float64 (slow).
+
+    Returns:
+        a :class:`PreflightReport`; ``report.passed`` is False when any check failed.
+    """
+    from .runner import run_preflight  # torch loads here, not when savegame is imported
+
+    return run_preflight(model, loss_fn, data, optimizer=optimizer, steps=steps, device=device, forward=forward,
+                         quick=quick, keys=keys, gradcheck=gradcheck)
+
 
 __all__ = ["preflight", "PreflightReport", "CheckResult"]

@@ -41,28 +41,11 @@ WITHOUT_LOSS = {"data", "loss/target shapes"}
 SEED = 0  # every check starts from this seed, so a report is the same run after run
 
 
-def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
+def run_preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
               quick: bool = False, keys: tuple[str, str] | None = None,
               gradcheck: bool = False) -> PreflightReport:
-    """Check a training setup before training: data, loss at init, gradients, overfitting one batch...
-
-    Args:
-        model: the model to train; only copies of it are run.
-        loss_fn: ``loss_fn(model(inputs), targets) -> loss`` (may be ``None`` with ``forward``).
-        data: a DataLoader or any iterable of ``(inputs, targets)`` or dict batches; the first two are used.
-        optimizer: an optimizer (its class and hyperparameters are reused on a copy), a factory
-            ``params -> optimizer``, or ``None`` for Adam(lr=1e-3).
-        steps: the step budget of the training checks (default 50, 20 with ``quick``).
-        device: where to run (default: the model's device).
-        forward: ``forward(model, batch) -> loss`` for batches that are not ``(inputs, targets)``.
-        quick: only the cheap checks (data, loss, gradients, parameters change), fewer steps.
-        keys: ``(input_key, target_key)`` of dict batches.
-        gradcheck: also run ``torch.autograd.gradcheck`` in float64 (slow).
-
-    Returns:
-        a :class:`PreflightReport`; ``report.passed`` is False when any check failed.
-    """
+    """The body of :func:`savegame.preflight` (see there); imports torch, so it loads on first use."""
     registry = [entry for entry in REGISTRY if entry[2] or not quick]
     if gradcheck:
         registry.append(GRADCHECK)

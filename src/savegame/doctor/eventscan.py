@@ -1,0 +1,111 @@
+"""Scalars out of an event file's bytes, fast: the doctor reads 100,000-point curves in well
+under a second.
+
+Parsing each record with protobuf (``Event.FromString`` plus field access) costs about 6 µs; a
+plain scalar event (what ``add_scalar`` writes: wall time, step, then ``Summary.Value``\\s of a
+tag and a ``simple_value``) is decoded here by hand in about 2 µs, and every other record (file
+version, images, histograms, hparams, tensor-style scalars) is handed back as bytes for protobuf.
+Both checksums of every record are verified; a torn or damaged record ends the file, as in
+TensorBoard. ``tests/doctor/test_eventscan.py`` compares the result with tensorboard's own
+``EventAccumulator`` on files from torch's writer, savegame's and protobuf-built ones.
+
+>>> from savegame.log.records import scalar_record, scalar_value_entry
+>>> blob = scalar_record(1.0, 7, [scalar_value_entry("loss", 0.5), scalar_value_entry("acc", 0.25)])
+>>> found, others = {}, []
+>>> scan_scalars(blob, found, others)
+>>> found, others
+({'loss': ([7], [0.5]), 'acc': ([7], [0.25])}, [])
+"""
+
+from __future__ import annotations
+
+import struct
+
+import google_crc32c
+
+_U64 = struct.Struct("<Q").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_F32 = struct.Struct("<f").unpack_from
+_crc = google_crc32c.value
+_MASK_DELTA = 0xA282EAD8
+
+
+def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]], others: list[bytes]) -> None:
+    """Append ``blob``'s plain scalars to ``found`` ({tag: (steps, values)}, in file order) and
+    every other complete record's data to ``others``."""
+    pos, size = 0, len(blob)
+    while pos + 12 <= size:
+        header = blob[pos:pos + 8]
+        crc = _crc(header)
+        if _U32(blob, pos + 8)[0] != (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF:
+            return
+        (length,) = _U64(header)
+        end = pos + 12 + length
+        if end + 4 > size:
+            return  # torn: the writer was killed mid-record
+        data = blob[pos + 12:end]
+        crc = _crc(data)
+        if _U32(blob, end)[0] != (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF:
+            return
+        pos = end + 4
+        try:
+            plain = _plain_scalars(data, found)
+        except IndexError:  # checksummed but malformed: let protobuf judge it
+            plain = False
+        if not plain:
+            others.append(data)
+
+
+def _plain_scalars(data: bytes, found: dict[str, tuple[list[int], list[float]]]) -> bool:
+    """Decode an Event of only wall_time, step and simple-value scalars into ``found``; False
+    (and nothing added) for anything else."""
+    i, n = 0, len(data)
+    if i < n and data[i] == 0x09:  # wall_time, fixed64: not needed
+        i += 9
+    step = 0
+    if i < n and data[i] == 0x10:  # step, varint
+        i, step = _varint(data, i + 1)
+        if step >= 1 << 63:
+            step -= 1 << 64
+    if i >= n or data[i] != 0x2A:  # summary
+        return False
+    i, length = _varint(data, i + 1)
+    if i + length != n:
+        return False
+    entries = []
+    while i < n:
+        if data[i] != 0x0A:  # Summary.value
+            return False
+        i, length = _varint(data, i + 1)
+        end = i + length
+        if data[i] != 0x0A:  # Value.tag comes first in what every writer emits
+            return False
+        i, tag_len = _varint(data, i + 1)
+        tag_end = i + tag_len
+        if tag_end + 5 != end or data[tag_end] != 0x15:  # then simple_value (fixed32) and nothing else
+            return False
+        entries.append((data[i:tag_end].decode("utf-8", "replace"), _F32(data, tag_end + 1)[0]))
+        i = end
+    if i != n or not entries:
+        return False
+    for tag, value in entries:
+        series = found.get(tag)
+        if series is None:
+            series = found[tag] = ([], [])
+        series[0].append(step)
+        series[1].append(value)
+    return True
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    byte = data[i]
+    if byte < 0x80:
+        return i + 1, byte
+    value, shift = 0, 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return i, value
+        shift += 7

@@ -1,0 +1,271 @@
+"""The doctor's labeled set: real small trainings with known pathologies, logged with torch's own
+``SummaryWriter`` the way users log (minibatch training loss every step; validation loss, accuracy
+and learning rate once per epoch; tag spellings differ from run to run).
+
+Every case trains for real on the CPU in a few seconds (seeded, one thread), on sklearn's
+``load_digits`` (classification, 64 standardized features, 10 classes) or on a synthetic
+regression (``y = sin(3 x1) + x2**2 + 0.5 x1 x3 + x4 + noise``, standardized). The label is what a
+practitioner reading the curves would say, and the setup is what makes it so:
+
+- ``healthy_*``: a fitting MLP, Adam with weight decay, long enough to converge: validation
+  tracks training and both are flat at the end.
+- ``healthy_dropout_*``: heavy dropout (and input noise); the training loss is measured in train
+  mode, so the validation loss sits *below* it. Still healthy: converged, no rising validation.
+- ``overfit_*``: a big unregularized MLP on 100 samples with 30% wrong labels (classification) /
+  60 very noisy samples (regression), many epochs: the net learns the signal first, then memorizes
+  the noise, so validation loss has a clear minimum then rises while training loss goes to ~0.
+- ``underfit_*``: a model too small for the task (a 2-unit bottleneck; a linear model on a
+  nonlinear target), converged: train and validation both high, close together, flat.
+- ``diverged_*``: the learning rate warms up to a value far too high: after normal steps the
+  loss explodes to huge values / NaN, and logging goes on until the epochs end.
+- ``lr_too_high_*``: a learning rate high enough to make the loss bounce (spikes, large swings)
+  at a clearly worse level than the healthy run, without blowing up: Adam at 0.05 with batches of
+  16 (classification), plain SGD at 0.45 (regression).
+- ``lr_too_low_*``: SGD with a tiny learning rate: the loss falls slowly, almost linearly, far
+  from converged at the end.
+- ``plateau_*``: training stuck near the starting loss: a deep sigmoid net (vanishing gradients)
+  for classification, ReLUs killed by a large negative bias for regression (dead_relu = 1).
+- ``still_improving_*``: a healthy setup stopped too early: both losses still clearly falling.
+
+Run ``python tests/doctor/cases.py OUT_DIR [--only NAME ...]`` to write the runs and
+``OUT_DIR/labels.json``.
+
+>>> sorted({case.label for case in CASES})[:3]
+['diverged', 'healthy', 'lr_too_high']
+>>> len(CASES) >= 12 and all(case.task in ("classification", "regression") for case in CASES)
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CLS, REG = "classification", "regression"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training: ``label`` is the true verdict; the rest is its setup."""
+
+    name: str
+    label: str
+    task: str
+    hidden: tuple[int, ...] = (64,)
+    act: str = "relu"                  # relu | tanh | sigmoid
+    dropout: float = 0.0
+    input_noise: float = 0.0           # std of Gaussian noise added to training inputs
+    optimizer: str = "adam"            # adam | adamw | sgd
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    warmup_to: float | None = None     # lr goes linearly from ``lr`` to this over ``warmup_epochs``
+    warmup_epochs: int = 1
+    bias_init: float | None = None     # constant for every hidden bias (a negative one kills ReLUs)
+    epochs: int = 30
+    batch: int = 64
+    n_train: int = 1000
+    noise: float = 0.1                 # regression target noise (std, before standardizing)
+    label_noise: float = 0.0           # classification: fraction of training labels made random
+    seed: int = 0
+    tags: dict[str, str] = field(default_factory=dict)  # train, val, acc (val accuracy), lr
+
+
+def _tags(train: str, val: str, lr: str, acc: str | None = None) -> dict[str, str]:
+    return {"train": train, "val": val, "lr": lr, **({"acc": acc} if acc else {})}
+
+
+CASES: list[Case] = [
+    Case("healthy_cls", "healthy", CLS, hidden=(128,), optimizer="adamw", lr=1e-3, weight_decay=0.05,
+         epochs=40, tags=_tags("loss/train", "loss/val", "lr", "acc/val")),
+    Case("healthy_dropout_cls", "healthy", CLS, hidden=(256, 256), dropout=0.5, input_noise=0.5, lr=1e-3,
+         epochs=40, tags=_tags("train_loss", "val_loss", "learning_rate", "val_acc")),
+    Case("healthy_reg", "healthy", REG, hidden=(64, 64), act="tanh", optimizer="adamw", lr=3e-3,
+         weight_decay=0.01, epochs=60, tags=_tags("mse/train", "mse/val", "lr")),
+    Case("healthy_dropout_reg", "healthy", REG, hidden=(128, 128), dropout=0.3, lr=2e-3, epochs=60,
+         tags=_tags("train/loss", "val/loss", "train/lr")),
+    Case("overfit_cls", "overfitting", CLS, hidden=(256, 256), lr=3e-3, n_train=100, label_noise=0.3,
+         batch=32, epochs=150, tags=_tags("Loss/train", "Loss/valid", "LR", "Accuracy/valid")),
+    Case("overfit_reg", "overfitting", REG, hidden=(256, 256), lr=3e-4, n_train=60, batch=30, noise=1.0,
+         epochs=500, tags=_tags("loss/train", "loss/validation", "lr")),
+    Case("underfit_cls", "underfitting", CLS, hidden=(2,), act="tanh", lr=2e-2, epochs=80,
+         tags=_tags("train/loss", "val/loss", "lr", "val/accuracy")),
+    Case("underfit_reg", "underfitting", REG, hidden=(), lr=1e-2, epochs=40,
+         tags=_tags("train_loss", "val_loss", "lr")),
+    Case("diverged_cls", "diverged", CLS, hidden=(128,), optimizer="sgd", lr=0.05, momentum=0.9,
+         warmup_to=2.0, warmup_epochs=20, epochs=30, tags=_tags("loss/train", "loss/val", "lr", "accuracy/val")),
+    Case("diverged_reg", "diverged", REG, hidden=(64, 64), optimizer="sgd", lr=0.01, momentum=0.9,
+         warmup_to=0.5, warmup_epochs=20, epochs=30, tags=_tags("Loss/train", "Loss/val", "learning_rate")),
+    Case("lr_too_high_cls", "lr_too_high", CLS, hidden=(128,), lr=0.05, batch=16, epochs=12,
+         tags=_tags("train_loss", "valid_loss", "lr", "valid_acc")),
+    Case("lr_too_high_reg", "lr_too_high", REG, hidden=(64, 64), optimizer="sgd", lr=0.45, epochs=60,
+         tags=_tags("loss/train", "loss/val", "lr")),
+    Case("lr_too_low_cls", "lr_too_low", CLS, hidden=(128,), optimizer="sgd", lr=1e-3, epochs=40,
+         tags=_tags("Loss/train", "Loss/val", "lr", "Accuracy/val")),
+    Case("lr_too_low_reg", "lr_too_low", REG, hidden=(64, 64), optimizer="sgd", lr=6e-4, epochs=40,
+         tags=_tags("mse/train", "mse/val", "lr")),
+    Case("plateau_cls", "plateau", CLS, hidden=(64,) * 8, act="sigmoid", optimizer="sgd", lr=0.05, epochs=40,
+         tags=_tags("loss/train", "loss/val", "lr", "acc/val")),
+    Case("plateau_reg", "plateau", REG, hidden=(64, 64), bias_init=-20.0, lr=1e-3, epochs=40,
+         tags=_tags("train/loss", "valid/loss", "lr")),
+    Case("still_improving_cls", "still_improving", CLS, hidden=(128,), optimizer="sgd", lr=0.03, batch=32,
+         epochs=10, tags=_tags("train_loss", "val_loss", "lr", "val_accuracy")),
+    Case("still_improving_reg", "still_improving", REG, hidden=(64, 64), lr=1e-3, epochs=15,
+         tags=_tags("loss/train", "loss/val", "lr")),
+]
+
+
+# -- data -------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return x, torch.tensor(y)
+
+
+def _data(case: Case) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_val, y_val)``; the validation set is the same for every case of a task."""
+    g = torch.Generator().manual_seed(1234)
+    if case.task == CLS:
+        x, y = _digits()
+        order = torch.randperm(len(x), generator=g)
+        val, train = order[:500], order[500:500 + case.n_train]
+        y_train = y[train].clone()
+        flip = torch.rand(len(train), generator=g) < case.label_noise
+        y_train[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=g)
+        return x[train], y_train, x[val], y[val]
+    n = 500 + case.n_train
+    x = torch.rand(n, 4, generator=g) * 3 - 1.5
+    clean = torch.sin(3 * x[:, 0]) + x[:, 1] ** 2 + 0.5 * x[:, 0] * x[:, 2] + x[:, 3]
+    y = clean + case.noise * torch.randn(n, generator=torch.Generator().manual_seed(case.seed))
+    y = ((y - clean.mean()) / clean.std()).unsqueeze(1)
+    return x[500:], y[500:], x[:500], y[:500]
+
+
+# -- one training ----------------------------------------------------------------------------
+
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+def _model(case: Case, n_in: int, n_out: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in case.hidden:
+        linear = nn.Linear(width, h)
+        if case.bias_init is not None:
+            nn.init.constant_(linear.bias, case.bias_init)
+        layers += [linear, ACTS[case.act]()]
+        if case.dropout:
+            layers.append(nn.Dropout(case.dropout))
+        width = h
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def _optimizer(case: Case, model: nn.Module) -> torch.optim.Optimizer:
+    if case.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.momentum,
+                               weight_decay=case.weight_decay)
+    kind = torch.optim.AdamW if case.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=case.lr, weight_decay=case.weight_decay)
+
+
+def run_case(case: Case, out_dir: Path, *, signals: bool = True) -> None:
+    """Train ``case`` and log it into ``out_dir/case.name`` with torch's ``SummaryWriter``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from savegame.doctor.signals import Signals
+
+    torch.manual_seed(case.seed)
+    x_train, y_train, x_val, y_val = _data(case)
+    classify = case.task == CLS
+    model = _model(case, x_train.shape[1], 10 if classify else 1)
+    opt = _optimizer(case, model)
+    loss_fn = nn.CrossEntropyLoss() if classify else nn.MSELoss()
+    steps_per_epoch = -(-len(x_train) // case.batch)
+    warmup_steps = case.warmup_epochs * steps_per_epoch
+    tags = case.tags
+    with SummaryWriter(str(out_dir / case.name)) as writer:
+        watcher = None
+        if signals:
+            watcher = Signals(model, opt, every=20, log=lambda values, step: [
+                writer.add_scalar(k, v, step) for k, v in values.items()])
+        step = 0
+        for epoch in range(case.epochs):
+            model.train()
+            order = torch.randperm(len(x_train))
+            for i in range(0, len(x_train), case.batch):
+                if case.warmup_to is not None:
+                    lr = case.lr + (case.warmup_to - case.lr) * min(1.0, step / warmup_steps)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                xb, yb = x_train[order[i:i + case.batch]], y_train[order[i:i + case.batch]]
+                if case.input_noise:
+                    xb = xb + case.input_noise * torch.randn_like(xb)
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                writer.add_scalar(tags["train"], loss.item(), step)
+            model.eval()
+            with torch.no_grad():
+                out = model(x_val)
+                writer.add_scalar(tags["val"], loss_fn(out, y_val).item(), step)
+                if classify and "acc" in tags:
+                    writer.add_scalar(tags["acc"], (out.argmax(1) == y_val).float().mean().item(), step)
+            writer.add_scalar(tags["lr"], opt.param_groups[0]["lr"], step)
+        if watcher is not None:
+            watcher.close()
+
+
+def generate(out_dir: Path, names: list[str] | None = None, *, signals: bool = True,
+             seed: int = 0) -> dict[str, str]:
+    """Write the runs named in ``names`` (all by default) under ``out_dir`` and ``labels.json``;
+    return ``{run name: label}``. ``seed`` is added to every case's seed (initialization, batch
+    order, regression noise): the rules were tuned on seed 0, other seeds are held out."""
+    by_name = {case.name: case for case in CASES}
+    unknown = sorted(set(names or ()) - set(by_name))
+    if unknown:
+        raise ValueError(f"unknown case names {unknown}; expected some of {sorted(by_name)}.")
+    chosen = [by_name[n] for n in names] if names else CASES
+    chosen = [replace(case, seed=case.seed + seed) for case in chosen]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and keeps runs reproducible
+    try:
+        for case in chosen:
+            run_case(case, out_dir, signals=signals)
+    finally:
+        torch.set_num_threads(threads)
+    labels = {case.name: case.label for case in chosen}
+    (out_dir / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    return labels
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the doctor's labeled training runs.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these cases")
+    parser.add_argument("--no-signals", action="store_true", help="do not log the Signals")
+    parser.add_argument("--seed", type=int, default=0, help="added to every case's seed (0: the tuning set)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    labels = generate(args.out_dir, args.only, signals=not args.no_signals, seed=args.seed)
+    print(f"wrote {len(labels)} runs to {args.out_dir} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
