@@ -27,12 +27,13 @@ _EXPORTS = {
     ".log.writer": ["SummaryWriter"],
     ".preflight": ["PreflightReport"],
     ".run": ["Run"],
-    ".doctor": ["Doctor", "Diagnosis", "diagnose", "load_runs"],
+    ".doctor": ["Doctor", "DoctorWarning", "Diagnosis", "diagnose", "load_runs"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "Run", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "Diagnosis", "diagnose", "load_runs",
+    "Run", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "DoctorWarning", "Diagnosis", "diagnose",
+    "load_runs",
     "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .checkpoint.policy import (AllOf, Always, AnyOf, EveryEpochs, EverySeconds, EverySteps, Keep, KeepAll,
                                     KeepAny, KeepBest, KeepEvery, KeepLast, Never, OnImprovement, When)
     from .checkpoint.store import CheckpointInfo
-    from .doctor import Diagnosis, Doctor, diagnose, load_runs
+    from .doctor import Diagnosis, Doctor, DoctorWarning, diagnose, load_runs
     from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, LogWriteError,
                          MetricNotFoundError, MissingDependencyError, NotSerializableError, PreflightFailedError,
                          RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)

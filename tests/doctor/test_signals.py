@@ -34,6 +34,15 @@ def mlp():
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
 
 
+
+def watched(every):
+    """An MLP, its SGD optimizer (lr 0.1) and a Recorder fed by Signals every ``every`` steps."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    Signals(model, opt, every=every, log=rec)
+    return model, opt, rec
+
 def test_grad_norm_of_a_linear_is_the_norm_of_weight_and_bias_grads_together():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -68,10 +77,7 @@ def test_update_ratio_for_sgd_is_lr_times_grad_norm_over_weight_norm():
 
 
 def test_relu_net_with_huge_negative_bias_is_all_dead_and_a_healthy_one_is_not():
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = Recorder()
-    Signals(model, opt, every=2, log=rec)
+    model, opt, rec = watched(every=2)
     train(model, opt, 2)
     assert 0.0 <= rec.calls[0][1]["doctor/dead_relu/1"] < 0.5
     with torch.no_grad():
@@ -93,10 +99,7 @@ def test_dead_relu_counts_channels_of_a_conv_output():
 
 
 def test_a_nan_gradient_is_counted_per_parameter():
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = Recorder()
-    Signals(model, opt, every=1, log=rec)
+    model, opt, rec = watched(every=1)
     opt.zero_grad()
     model(torch.randn(16, 4)).pow(2).mean().backward()
     model[0].weight.grad[0, 0] = float("nan")
@@ -108,10 +111,7 @@ def test_a_nan_gradient_is_counted_per_parameter():
 
 
 def test_samples_only_every_n_steps_and_uses_the_given_step():
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = Recorder()
-    Signals(model, opt, every=3, log=rec)
+    model, opt, rec = watched(every=3)
     train(model, opt, 10)
     assert [step for step, _ in rec.calls] == [3, 6, 9]
 
@@ -169,10 +169,7 @@ def test_several_param_groups_and_a_frozen_parameter():
 
 
 def test_parameters_without_grad_are_skipped_on_a_sample_step():
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = Recorder()
-    Signals(model, opt, every=1, log=rec)
+    model, opt, rec = watched(every=1)
     opt.zero_grad()
     model[2](torch.randn(4, 8)).sum().backward()  # only the last layer gets grads
     opt.step()

@@ -67,7 +67,7 @@ def run_doctor(args: argparse.Namespace, console: Any) -> int:
 
         out = save_plot(runs, diagnoses, Path(args.plot))
         if not args.json:
-            console.print(f"plot: {out}", markup=False)
+            console.print(f"plot: {out}", markup=False, soft_wrap=True)
     return 0 if any(d.judged for d in diagnoses) else 1
 
 
@@ -85,7 +85,7 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
         diagnoses += judged
     out = write_report(runs, diagnoses, Path(args.output))
     console.print(table(diagnoses, title="diagnosis"))
-    console.print(f"report: {out}", markup=False)
+    console.print(f"report: {out}", markup=False, soft_wrap=True)
     return 0
 
 

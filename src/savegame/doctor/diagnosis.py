@@ -17,7 +17,7 @@ from typing import Any
 
 VERDICTS = ("healthy", "overfitting", "underfitting", "diverged", "plateau", "lr_too_high",
             "lr_too_low", "still_improving")
-"""Every primary verdict, in the order the rules try them is not this one (see rules.py)."""
+"""Every primary verdict (rules.py tries them in its own order: diverged first, healthy last)."""
 
 
 @dataclass

@@ -67,7 +67,8 @@ def curve_features(steps: np.ndarray, values: np.ndarray) -> CurveFeatures | Non
     smooth = running_median(v, window)
     # The first values, not the smoothed ones: a fast early drop would pull a window's median down.
     # The end is the median of the last few: one spike at the last step is not where a curve ends.
-    start, end = float(np.median(v[:3])), float(np.median(v[-max(3, window // 2 + 1):]))
+    tail = 1 if len(v) < 10 else max(3, window // 2 + 1)  # a short curve (one point per epoch): its last
+    start, end = float(np.median(v[:3])), float(np.median(v[-tail:]))
     i_low = int(np.argmin(smooth))
     low = float(smooth[i_low])
     scale = abs(start) if start else 1.0

@@ -1,9 +1,10 @@
 """The verdict rules: one primary verdict per run, with evidence, suggestions and findings.
 
 The rules are tried in a fixed order, the first that holds wins: **diverged** (NaN/inf, or the
-loss ends far above where it started) · **overfitting** (validation loss bottomed out and rose
-while training loss kept falling) · **lr_too_high** (the loss bounces without settling) ·
-**plateau** (the loss never really left its starting value) · **lr_too_low** (a slow, almost
+loss ends far above its minimum, back at or above where it started) · **plateau** (the loss never
+really left its starting value) · **lr_too_high** (the loss swings around its trend, or the
+validation loss jumps between evaluations) · **overfitting** (validation loss bottomed out and
+rose while training loss kept falling) · **lr_too_low** (a slow, almost
 straight decline that is still going) · **underfitting** (converged, but train and validation
 loss both stayed high and close) · **still_improving** (converging, not there yet) · otherwise
 **healthy**. Training signals (``doctor/...`` tags, see ``signals.py``) back the learning-rate
@@ -29,7 +30,7 @@ import numpy as np
 from .curves import RunData, Series
 from .diagnosis import Diagnosis, Finding
 from .features import CurveFeatures, curve_features
-from .signals_read import SignalSummary, summarize_signals
+from .signals_read import DEAD_RELU, VANISHING, SignalSummary, summarize_signals
 from .tags import pick_tags
 
 MIN_POINTS = 5             # fewer finite points than this: cannot judge a trend
@@ -96,11 +97,11 @@ def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None 
     if main is None or main.points < MIN_POINTS:
         n = int(np.isfinite(main_series.values).sum())
         return _cannot(diagnosis, f"only {n} finite point(s) of {main_tag}; a trend needs at least {MIN_POINTS}")
-    _secondary(diagnosis, curves, tags)
     for rule in (_diverged, _plateau, _lr_too_high, _overfitting, _lr_too_low, _underfitting,
                  _still_improving, _healthy):
         if rule(diagnosis, curves, main, main_series):
             break
+    _secondary(diagnosis, curves, tags)
     if "val_loss" not in tags:
         diagnosis.confidence *= 0.85
         diagnosis.findings.append(Finding(
@@ -115,7 +116,7 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
     exploded = main.end > max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) and main.start > 0
     # fell, then climbed back to the untrained level (a collapse: e.g. the lr jumped)
     collapsed = main.end > main.low * COLLAPSED_OVER_LOW and main.end > main.start * COLLAPSED_NEAR_START
-    if first_bad is None and not (exploded or collapsed):
+    if first_bad is None and not ((exploded or collapsed) and _sustained(main)):
         return False
     if first_bad is not None:
         step, tag = first_bad
@@ -133,7 +134,7 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
                           f"at the end (it started at {main.start:.4g})")
         d.confidence = 0.85
     if c.signals.grad_growth is not None and c.signals.grad_growth > 100:
-        d.evidence.append(f"gradient norm grew {c.signals.grad_growth:,.0f}x during the run")
+        d.evidence.append(f"gradient norm grew {c.signals.grad_growth:.3g}x during the run")
         d.confidence = min(0.98, d.confidence + 0.05)
     d.verdict = "diverged"
     d.marks.best_step, d.marks.best_value = _best(c)
@@ -168,7 +169,7 @@ def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
         d.marks.gap_step, d.marks.gap = int(c.val_series.steps[-1]), v.end - t.end
     d.suggestions += [
         f"best validation loss at step {v.low_step:,}: keep that checkpoint "
-        "(savegame: Keep(best=...) on the validation loss; savegame export RUN --best)",
+        "(savegame: Keep(best=...) on the validation loss; savegame export RUN --best -o model.safetensors)",
         "stop earlier: Run(..., doctor=Doctor(overfit_patience=5)) stops and saves once it is past the minimum",
         "regularize: weight decay (AdamW weight_decay=0.05), dropout, data augmentation; or get more "
         "data / use a smaller model",
@@ -186,15 +187,21 @@ def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
     d.verdict = "lr_too_high"
     d.confidence = min(0.95, 0.55 + 0.15 * (noisy + val_noisy + big_updates))
     if noisy:
-        d.evidence.append(f"the training loss jumps {main.noise:.0%} around its trend in the second half "
-                          f"(it ended at {main.end:.4g}, lowest {main.low:.4g})")
+        low, high = np.percentile(main.raw[len(main.raw) // 2:], [5, 95])
+        d.evidence.append(f"the training loss swings between {low:.3g} and {high:.3g} in the second half of "
+                          f"the run (typical jump {main.noise:.0%} of its trend)")
     if val_noisy:
         d.evidence.append(f"the validation loss jumps {c.val.noise:.0%} from one evaluation to the next")
-    if ratio is not None:
-        d.evidence.append(f"median update/weight ratio {ratio:.1e} per step (healthy: about 1e-3)")
+    return _learning_rate_verdict(d, c, ["lower the learning rate 3-10x (or add a warmup and a decay schedule)",
+                                         "a larger batch also calms the updates; clip gradients if spikes remain"])
+
+
+def _learning_rate_verdict(d: Diagnosis, c: _Curves, suggestions: list[str]) -> bool:
+    """The common end of both learning-rate verdicts: the signals' word on it, the best step."""
+    if c.signals.update_ratio is not None:
+        d.evidence.append(f"median update/weight ratio {c.signals.update_ratio:.1e} per step (healthy: about 1e-3)")
     d.marks.best_step, d.marks.best_value = _best(c)
-    d.suggestions += ["lower the learning rate 3-10x (or add a warmup and a decay schedule)",
-                      "a larger batch also calms the updates; clip gradients if spikes remain"]
+    d.suggestions += suggestions
     return True
 
 
@@ -204,14 +211,14 @@ def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> b
         return False
     d.verdict = "plateau"
     d.confidence = 0.7 + min(0.25, (PLATEAU_PROGRESS - main.progress))
-    d.marks.plateau_start = int(main.steps[0])
+    d.marks.plateau_start = _flat_since(main)
     d.evidence.append(f"the loss stayed near its starting value {main.start:.4g} for the whole run "
                       f"(ended at {main.end:.4g}, {max(main.progress, 0):.0%} lower)")
     s = c.signals
-    if s.grad_total_end is not None and s.grad_total_end < 1e-4:
+    if s.grad_total_end is not None and s.grad_total_end < VANISHING:
         d.evidence.append(f"gradient norm is tiny ({s.grad_total_end:.1e}): vanishing gradients")
         d.confidence = min(0.97, d.confidence + 0.05)
-    if s.dead_relu is not None and s.dead_relu > 0.5:
+    if s.dead_relu is not None and s.dead_relu > DEAD_RELU:
         d.evidence.append(f"{s.dead_relu:.0%} of ReLU units are dead in the worst layer")
         d.confidence = min(0.97, d.confidence + 0.05)
     d.suggestions += [
@@ -235,12 +242,8 @@ def _lr_too_low(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -
     d.evidence.append(f"the loss fell slowly and almost in a straight line, {main.start:.4g} to {main.end:.4g} "
                       f"({main.progress:.0%}), and the last quarter of the run still made "
                       f"{main.late_share:.0%} of that progress")
-    if ratio is not None:
-        d.evidence.append(f"median update/weight ratio {ratio:.1e} (healthy: about 1e-3)")
-    d.marks.best_step, d.marks.best_value = _best(c)
-    d.suggestions += ["raise the learning rate 3-10x (an LR range test finds the largest stable one)",
-                      "Adam/AdamW with lr around 1e-3 is a forgiving default"]
-    return True
+    return _learning_rate_verdict(d, c, ["raise the learning rate 3-10x (an LR range test finds the largest "
+                                         "stable one)", "Adam/AdamW with lr around 1e-3 is a forgiving default"])
 
 
 def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
@@ -249,8 +252,8 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
         return False
     if v is not None and abs(v.end - t.end) > UNDERFIT_GAP * abs(t.end):
         return False  # a clear gap: not a capacity problem
-    acc = _last(c.acc_train)
-    if acc is not None and acc >= 0.9:
+    acc = _last(c.acc_train) if c.acc_train is not None else _last(c.acc_val)
+    if acc is not None and acc >= 0.9:  # it fits the data: a high loss is the task's, not the model's
         return False
     d.verdict = "underfitting"
     d.confidence = 0.6 + min(0.3, UNDERFIT_PROGRESS - t.progress)
@@ -258,7 +261,7 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
     d.evidence.append(f"training loss converged at {t.end:.4g}, still {t.end / t.start:.0%} of its start "
                       f"{t.start:.4g}{gap}")
     if acc is not None:
-        d.evidence.append(f"training accuracy only {acc:.1%}")
+        d.evidence.append(f"{'training' if c.acc_train is not None else 'validation'} accuracy only {acc:.1%}")
     d.marks.best_step, d.marks.best_value = _best(c)
     d.suggestions += ["the model cannot fit even the training data: make it bigger (width/depth) or "
                       "better suited (features, architecture)",
@@ -303,7 +306,7 @@ def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
     if c.train is not None and c.train.noise > NOISY:
         d.findings.append(Finding("noisy", f"{tags['train_loss']} is noisy: it jumps {c.train.noise:.0%} around "
                                            "its trend (small batches or a high learning rate)", severity="info"))
-    if c.train is not None and c.val is not None and c.val_series is not None:
+    if c.train is not None and c.val is not None and c.val_series is not None and d.verdict != "diverged":
         step = int(c.val_series.steps[min(c.val.points, len(c.val_series.steps)) - 1])
         gap = c.val.end - c.train.at(step)
         d.marks.gap_step, d.marks.gap = step, gap
@@ -355,6 +358,19 @@ def _first_nonfinite(c: _Curves) -> tuple[int, str] | None:
     found = [(f.nonfinite_step, name) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
              if f is not None and f.nonfinite_step is not None]
     return min(found) if found else None
+
+
+def _flat_since(f: CurveFeatures) -> int:
+    """The first step from which the smoothed loss stays within 5% (of its start) of its end."""
+    band = 0.05 * abs(f.start) + 1e-12
+    outside = np.flatnonzero(np.abs(f.smooth - f.end) > band)
+    return int(f.steps[outside[-1] + 1]) if len(outside) and outside[-1] + 1 < len(f.steps) else int(f.steps[0])
+
+
+def _sustained(f: CurveFeatures) -> bool:
+    """At least two points after the minimum are up there: one spike is not a divergence."""
+    level = max(f.low * COLLAPSED_OVER_LOW, f.start * COLLAPSED_NEAR_START, f.low * EXPLODED_OVER_LOW)
+    return int(np.sum(f.raw[f.steps > f.low_step] > min(level, f.end))) >= 2
 
 
 def _first_step_above(f: CurveFeatures, level: float) -> int:

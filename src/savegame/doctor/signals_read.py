@@ -21,6 +21,11 @@ from .curves import Series
 from .diagnosis import Finding
 
 PREFIX = "doctor/"
+UPDATE_HIGH = 1e-2       # update/weight ratio per step above this: a finding (cs231n: ~1e-3 is healthy)
+UPDATE_LOW = 1e-5        # ... below this: a finding
+VANISHING = 1e-5         # total gradient norm at the end below this: vanishing gradients
+EXPLODING_GROWTH = 1e3   # total gradient norm grew more than this factor: exploding gradients
+DEAD_RELU = 0.5          # a ReLU module with more dead units than this: dying ReLU
 
 
 @dataclass
@@ -39,10 +44,10 @@ def summarize_signals(scalars: Mapping[str, Series], prefix: str = PREFIX) -> Si
     ratios = [r for r in ratios if r is not None and r > 0]
     if ratios:
         summary.update_ratio = float(np.median(ratios))
-        if summary.update_ratio > 1e-2:
+        if summary.update_ratio > UPDATE_HIGH:
             summary.findings.append(Finding("update_ratio_high", f"updates are {summary.update_ratio:.1e} of the "
                                             "weights per step (healthy: about 1e-3): learning rate too high?"))
-        elif summary.update_ratio < 1e-5:
+        elif summary.update_ratio < UPDATE_LOW:
             summary.findings.append(Finding("update_ratio_low", f"updates are {summary.update_ratio:.1e} of the "
                                             "weights per step (healthy: about 1e-3): learning rate too low?"))
     total = scalars.get(f"{prefix}grad_norm/total")
@@ -53,12 +58,12 @@ def summarize_signals(scalars: Mapping[str, Series], prefix: str = PREFIX) -> Si
             first = float(finite[0])
             if first > 0:
                 summary.grad_growth = float(finite.max() / first)
-            if summary.grad_total_end < 1e-5:
+            if summary.grad_total_end < VANISHING:
                 summary.findings.append(Finding("vanishing_gradients", f"total gradient norm is "
                                                 f"{summary.grad_total_end:.1e} at the end: vanishing gradients"))
-            elif summary.grad_growth is not None and summary.grad_growth > 1e3:
+            elif summary.grad_growth is not None and summary.grad_growth > EXPLODING_GROWTH:
                 summary.findings.append(Finding("exploding_gradients", f"total gradient norm grew "
-                                                f"{summary.grad_growth:,.0f}x: exploding gradients"))
+                                                f"{summary.grad_growth:.3g}x: exploding gradients"))
         if len(finite) < len(total.values):
             summary.nonfinite_grads = int(len(total.values) - len(finite))
     dead = [(tag[len(prefix) + len("dead_relu/"):], float(s.values[-1])) for tag, s in scalars.items()
@@ -66,7 +71,7 @@ def summarize_signals(scalars: Mapping[str, Series], prefix: str = PREFIX) -> Si
     if dead:
         module, worst = max(dead, key=lambda item: item[1])
         summary.dead_relu = worst
-        if worst > 0.5:
+        if worst > DEAD_RELU:
             summary.findings.append(Finding("dead_relu", f"{worst:.0%} of the units of ReLU {module!r} never "
                                             "fire on a batch (dying ReLU)"))
     counts = scalars.get(f"{prefix}nonfinite_grads")

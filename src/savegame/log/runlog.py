@@ -3,7 +3,8 @@ records so a resume can cut the logs back to it.
 
 >>> import tempfile, pathlib
 >>> logs = RunLog(pathlib.Path(tempfile.mkdtemp()), saved={}, step=0, resumed=False)
->>> logs.log({"loss": 0.5}, step=1, reduce=("mean",))
+>>> logs.log({"loss": 0.5}, step=1, reduce=("mean",))   # returns the values as host copies
+{'loss': 0.5}
 >>> logs.end_of_epoch(step=1)
 >>> sorted(logs.state_dict()["files"].values())[0] > 0
 True

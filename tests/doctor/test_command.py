@@ -1,0 +1,45 @@
+"""`savegame doctor --plot` and `savegame report` from the command line."""
+
+import json
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter as TorchWriter
+
+from savegame.cli import main
+
+
+def logdir(root, name, *, nan_at=None):
+    with TorchWriter(str(root / name)) as w:
+        for step in range(1, 301):
+            train = 2 * np.exp(-step / 50) + 0.05
+            w.add_scalar("loss/train", float("nan") if nan_at and step >= nan_at else train, step)
+            if step % 10 == 0:
+                w.add_scalar("loss/val", train + 0.1 + max(step - 120, 0) * 0.004, step)
+        w.add_hparams({"lr": 0.1 if nan_at else 0.01}, {"hp/dummy": 0.0})
+
+
+def test_doctor_plot_writes_one_png_and_json_stays_clean(tmp_path, capsys):
+    logdir(tmp_path / "runs", "a")
+    logdir(tmp_path / "runs", "b", nan_at=200)
+    out = tmp_path / "curves.png"
+    assert main(["doctor", str(tmp_path / "runs"), "--json", "--plot", str(out)]) == 0
+    diagnoses = json.loads(capsys.readouterr().out)  # --json output stays parseable with --plot
+    assert [d["verdict"] for d in diagnoses] == ["overfitting", "diverged"]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_report_writes_one_html_with_every_run_of_every_root(tmp_path, capsys):
+    logdir(tmp_path / "exp1", "a")
+    logdir(tmp_path / "exp2", "b", nan_at=200)
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "exp1"), str(tmp_path / "exp2"), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "exp1/a" in text and "exp2/b" in text and "overfitting" in text and "diverged" in text
+    assert "data:image/png;base64," in text and "http://" not in text and "https://" not in text
+    assert f"report: {out}" in capsys.readouterr().out
+
+
+def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
