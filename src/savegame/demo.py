@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="delete the run folder first and start over")
     parser.add_argument("--break-at", type=int, default=None, metavar="EPOCH",
-                        help="from this epoch on (counted from 1), multiply the learning rate by 1000: "
+                        help="from this epoch on (2 or later), multiply the learning rate by 1000: "
                         "watch the doctor stop the diverging run and keep its best checkpoint")
 
 
@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = {**CONFIG, "epochs": args.epochs}
     if args.break_at is not None:
-        if args.break_at < 1:
-            raise CliError(f"--break-at must be an epoch number from 1, but got {args.break_at}")
+        if args.break_at < 2:  # the doctor needs a healthy start to tell a divergence from it
+            raise CliError(f"--break-at must be an epoch number from 2 (counted from 1), but got {args.break_at}")
         cfg["break_at"] = args.break_at
     try:
         train_set, (val_images, val_labels) = load_digits(cfg["val_fraction"], cfg["seed"])

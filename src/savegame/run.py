@@ -101,6 +101,7 @@ class Run:
         self._last_save_time: float | None = None
         self._finished = False
         self._stop_reason: str | None = None  # set by the doctor: save, end the loops, mark "stopped"
+        self._stop_saves = False  # whether the stop saves the current state (not a diverged one)
         self._signals = None
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ class Run:
         step = self.step if step is None else step
         hosts = self._logs.log(values, step=step, reduce=reduce, every_step=every_step)
         if self._doctor is not None and hosts:
-            self._doctor.observe(hosts, step)
+            self._doctor.observe(hosts, step, every_step=every_step, reduce=reduce)
 
     @property
     def should_stop(self) -> str | None:
@@ -229,6 +230,8 @@ class Run:
             self._restore_pending_rng()
             yield epoch
             self._logs.end_of_epoch(self.step)
+            if self._doctor is not None:
+                self._doctor.end_of_epoch(self.step)
             self._check_preemption()
             if self._stop_reason is not None:
                 self._stop_now()
@@ -251,11 +254,12 @@ class Run:
             if saved is not None:
                 continue_pass = saved["epoch"] == self.epoch and (saved["in_progress"] or saved["done"])
                 tracker.load_state_dict(saved, rng=self._resume_rng, continue_pass=continue_pass)
-        for batch in tracker.iterate(epoch=self.epoch, before_batch=self._check_preemption):
-            self.step += 1
-            yield batch
-            if self._stop_reason is not None:
-                return
+        try:
+            for batch in tracker.iterate(epoch=self.epoch, before_batch=self._before_batch):
+                self.step += 1
+                yield batch
+        except _Stopped:  # the doctor asked to stop: no next batch, in this epoch or a later one
+            return
 
     def save(self, *, metrics: Mapping[str, Any] | None = None, force: bool = False) -> CheckpointInfo | None:
         """Save a checkpoint if the save policy says so (or ``force``); returns it, else None.
@@ -270,7 +274,7 @@ class Run:
             metrics=metrics, last_save_step=self._last_save_step,
             last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time,
         )
-        if not (self.save_policy.should_save(context) or force or self._stop_reason is not None):
+        if not (self.save_policy.should_save(context) or force or self._stop_saves):
             return None
         return self._write(metrics, context.epochs_done)
 
@@ -279,12 +283,15 @@ class Run:
         if self._finished:
             return
         self._finished = True
-        if status == "finished" and self._stop_reason is not None:
+        stopped = status == "finished" and self._stop_reason is not None
+        if stopped:
             status, message = "stopped", self._stop_reason
         self._guard.uninstall()
         if self._signals is not None:
             self._signals.close()
         try:
+            if stopped:
+                self._stop_now()  # a loop without epochs(): the stop's save happens here
             self._logs.close(step=self.step, hparams_status=status if self.config else None)
             self._info["status"] = status
             self._info["message"] = message
@@ -381,29 +388,40 @@ class Run:
                           request_stop=self._request_stop)
 
     def _doctor_signals(self) -> Any:
-        """Signals on the first tracked model and optimizer, once both are tracked."""
+        """Signals on the tracked optimizer and the tracked module it trains, once both are
+        tracked (an EMA copy or a frozen teacher tracked first is skipped)."""
         import torch
 
         if self._doctor.config.every == 0:
             return None
-        model = next((o for o in self._objects.values() if isinstance(o, torch.nn.Module)), None)
         optimizer = next((o for o in self._objects.values() if isinstance(o, torch.optim.Optimizer)), None)
-        if model is None or optimizer is None:
+        if optimizer is None:
+            return None
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        model = next((o for o in self._objects.values() if isinstance(o, torch.nn.Module)
+                      and any(id(p) in trained for p in o.parameters())), None)
+        if model is None:
             return None
         from .doctor.signals import Signals
 
         return Signals(model, optimizer, every=self._doctor.config.every, step=lambda: self.step,
                        log=lambda values, step: self.log(values, step=step))
 
-    def _request_stop(self, reason: str) -> None:
+    def _request_stop(self, reason: str, save: bool) -> None:
         if self._stop_reason is None:
-            self._stop_reason = reason
+            self._stop_reason, self._stop_saves = reason, save
             print(f"savegame: {reason}", file=sys.stderr, flush=True)
 
+    def _before_batch(self) -> None:
+        self._check_preemption()
+        if self._stop_reason is not None:
+            raise _Stopped
+
     def _stop_now(self) -> None:
-        """The doctor asked to stop: save this step (unless saved already) and record why."""
+        """The doctor asked to stop: save this step (unless saved already, or diverged) and say why."""
         newest = self.checkpoints[-1] if self.checkpoints else None
-        if not (newest is not None and newest.step == self.step and self._last_save_step == self.step):
+        saved = newest is not None and newest.step == self.step and self._last_save_step == self.step
+        if self._stop_saves and not saved:
             self._write({}, self._epochs_done())
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
         write_run_info(self.dir, self._info)
@@ -435,6 +453,11 @@ class Run:
             warnings.warn(
                 f"{self.dir}/run.json was started with config {info.get('config')} and now gets "
                 f"{self.config}; continuing with the new one", stacklevel=4)
+        if info.get("status") == "stopped":
+            best = info.get("best") or {}
+            hint = f" To start again from the best checkpoint: Run(..., resume={best['step']})." if best.get("step") else ""
+            warnings.warn(f"{self.dir} was stopped early: {info.get('message')} Resuming from its newest "
+                          f"checkpoint.{hint}", stacklevel=4)
         info["config"] = self.config
         info["status"], info["message"] = "running", None
         return info
@@ -519,6 +542,10 @@ class Run:
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)
             self._pending_rng = None
+
+
+class _Stopped(Exception):
+    """Raised before a batch is fetched once the doctor asked the run to stop."""
 
 
 def _check_resume_argument(resume: Any) -> None:

@@ -43,3 +43,11 @@ def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope"), "-o", str(tmp_path / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_into_a_folder_is_a_clear_error_and_leaves_nothing_behind(tmp_path, capsys):
+    logdir(tmp_path / "exp", "a")
+    (tmp_path / "out").mkdir()
+    assert main(["report", str(tmp_path / "exp"), "-o", str(tmp_path / "out")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == [] and not list(tmp_path.glob("*.tmp"))

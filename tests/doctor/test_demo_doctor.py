@@ -37,3 +37,8 @@ def test_the_doctor_stops_a_diverging_demo_and_keeps_its_best_checkpoint(tmp_pat
     assert doctor["latest"]["verdict"] == "diverged"
     assert (folder / "report.html").is_file() and f"report: {folder / 'report.html'}" in out
     assert re.search(r"demo|broken", out) and "the doctor's diagnosis" in out
+
+
+def test_break_at_the_first_epoch_is_refused_with_the_reason(tmp_path, capsys):
+    assert demo.main(["--break-at", "1", "--dir", str(tmp_path / "d")]) == 2
+    assert "--break-at must be an epoch number from 2" in capsys.readouterr().err

@@ -22,7 +22,8 @@ def data(n=256, seed=0):
     return x, y
 
 
-def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, val_data=None, n=256):
+def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, val_data=None, n=256,
+          save=None):
     """A small regression loop the way a user writes it, with savegame; returns the Run."""
     torch.manual_seed(0)
     x, y = data(n)
@@ -30,7 +31,7 @@ def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
     net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
     opt = torch.optim.SGD(net.parameters(), lr=lr_at(0), momentum=0.9)
-    run = savegame.Run(run_dir, save=savegame.EveryEpochs(1),
+    run = savegame.Run(run_dir, save=save or savegame.EveryEpochs(1),
                        keep=keep or savegame.Keep(last=1, best=1, metric="loss/val"), doctor=doctor)
     with run:
         run.track(model=net, optimizer=opt)
@@ -132,3 +133,93 @@ def test_bad_doctor_arguments_are_clear_errors(tmp_path):
     with pytest.raises(TypeError, match="savegame.Doctor"):
         savegame.Run(tmp_path / "r", doctor="yes")
     savegame.Run(tmp_path / "r").finish()  # the folder is not left locked
+
+
+def test_validation_logged_batch_by_batch_is_one_point_per_epoch_for_the_doctor(tmp_path):
+    torch.manual_seed(0)
+    x, y = data(256)
+    xv, yv = data(128, seed=1)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DoctorWarning)  # no early alarm from per-batch points
+        with savegame.Run(tmp_path / "run", save=savegame.Never(), doctor=Doctor(every=0)) as run:
+            run.track(model=net, optimizer=opt)
+            for _ in run.epochs(3):
+                for xb, yb in run.iterate(list(zip(x.split(32), y.split(32)))):
+                    loss = nn.functional.mse_loss(net(xb), yb)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    run.log("loss/train", loss.detach())
+                with torch.no_grad():
+                    for xb, yb in zip(xv.split(16), yv.split(16)):  # 8 batches, mean per epoch
+                        run.log("loss/val", nn.functional.mse_loss(net(xb), yb), reduce="mean", every_step=False)
+    live = run._doctor
+    assert live._series["loss/val/epoch_mean"][0] == [8, 16, 24]
+    assert run.doctor.tags["val_loss"] == "loss/val/epoch_mean"
+
+
+def test_an_ema_tracked_first_does_not_break_the_signals(tmp_path):
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    ema = torch.optim.swa_utils.AveragedModel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with savegame.Run(tmp_path / "run", doctor=Doctor(every=1)) as run:
+        run.track(ema=ema, model=net, optimizer=opt)
+        assert run._signals is not None and run._signals._params[0] is net[0].weight
+    with pytest.raises(ValueError, match="every"):
+        Doctor(every=True)
+
+
+def test_after_a_stop_a_loop_of_ones_own_gets_no_more_batches_and_the_stop_is_saved(tmp_path):
+    net = nn.Linear(8, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    run = savegame.Run(tmp_path / "run", save=savegame.Never(), doctor=Doctor(every=0))
+    run.track(model=net, optimizer=opt)
+    batches = [torch.randn(4, 8) for _ in range(5)]
+    seen = 0
+    for epoch in range(4):  # the user's own epoch loop, no run.epochs(), no run.save()
+        for xb in run.iterate(batches):
+            seen += 1
+            if run.step == 7:
+                run._request_stop("test stop (overfitting)", True)
+    run.finish()
+    assert seen == 7 and run.step == 7
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "stopped" and [c.step for c in run.checkpoints] == [7]
+
+
+def test_a_diverged_stop_does_not_force_a_save_and_a_rerun_names_the_best_checkpoint(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DoctorWarning)
+        run = train(tmp_path / "run", epochs=30, lr_at=lambda epoch: 1e-2 if epoch < 6 else 5.0,
+                    save=savegame.OnImprovement("loss/val"), keep=savegame.Keep(last=2, best=1, metric="loss/val"))
+    assert run.should_stop and "diverged" in run.should_stop
+    # only the policy's saves (improvements): the diverged state at the stop was not saved
+    assert run.step not in {c.step for c in run.checkpoints}
+    best = json.loads((tmp_path / "run" / "run.json").read_text())["best"]["step"]
+    with pytest.warns(UserWarning, match=rf"stopped early.*resume={best}"):
+        savegame.Run(tmp_path / "run", doctor=True).finish()
+
+
+def test_relu_hooks_come_off_after_the_sample_even_if_a_relu_never_runs():
+    from savegame.doctor.signals import Signals
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act, self.unused = nn.Linear(4, 4), nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.fc(x))
+
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    signals = Signals(net, opt, every=5, log=lambda values, step: None)
+    for _ in range(12):
+        opt.zero_grad()
+        net(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        if signals._now() % 5 not in (4,):  # armed only for the forward right before a sample
+            assert not net.act._forward_hooks
+    signals.close()

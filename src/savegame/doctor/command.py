@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .curves import RunData, load_runs
+from .curves import LogdirError, RunData, load_runs
 from .diagnosis import Diagnosis
 
 VERDICT_STYLE = {"healthy": "green", "still_improving": "cyan", "overfitting": "yellow",
@@ -80,13 +80,17 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
         found, judged = diagnose_path(path, train_tag=args.train_tag, val_tag=args.val_tag)
         if len(args.runs) > 1:  # several roots: prefix each run with its root's name
             for run, diagnosis in zip(found, judged):
-                run.name = diagnosis.run = Path(path).name if run.name == "." else f"{Path(path).name}/{run.name}"
+                root = Path(path).resolve().name
+                run.name = diagnosis.run = root if run.name == "." else f"{root}/{run.name}"
         runs += found
         diagnoses += judged
-    out = write_report(runs, diagnoses, Path(args.output))
+    output = Path(args.output)
+    if output.is_dir():
+        raise LogdirError(f"-o {output} is a folder; name the HTML file to write, e.g. -o {output / 'report.html'}")
+    out = write_report(runs, diagnoses, output)
     console.print(table(diagnoses, title="diagnosis"))
     console.print(f"report: {out}", markup=False, soft_wrap=True)
-    return 0
+    return 0 if any(d.judged for d in diagnoses) else 1
 
 
 def table(diagnoses: list[Diagnosis], *, title: str) -> Any:

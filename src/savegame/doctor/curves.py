@@ -125,7 +125,7 @@ def _event_files(folder: Path) -> list[Path]:
 def _read_run(root: Path, folder: Path) -> RunData:
     name = folder.relative_to(root).as_posix() if folder != root else "."
     run = RunData(name=name, path=folder, info=_run_info(folder))
-    raw, hparams = _read_folder(folder)
+    raw, hparams = _read_folder(folder, run.notes)
     run.scalars = {tag: _clean(points, tag, run.notes) for tag, points in raw.items()}
     run.hparams = _config_hparams(run.info) or hparams
     return run
@@ -147,8 +147,10 @@ def _config_hparams(info: dict[str, Any] | None) -> dict[str, Any]:
     return hparams_from_config(info["config"])
 
 
-def _read_folder(folder: Path) -> tuple[dict[str, tuple[list[int], list[float]]], dict[str, Any]]:
-    """{tag: (steps, values)} in write order, and the hparams of a session start, if any."""
+def _read_folder(folder: Path, notes: list[Finding] | None = None
+                 ) -> tuple[dict[str, tuple[list[int], list[float]]], dict[str, Any]]:
+    """{tag: (steps, values)} in write order, and the hparams of a session start, if any; an
+    event file with no valid record at all is named in ``notes``."""
     from tensorboard.compat.proto import event_pb2
 
     from .eventscan import scan_scalars
@@ -161,7 +163,9 @@ def _read_folder(folder: Path) -> tuple[dict[str, tuple[list[int], list[float]]]
         except OSError:
             continue  # unreadable: the folder's other files still count
         others: list[bytes] = []
-        scan_scalars(blob, scalars, others)  # stops at a torn tail, as TensorBoard does
+        if not scan_scalars(blob, scalars, others) and blob and notes is not None:  # stops at a torn tail
+            notes.append(Finding("unreadable", f"{path.name} holds no valid event record (damaged, or not "
+                                 "an event file): it was skipped"))
         for record in others:  # everything but plain scalars: protobuf
             try:
                 event = event_pb2.Event.FromString(record)

@@ -6,13 +6,15 @@ plain scalar event (what ``add_scalar`` writes: wall time, step, then ``Summary.
 tag and a ``simple_value``) is decoded here by hand in about 2 µs, and every other record (file
 version, images, histograms, hparams, tensor-style scalars) is handed back as bytes for protobuf.
 Both checksums of every record are verified; a torn or damaged record ends the file, as in
-TensorBoard. ``tests/doctor/test_eventscan.py`` compares the result with tensorboard's own
-``EventAccumulator`` on files from torch's writer, savegame's and protobuf-built ones.
+TensorBoard. A test compares the result with tensorboard's own
+``EventAccumulator`` on files from torch's writer, tensorboardX's and savegame's
+(``tests/doctor/test_curves.py``).
 
 >>> from savegame.log.records import scalar_record, scalar_value_entry
 >>> blob = scalar_record(1.0, 7, [scalar_value_entry("loss", 0.5), scalar_value_entry("acc", 0.25)])
 >>> found, others = {}, []
->>> scan_scalars(blob, found, others)
+>>> scan_scalars(blob, found, others) == len(blob)
+True
 >>> found, others
 ({'loss': ([7], [0.5]), 'acc': ([7], [0.25])}, [])
 """
@@ -30,30 +32,31 @@ _crc = google_crc32c.value
 _MASK_DELTA = 0xA282EAD8
 
 
-def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]], others: list[bytes]) -> None:
+def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]], others: list[bytes]) -> int:
     """Append ``blob``'s plain scalars to ``found`` ({tag: (steps, values)}, in file order) and
-    every other complete record's data to ``others``."""
+    every other complete record's data to ``others``; return the bytes read (the valid part)."""
     pos, size = 0, len(blob)
     while pos + 12 <= size:
         header = blob[pos:pos + 8]
         crc = _crc(header)
         if _U32(blob, pos + 8)[0] != (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF:
-            return
+            return pos
         (length,) = _U64(header)
         end = pos + 12 + length
         if end + 4 > size:
-            return  # torn: the writer was killed mid-record
+            return pos  # torn: the writer was killed mid-record
         data = blob[pos + 12:end]
         crc = _crc(data)
         if _U32(blob, end)[0] != (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF:
-            return
+            return pos
         pos = end + 4
         try:
             plain = _plain_scalars(data, found)
-        except IndexError:  # checksummed but malformed: let protobuf judge it
+        except (IndexError, struct.error):  # checksummed but malformed: let protobuf judge it
             plain = False
         if not plain:
             others.append(data)
+    return pos
 
 
 def _plain_scalars(data: bytes, found: dict[str, tuple[list[int], list[float]]]) -> bool:

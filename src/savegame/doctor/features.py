@@ -37,9 +37,10 @@ class CurveFeatures:
     late_share: float          # share of the total drop made in the last quarter of the steps
     early_share: float         # share made in the first quarter
     noise: float               # median |raw - smooth| / |smooth| over the second half
-    nonfinite_step: int | None  # first step holding NaN / inf
-    nonfinite_count: int
-    points: int                # finite points before the first non-finite one
+    nonfinite_step: int | None  # first step of the NaN/inf values the curve ENDS with (it never recovered)
+    nonfinite_count: int       # every NaN/inf value, also the transient ones (an AMP overflow)
+    first_nonfinite_step: int | None  # the first NaN/inf anywhere
+    points: int                # finite points the features are computed from
 
     def at(self, step: int) -> float:
         """The smoothed value at (or just before) ``step``."""
@@ -53,13 +54,16 @@ class CurveFeatures:
 
 
 def curve_features(steps: np.ndarray, values: np.ndarray) -> CurveFeatures | None:
-    """Features of one curve, from its finite part before the first NaN/inf; None when fewer
-    than 2 finite points precede it."""
+    """Features of one curve's finite points, up to the NaN/inf values it ends with (if it does);
+    a NaN/inf it recovered from is skipped. None when fewer than 2 finite points are left."""
     finite = np.isfinite(values)
     bad = np.flatnonzero(~finite)
-    nonfinite_step = int(steps[bad[0]]) if len(bad) else None
-    cut = int(bad[0]) if len(bad) else len(values)
-    s, v = steps[:cut], values[:cut].astype(np.float64)
+    cut = len(values)
+    while cut > 0 and not finite[cut - 1]:
+        cut -= 1  # the trailing run of NaN/inf: the curve died there
+    nonfinite_step = int(steps[cut]) if cut < len(values) else None
+    keep = finite[:cut]
+    s, v = steps[:cut][keep], values[:cut][keep].astype(np.float64)
     if len(v) < 2:
         return None
     s, v = _bucket(s, v)
@@ -78,7 +82,8 @@ def curve_features(steps: np.ndarray, values: np.ndarray) -> CurveFeatures | Non
         high_after_low=float(smooth[i_low:].max()), high_before_low=float(max(smooth[:i_low + 1].max(), start)),
         progress=total_drop / scale, late_share=0.0,
         early_share=0.0, noise=_noise(v, smooth), nonfinite_step=nonfinite_step,
-        nonfinite_count=int(len(bad)), points=cut)
+        nonfinite_count=int(len(bad)), first_nonfinite_step=int(steps[bad[0]]) if len(bad) else None,
+        points=int(keep.sum()))
     if total_drop > 1e-12 * scale:
         features.late_share = features.drop_between(0.75, 1.0) / total_drop
         features.early_share = features.drop_between(0.0, 0.25) / total_drop

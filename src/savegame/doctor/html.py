@@ -139,9 +139,7 @@ def _comparison(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis]) -> str:
     rows = []
     for i, (run, d) in enumerate(zip(runs, diagnoses)):
         val = _role(run, d, "val_loss")
-        best = _best(val, "min")
-        if d.marks.best_step is not None and d.marks.best_value is not None and val is not None:
-            best = (d.marks.best_value, d.marks.best_step)  # the rules' own choice of best, if they made one
+        best = _best(val, "min")  # the logged value (what a checkpoint's metric holds), not a smoothed one
         row = [f'<a href="#{_anchor(i)}">{_e(run.name)}</a>',
                _verdict(d) if d.judged else f"cannot judge: {_e(d.cannot_judge)}",
                f"{d.confidence:.0%}" if d.judged else "—",
@@ -249,6 +247,9 @@ def write_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], path: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # a reader (a browser refreshing) never sees half a page
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)  # a reader (a browser refreshing) never sees half a page
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

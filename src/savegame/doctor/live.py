@@ -29,6 +29,7 @@ from .diagnosis import Diagnosis
 from .tags import _role
 
 
+MAX_KEPT = 200_000  # points kept per tag in memory before the older half is averaged in pairs
 MIN_VALIDATIONS = 5  # before this many validations, only "diverged" warns or stops
 ALARMS = ("overfitting", "underfitting", "diverged", "plateau", "lr_too_high", "lr_too_low")  # warned about
 
@@ -57,9 +58,10 @@ class Doctor:
     val_tag: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.every, int) or self.every < 0:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
             raise ValueError(f"Doctor(every=...) must be an int >= 0 (0: no signals), but got {self.every!r}")
-        if self.overfit_patience is not None and (not isinstance(self.overfit_patience, int)
+        if self.overfit_patience is not None and (isinstance(self.overfit_patience, bool)
+                                                  or not isinstance(self.overfit_patience, int)
                                                   or self.overfit_patience < 1):
             raise ValueError("Doctor(overfit_patience=...) must be None or an int >= 1 (validations past the "
                              f"best one), but got {self.overfit_patience!r}")
@@ -79,12 +81,14 @@ class LiveDoctor:
     """A Run's doctor: fed by ``run.log``, judges at each validation, asks the run to stop."""
 
     def __init__(self, config: Doctor, run_dir: Path, *, resumed_at: int | None,
-                 write_text: Callable[[str, int], None], request_stop: Callable[[str], None]) -> None:
+                 write_text: Callable[[str, int], None], request_stop: Callable[[str, bool], None]) -> None:
         self.config = config
         self.dir = run_dir
         self._write_text = write_text
         self._request_stop = request_stop
         self._series: dict[str, tuple[list[int], list[Any]]] = {}
+        self._resolved: dict[str, int] = {}  # per tag: values before this index are floats
+        self._epoch_values: dict[str, list[Any]] = {}  # run.log(..., every_step=False): this epoch's
         self._roles: dict[str, str | None] = {}
         self._seen: set[str] = set()
         self.history: list[dict[str, Any]] = []
@@ -94,21 +98,41 @@ class LiveDoctor:
             for tag, series in read_run(run_dir).scalars.items():
                 if self._keeps(tag):
                     self._series[tag] = (series.steps.tolist(), series.values.tolist())
+                    self._resolved[tag] = len(series)
             self.history = [h for h in _read_history(run_dir) if h.get("step", 0) <= resumed_at]
             for entry in self.history:  # what was warned about before is not warned again
                 self._seen.add(f"verdict:{entry.get('verdict')}")
                 self._seen.update(f"finding:{f.get('kind')}" for f in entry.get("findings", ()))
 
-    def observe(self, values: Mapping[str, Any], step: int) -> None:
-        """Values as ``run.log`` got them (floats, or host copies in flight for CUDA tensors)."""
+    def observe(self, values: Mapping[str, Any], step: int, *, every_step: bool = True,
+                reduce: Any = None) -> None:
+        """Values as ``run.log`` got them (floats, or host copies in flight for CUDA tensors).
+
+        ``run.log(..., reduce="mean", every_step=False)`` values (a validation logged batch by
+        batch) are averaged here and become one point, ``<tag>/epoch_mean`` as the run's logs
+        name it, at :meth:`end_of_epoch`."""
         validation = False
         for tag, value in values.items():
-            if not self._keeps(tag):
+            if not every_step:
+                if reduce is not None and "mean" in (reduce if isinstance(reduce, tuple) else (reduce,)):
+                    self._epoch_values.setdefault(f"{tag}/epoch_mean", []).append(value)
                 continue
-            steps, kept = self._series.setdefault(tag, ([], []))
-            steps.append(step)
-            kept.append(value)
-            validation = validation or self._roles[tag] == "val_loss"
+            if self._keeps(tag):
+                self._append(tag, step, value)
+                validation = validation or self._roles[tag] == "val_loss"
+        if validation:
+            self.check(step)
+
+    def end_of_epoch(self, step: int) -> None:
+        """The epoch means of the values logged with ``every_step=False``."""
+        from ..log.host import resolve
+
+        pending, self._epoch_values = self._epoch_values, {}
+        validation = False
+        for tag, values in pending.items():
+            if self._keeps(tag):
+                self._append(tag, step, float(np.mean([float(resolve(v)) for v in values])))
+                validation = validation or self._roles[tag] == "val_loss"
         if validation:
             self.check(step)
 
@@ -137,7 +161,9 @@ class LiveDoctor:
                                                              validations_past_best=self._past_best(diagnosis))
         self.seconds += time.perf_counter() - started
         if reason is not None:
-            self._request_stop(f"the doctor stopped the run at step {step:,}: {reason}. {diagnosis.line()}")
+            # a diverged state is not worth a save (it could push a good checkpoint out); overfitting is
+            self._request_stop(f"the doctor stopped the run at step {step:,}: {reason}. {diagnosis.line()}",
+                               diagnosis.verdict != "diverged")
         return diagnosis
 
     # -- internals ---------------------------------------------------------------------------
@@ -158,27 +184,52 @@ class LiveDoctor:
     def _known(self, tag: str | None) -> str | None:
         return tag if tag is not None and tag in self._series else None
 
-    def _as_series(self) -> dict[str, Series]:
+    def _append(self, tag: str, step: int, value: Any) -> None:
+        steps, values = self._series.setdefault(tag, ([], []))
+        steps.append(step)
+        values.append(value)
+        if len(steps) > MAX_KEPT:
+            self._compact(tag)
+
+    def _compact(self, tag: str) -> None:
+        """Memory stays bounded on long runs: the older half is averaged in pairs (the rules bucket
+        long curves to 2,000 points anyway)."""
+        self._resolve(tag)
+        steps, values = self._series[tag]
+        half = (len(steps) // 2) & ~1
+        old_steps = np.asarray(steps[:half]).reshape(-1, 2)[:, 1].tolist()
+        old_values = np.asarray(values[:half], dtype=np.float64).reshape(-1, 2).mean(axis=1).tolist()
+        self._series[tag] = (old_steps + steps[half:], old_values + values[half:])
+        self._resolved[tag] = len(self._series[tag][0])
+
+    def _resolve(self, tag: str) -> None:
         from ..log.host import resolve
+
+        values = self._series[tag][1]
+        for i in range(self._resolved.get(tag, 0), len(values)):
+            if not isinstance(values[i], float):
+                values[i] = float(resolve(values[i]))  # a CUDA copy: done by now, or soon
+        self._resolved[tag] = len(values)
+
+    def _as_series(self) -> dict[str, Series]:
         from .curves import _clean
 
         out = {}
         for tag, (steps, values) in self._series.items():
-            for i, value in enumerate(values):
-                if not isinstance(value, float):
-                    values[i] = value = float(resolve(value))  # a CUDA copy: done by now, or soon
+            self._resolve(tag)
             out[tag] = _clean((steps, values), tag, [])
         return out
 
-    def _validations(self, diagnosis: Diagnosis) -> int:
+    def _val_steps(self, diagnosis: Diagnosis) -> np.ndarray:
         tag = diagnosis.tags.get("val_loss")
-        return len(self._series[tag][0]) if tag in self._series else 0
+        return np.unique(self._series[tag][0]) if tag in self._series else np.zeros(0, dtype=np.int64)
+
+    def _validations(self, diagnosis: Diagnosis) -> int:
+        return len(self._val_steps(diagnosis))
 
     def _past_best(self, diagnosis: Diagnosis) -> int:
-        tag, best = diagnosis.tags.get("val_loss"), diagnosis.marks.best_step
-        if tag is None or best is None:
-            return 0
-        return int(np.sum(np.asarray(self._series[tag][0]) > best))
+        best = diagnosis.marks.best_step
+        return 0 if best is None else int(np.sum(self._val_steps(diagnosis) > best))
 
     def _warn(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
         if f"verdict:{diagnosis.verdict}" in new:

@@ -69,6 +69,14 @@ class _Curves:
 
 def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None = None) -> Diagnosis:
     """The diagnosis of one run. Never raises on odd data: it says "cannot judge" instead."""
+    try:
+        return _diagnose(run, train_tag=train_tag, val_tag=val_tag)
+    except Exception as error:  # a rule's bug must not cost the other runs (or a training run) anything
+        return _cannot(Diagnosis(run=run.name), f"the doctor failed on this run ({type(error).__name__}: {error}); "
+                                                "please report it with the run's event files")
+
+
+def _diagnose(run: RunData, *, train_tag: str | None, val_tag: str | None) -> Diagnosis:
     diagnosis = Diagnosis(run=run.name)
     diagnosis.findings.extend(run.notes)
     missing = [t for t in (train_tag, val_tag) if t is not None and t not in run.scalars]
@@ -102,7 +110,7 @@ def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None 
         if rule(diagnosis, curves, main, main_series):
             break
     _secondary(diagnosis, curves, tags)
-    if "val_loss" not in tags:
+    if "val_loss" not in tags and diagnosis.judged:
         diagnosis.confidence *= 0.85
         diagnosis.findings.append(Finding(
             "no_validation", "no validation loss found: overfitting cannot be seen; log one "
@@ -119,10 +127,10 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
     if first_bad is None and not ((exploded or collapsed) and _sustained(main)):
         return False
     if first_bad is not None:
-        step, tag = first_bad
+        step, name, bad = first_bad
         d.marks.diverged_step = step
-        d.evidence.append(f"{tag} became NaN/inf at step {step:,} after falling to "
-                          f"{main.low:.4g} at step {main.low_step:,}")
+        d.evidence.append(f"{name} became NaN/inf at step {step:,} and stayed so, after falling to "
+                          f"{bad.low:.4g} at step {bad.low_step:,}")
         d.confidence = 0.95
     else:
         level = (max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) if exploded else
@@ -212,8 +220,12 @@ def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> b
     d.verdict = "plateau"
     d.confidence = 0.7 + min(0.25, (PLATEAU_PROGRESS - main.progress))
     d.marks.plateau_start = _flat_since(main)
-    d.evidence.append(f"the loss stayed near its starting value {main.start:.4g} for the whole run "
-                      f"(ended at {main.end:.4g}, {max(main.progress, 0):.0%} lower)")
+    if np.ptp(main.raw) == 0:
+        d.evidence.append(f"the loss is exactly {main.end:.4g} at every step: is it computed from the model's "
+                          "output (not a constant or a detached tensor), and logged from the right variable?")
+    else:
+        d.evidence.append(f"the loss stayed near its starting value {main.start:.4g} (ended at {main.end:.4g}, "
+                          f"{max(main.progress, 0):.0%} lower), flat since step {d.marks.plateau_start:,}")
     s = c.signals
     if s.grad_total_end is not None and s.grad_total_end < VANISHING:
         d.evidence.append(f"gradient norm is tiny ({s.grad_total_end:.1e}): vanishing gradients")
@@ -258,8 +270,8 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
     d.verdict = "underfitting"
     d.confidence = 0.6 + min(0.3, UNDERFIT_PROGRESS - t.progress)
     gap = "" if v is None else f"; validation ends at {v.end:.4g}, close to it"
-    d.evidence.append(f"training loss converged at {t.end:.4g}, still {t.end / t.start:.0%} of its start "
-                      f"{t.start:.4g}{gap}")
+    share = f", still {t.end / t.start:.0%} of its start {t.start:.4g}" if t.start > 0 else ""
+    d.evidence.append(f"training loss converged at {t.end:.4g}{share}{gap}")
     if acc is not None:
         d.evidence.append(f"{'training' if c.acc_train is not None else 'validation'} accuracy only {acc:.1%}")
     d.marks.best_step, d.marks.best_value = _best(c)
@@ -292,7 +304,8 @@ def _healthy(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> b
     d.evidence.append(f"{'validation' if c.val else 'training'} loss converged: {judged.start:.4g} to "
                       f"{judged.end:.4g}, flat over the last quarter")
     if d.marks.best_step is not None:
-        d.suggestions.append(f"best validation loss at step {d.marks.best_step:,}: keep that checkpoint")
+        d.suggestions.append(f"best {'validation' if c.val else 'training'} loss at step {d.marks.best_step:,}: "
+                             "keep that checkpoint")
     return True
 
 
@@ -300,14 +313,15 @@ def _healthy(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> b
 def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
     for features, role in ((c.train, "train_loss"), (c.val, "val_loss")):
         if features is not None and features.nonfinite_count:
+            recovered = "" if features.nonfinite_step is not None else "; the curve recovered, they are skipped"
             d.findings.append(Finding("nan", f"{tags[role]} holds {features.nonfinite_count} NaN/inf value(s), "
-                                             f"the first at step {features.nonfinite_step:,}",
-                                      step=features.nonfinite_step))
+                                             f"the first at step {features.first_nonfinite_step:,}{recovered}",
+                                      step=features.first_nonfinite_step))
     if c.train is not None and c.train.noise > NOISY:
         d.findings.append(Finding("noisy", f"{tags['train_loss']} is noisy: it jumps {c.train.noise:.0%} around "
                                            "its trend (small batches or a high learning rate)", severity="info"))
     if c.train is not None and c.val is not None and c.val_series is not None and d.verdict != "diverged":
-        step = int(c.val_series.steps[min(c.val.points, len(c.val_series.steps)) - 1])
+        step = int(c.val.steps[-1])  # the last finite validation
         gap = c.val.end - c.train.at(step)
         d.marks.gap_step, d.marks.gap = step, gap
         if c.train.end > 0 and gap > 0.5 * c.train.end and gap > 0.02:
@@ -347,17 +361,24 @@ def _tag_list(run: RunData) -> str:
 
 
 def _early_nonfinite(series: Series) -> tuple[int, int] | None:
-    """(first non-finite step, finite points before it) when that leaves too few to judge."""
-    bad = np.flatnonzero(~np.isfinite(series.values))
-    if len(bad) and bad[0] < MIN_POINTS:
-        return int(series.steps[bad[0]]), int(bad[0])
+    """(step, finite points before it) when the series ends in NaN/inf that began so early that
+    too few finite points are left to judge."""
+    finite = np.isfinite(series.values)
+    if not len(finite) or finite[-1]:
+        return None  # it ends finite: any NaN/inf was transient
+    cut = len(finite)
+    while cut > 0 and not finite[cut - 1]:
+        cut -= 1
+    if int(finite[:cut].sum()) < MIN_POINTS:
+        return int(series.steps[cut]), int(finite[:cut].sum())
     return None
 
 
-def _first_nonfinite(c: _Curves) -> tuple[int, str] | None:
-    found = [(f.nonfinite_step, name) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
+def _first_nonfinite(c: _Curves) -> tuple[int, str, CurveFeatures] | None:
+    """(step, name, features) of the first curve that ends in NaN/inf, if any."""
+    found = [(f.nonfinite_step, name, f) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
              if f is not None and f.nonfinite_step is not None]
-    return min(found) if found else None
+    return min(found, key=lambda item: item[0]) if found else None
 
 
 def _flat_since(f: CurveFeatures) -> int:

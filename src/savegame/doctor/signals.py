@@ -107,6 +107,7 @@ class Signals:
             pending, self._pending = self._pending, None
             with torch.no_grad():
                 self._finish(pending)
+            self._disarm()  # also when a ReLU module never ran: its hook must not stay on forever
         if self._relus and (self._now() + 1) % self._every == 0:
             self._arm()
 
