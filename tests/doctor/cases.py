@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -60,16 +61,20 @@ class Case:
     label: str
     task: str
     hidden: tuple[int, ...] = (64,)
-    act: str = "relu"                  # relu | tanh | sigmoid
+    act: str = "relu"                  # relu | tanh | sigmoid | gelu | elu | leaky_relu | silu
+    arch: str = "mlp"                  # mlp | cnn (classification: ``hidden`` are 3x3 conv channels)
     dropout: float = 0.0
     input_noise: float = 0.0           # std of Gaussian noise added to training inputs
-    optimizer: str = "adam"            # adam | adamw | sgd
+    optimizer: str = "adam"            # adam | adamw | sgd | rmsprop
     lr: float = 1e-3
     momentum: float = 0.0
+    nesterov: bool = False             # sgd only
     weight_decay: float = 0.0
     warmup_to: float | None = None     # lr goes linearly from ``lr`` to this over ``warmup_epochs``
     warmup_epochs: int = 1
+    cosine: bool = False               # lr decays from ``lr`` to 0 over the run (cosine; no warmup)
     bias_init: float | None = None     # constant for every hidden bias (a negative one kills ReLUs)
+    init_gain: float | None = None     # multiplies every hidden weight after the default init
     epochs: int = 30
     batch: int = 64
     n_train: int = 1000
@@ -122,6 +127,38 @@ CASES: list[Case] = [
          tags=_tags("loss/train", "loss/val", "lr")),
 ]
 
+# Held out: other recipes (architectures, widths, depths, optimizers, learning rates, batch sizes,
+# data sizes, epochs, activations) to measure how rules tuned on ``CASES`` generalize.
+HELDOUT: list[Case] = [
+    Case("healthy_cnn_h1", "healthy", CLS, arch="cnn", hidden=(16, 32), optimizer="adamw", lr=2e-3,
+         weight_decay=0.05, cosine=True, batch=128, n_train=1297, epochs=30,
+         tags=_tags("Train/Loss", "Val/Loss", "LR", "Val/Acc")),
+    Case("healthy_dropout_h2", "healthy", REG, hidden=(256,), act="leaky_relu", dropout=0.4,
+         optimizer="sgd", lr=0.02, momentum=0.9, nesterov=True, batch=32, n_train=2000, epochs=40,
+         tags=_tags("loss_train", "loss_val", "lr")),
+    Case("overfit_h3", "overfitting", CLS, hidden=(512,), act="tanh", optimizer="sgd", lr=0.05,
+         momentum=0.9, n_train=150, label_noise=0.4, batch=16, epochs=120,
+         tags=_tags("training/loss", "validation/loss", "training/lr", "validation/accuracy")),
+    Case("overfit_h4", "overfitting", REG, hidden=(128, 128, 128), act="elu", optimizer="rmsprop", lr=1e-3,
+         n_train=80, noise=0.8, batch=16, epochs=300, tags=_tags("Loss/Train", "Loss/Val", "lr")),
+    Case("underfit_h5", "underfitting", CLS, hidden=(32,), optimizer="sgd", lr=0.1, momentum=0.9,
+         weight_decay=0.05, epochs=40, tags=_tags("loss", "val_loss", "lr", "val_acc")),
+    Case("underfit_h6", "underfitting", REG, hidden=(2,), act="sigmoid", lr=1e-2, batch=128,
+         n_train=2000, epochs=60, tags=_tags("train/mse", "val/mse", "lr")),
+    Case("diverged_h7", "diverged", CLS, hidden=(64, 64), act="gelu", lr=1e-3, warmup_to=1.0,
+         warmup_epochs=15, batch=32, epochs=25, tags=_tags("loss/training", "loss/validation", "lr", "acc")),
+    Case("plateau_h8", "plateau", REG, hidden=(32,) * 6, act="tanh", optimizer="sgd", lr=0.01,
+         init_gain=0.05, epochs=40, tags=_tags("Train Loss", "Val Loss", "Learning Rate")),
+    Case("lr_too_high_h9", "lr_too_high", CLS, hidden=(256,), act="tanh", optimizer="sgd", lr=0.3,
+         momentum=0.95, batch=32, epochs=20, tags=_tags("train/loss", "eval/loss", "train/lr", "eval/acc")),
+    Case("lr_too_low_h10", "lr_too_low", REG, hidden=(128, 128), act="gelu", lr=1e-5, batch=32,
+         epochs=30, tags=_tags("loss/train", "loss/eval", "lr")),
+    Case("still_improving_h11", "still_improving", CLS, hidden=(256,), act="elu", optimizer="rmsprop",
+         lr=1e-4, batch=32, epochs=8, tags=_tags("Loss/train", "Loss/test", "lr", "Accuracy/test")),
+    Case("still_improving_h12", "still_improving", REG, hidden=(128, 128, 128), act="silu", optimizer="sgd",
+         lr=3e-3, momentum=0.9, nesterov=True, epochs=20, tags=_tags("train_mse", "val_mse", "lr")),
+]
+
 
 # -- data -------------------------------------------------------------------------------------
 
@@ -155,16 +192,40 @@ def _data(case: Case) -> tuple[torch.Tensor, ...]:
 
 # -- one training ----------------------------------------------------------------------------
 
-ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU,
+        "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+
+
+def _cnn(case: Case, n_out: int) -> nn.Module:
+    """The 8x8 digit images through 3x3 convolutions (``hidden`` channels), a 2x2 max-pool and a linear head."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, 8, 8))]
+    width = 1
+    for c in case.hidden:
+        conv = nn.Conv2d(width, c, 3, padding=1)
+        if case.init_gain is not None:
+            with torch.no_grad():
+                conv.weight.mul_(case.init_gain)
+        layers += [conv, ACTS[case.act]()]
+        width = c
+    layers += [nn.MaxPool2d(2), nn.Flatten()]
+    if case.dropout:
+        layers.append(nn.Dropout(case.dropout))
+    layers.append(nn.Linear(width * 16, n_out))
+    return nn.Sequential(*layers)
 
 
 def _model(case: Case, n_in: int, n_out: int) -> nn.Module:
+    if case.arch == "cnn":
+        return _cnn(case, n_out)
     layers: list[nn.Module] = []
     width = n_in
     for h in case.hidden:
         linear = nn.Linear(width, h)
         if case.bias_init is not None:
             nn.init.constant_(linear.bias, case.bias_init)
+        if case.init_gain is not None:
+            with torch.no_grad():
+                linear.weight.mul_(case.init_gain)
         layers += [linear, ACTS[case.act]()]
         if case.dropout:
             layers.append(nn.Dropout(case.dropout))
@@ -175,8 +236,14 @@ def _model(case: Case, n_in: int, n_out: int) -> nn.Module:
 
 def _optimizer(case: Case, model: nn.Module) -> torch.optim.Optimizer:
     if case.optimizer == "sgd":
+        if case.nesterov:
+            return torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.momentum,
+                                   weight_decay=case.weight_decay, nesterov=True)
         return torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.momentum,
                                weight_decay=case.weight_decay)
+    if case.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=case.lr, momentum=case.momentum,
+                                   weight_decay=case.weight_decay)
     kind = torch.optim.AdamW if case.optimizer == "adamw" else torch.optim.Adam
     return kind(model.parameters(), lr=case.lr, weight_decay=case.weight_decay)
 
@@ -195,6 +262,7 @@ def run_case(case: Case, out_dir: Path, *, signals: bool = True) -> None:
     loss_fn = nn.CrossEntropyLoss() if classify else nn.MSELoss()
     steps_per_epoch = -(-len(x_train) // case.batch)
     warmup_steps = case.warmup_epochs * steps_per_epoch
+    total_steps = case.epochs * steps_per_epoch
     tags = case.tags
     with SummaryWriter(str(out_dir / case.name)) as writer:
         watcher = None
@@ -210,6 +278,9 @@ def run_case(case: Case, out_dir: Path, *, signals: bool = True) -> None:
                     lr = case.lr + (case.warmup_to - case.lr) * min(1.0, step / warmup_steps)
                     for group in opt.param_groups:
                         group["lr"] = lr
+                elif case.cosine:
+                    for group in opt.param_groups:
+                        group["lr"] = case.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 xb, yb = x_train[order[i:i + case.batch]], y_train[order[i:i + case.batch]]
                 if case.input_noise:
                     xb = xb + case.input_noise * torch.randn_like(xb)
@@ -231,15 +302,17 @@ def run_case(case: Case, out_dir: Path, *, signals: bool = True) -> None:
 
 
 def generate(out_dir: Path, names: list[str] | None = None, *, signals: bool = True,
-             seed: int = 0) -> dict[str, str]:
+             seed: int = 0, heldout: bool = False) -> dict[str, str]:
     """Write the runs named in ``names`` (all by default) under ``out_dir`` and ``labels.json``;
     return ``{run name: label}``. ``seed`` is added to every case's seed (initialization, batch
-    order, regression noise): the rules were tuned on seed 0, other seeds are held out."""
-    by_name = {case.name: case for case in CASES}
+    order, regression noise): the rules were tuned on seed 0, other seeds are held out.
+    ``heldout=True`` takes the cases (and looks ``names`` up) in ``HELDOUT`` instead of ``CASES``."""
+    cases = HELDOUT if heldout else CASES
+    by_name = {case.name: case for case in cases}
     unknown = sorted(set(names or ()) - set(by_name))
     if unknown:
         raise ValueError(f"unknown case names {unknown}; expected some of {sorted(by_name)}.")
-    chosen = [by_name[n] for n in names] if names else CASES
+    chosen = [by_name[n] for n in names] if names else cases
     chosen = [replace(case, seed=case.seed + seed) for case in chosen]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,9 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these cases")
     parser.add_argument("--no-signals", action="store_true", help="do not log the Signals")
     parser.add_argument("--seed", type=int, default=0, help="added to every case's seed (0: the tuning set)")
+    parser.add_argument("--heldout", action="store_true",
+                        help="write the held-out recipes (HELDOUT) instead of the tuning set (CASES)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    labels = generate(args.out_dir, args.only, signals=not args.no_signals, seed=args.seed)
+    labels = generate(args.out_dir, args.only, signals=not args.no_signals, seed=args.seed,
+                      heldout=args.heldout)
     print(f"wrote {len(labels)} runs to {args.out_dir} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 

@@ -89,7 +89,7 @@ def test_scan_falls_back_to_protobuf_for_anything_but_plain_scalars():
                                   metadata=summary_pb2.SummaryMetadata(display_name="A"))]))
     from savegame.log.records import frame
     found, others = {}, []
-    scan_scalars(frame(event.SerializeToString()) + frame(b"\x10\x05"), found, others)
+    scan_scalars(frame(event.SerializeToString()) + frame(b"\x10\x05"), found, others.append)
     assert found == {} and len(others) == 2
 
 
@@ -144,3 +144,47 @@ def test_an_unreadable_event_file_does_not_hide_the_others(tmp_path):
         w.add_scalar("loss", 1.0, 1)
     (tmp_path / "events.out.tfevents.0.garbage").write_bytes(os.urandom(100))
     assert ours(tmp_path) == {"loss": [(1, 1.0)]}
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_tags = st.text(min_size=0, max_size=12)
+_events = st.lists(st.tuples(st.integers(-2**63, 2**63 - 1) | st.integers(0, 300),
+                             st.floats(allow_nan=False, width=64) | st.sampled_from([0.0, 1.0]),
+                             st.lists(st.tuples(st.sampled_from(["loss", "a/b", "ü"]) | _tags,
+                                                st.floats(width=32)), min_size=0, max_size=3),
+                             st.booleans()), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_events)
+def test_the_hand_decoder_agrees_with_protobuf_on_any_scalar_event(events):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from savegame.log.records import frame
+    blob, expected = b"", {}
+    for step, wall_time, values, with_metadata in events:
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=tag, simple_value=value,
+                                      metadata=summary_pb2.SummaryMetadata(display_name="d") if with_metadata else None)
+            for tag, value in values])
+        blob += frame(event_pb2.Event(step=step, wall_time=wall_time, summary=summary).SerializeToString())
+    found = {}
+
+    def other(data):  # what the fast path hands back, decoded by protobuf, in order (as curves.py does)
+        event = event_pb2.Event.FromString(data)
+        for value in event.summary.value:
+            steps, kept = found.setdefault(value.tag, ([], []))
+            steps.append(event.step)
+            kept.append(value.simple_value)
+
+    assert scan_scalars(blob, found, other) == len(blob)
+    for step, _, values, _ in events:
+        for tag, value in values:
+            steps, kept = expected.setdefault(tag, ([], []))
+            steps.append(step)
+            kept.append(np.float32(value))
+    assert found.keys() == expected.keys()
+    for tag, (steps, kept) in expected.items():
+        got_steps, got_values = found[tag]
+        assert got_steps == steps
+        assert np.array_equal(np.asarray(got_values, np.float32), np.asarray(kept, np.float32), equal_nan=True)

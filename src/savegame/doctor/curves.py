@@ -157,31 +157,32 @@ def _read_folder(folder: Path, notes: list[Finding] | None = None
 
     scalars: dict[str, tuple[list[int], list[float]]] = {}
     hparams: dict[str, Any] = {}
+
+    def other(record: bytes) -> None:  # everything but plain scalars, in file order: protobuf
+        try:
+            event = event_pb2.Event.FromString(record)
+        except Exception:  # a damaged record: skip it, as TensorBoard's loader does
+            return
+        for value in event.summary.value:
+            kind = value.WhichOneof("value")
+            if value.tag == _HPARAMS_TAG:
+                hparams.update(_session_hparams(value))
+                continue
+            number = (value.simple_value if kind == "simple_value" else
+                      _scalar_tensor(value.tensor) if kind == "tensor" else None)
+            if number is not None:
+                steps, values = scalars.setdefault(value.tag, ([], []))
+                steps.append(event.step)
+                values.append(number)
+
     for path in _event_files(folder):
         try:
             blob = path.read_bytes()
         except OSError:
             continue  # unreadable: the folder's other files still count
-        others: list[bytes] = []
-        if not scan_scalars(blob, scalars, others) and blob and notes is not None:  # stops at a torn tail
+        if not scan_scalars(blob, scalars, other) and blob and notes is not None:  # stops at a torn tail
             notes.append(Finding("unreadable", f"{path.name} holds no valid event record (damaged, or not "
                                  "an event file): it was skipped"))
-        for record in others:  # everything but plain scalars: protobuf
-            try:
-                event = event_pb2.Event.FromString(record)
-            except Exception:  # a damaged record: skip it, as TensorBoard's loader does
-                continue
-            for value in event.summary.value:
-                kind = value.WhichOneof("value")
-                if value.tag == _HPARAMS_TAG:
-                    hparams.update(_session_hparams(value))
-                    continue
-                number = (value.simple_value if kind == "simple_value" else
-                          _scalar_tensor(value.tensor) if kind == "tensor" else None)
-                if number is not None:
-                    steps, values = scalars.setdefault(value.tag, ([], []))
-                    steps.append(event.step)
-                    values.append(number)
     return scalars, hparams
 
 
