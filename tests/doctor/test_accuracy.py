@@ -16,6 +16,13 @@ def labeled(tmp_path_factory):
     return root, labels
 
 
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heldout")
+    labels = generate(root, heldout=True)  # 12 trainings from other recipes, about 25 s
+    return root, labels
+
+
 def verdicts(root, *, signals=True):
     out = {}
     for run in load_runs(root):
@@ -25,9 +32,10 @@ def verdicts(root, *, signals=True):
     return out
 
 
+@pytest.mark.parametrize("which", ["labeled", "heldout"])
 @pytest.mark.parametrize("signals", [True, False], ids=["with signals", "curves only"])
-def test_at_least_90_percent_correct_and_no_alarm_on_a_healthy_run(labeled, signals):
-    root, labels = labeled
+def test_at_least_90_percent_correct_and_no_alarm_on_a_healthy_run(request, which, signals):
+    root, labels = request.getfixturevalue(which)
     judged = verdicts(root, signals=signals)
     assert set(judged) == set(labels) and len(labels) >= 12
     correct = [name for name, d in judged.items() if d.verdict == labels[name]]

@@ -196,3 +196,26 @@ def test_a_garbage_event_file_is_named(tmp_path, capsys):
     [d] = json.loads(capsys.readouterr().out)
     assert d["cannot_judge"] == "the run has no scalar data"
     assert any(f["kind"] == "unreadable" and "events.out.tfevents.1.x" in f["message"] for f in d["findings"])
+
+
+def test_a_lightning_style_run_finds_its_losses_and_hparams(tmp_path):
+    """Lightning's TensorBoardLogger writes through torch's writer: `*_step`/`*_epoch` tags, an
+    `epoch` scalar, `hp_metric`, and the hparams session in the run itself."""
+    from torch.utils.tensorboard.summary import hparams
+    folder = tmp_path / "lightning_logs" / "version_0"
+    with TorchWriter(str(folder)) as w:
+        for session in hparams({"lr": 0.01, "batch_size": 32}, {"hp_metric": 0.0}):
+            w.file_writer.add_summary(session)
+        for step in range(1, 401):
+            w.add_scalar("train_loss_step", float(decay()[step - 1]), step)
+            if step % 20 == 0:
+                w.add_scalar("train_loss_epoch", float(decay()[step - 1]), step)
+                w.add_scalar("val_loss", float(decay(floor=0.08)[step - 1]), step)
+                w.add_scalar("val_acc", 0.9, step)
+                w.add_scalar("epoch", step // 20, step)
+        w.add_scalar("hp_metric", 0.9, 400)
+    [run] = load_runs(tmp_path)
+    assert run.name == "lightning_logs/version_0" and run.hparams == {"lr": 0.01, "batch_size": 32}
+    d = diagnose(run)
+    assert d.tags == {"train_loss": "train_loss_step", "val_loss": "val_loss", "val_acc": "val_acc"}
+    assert d.verdict == "healthy"

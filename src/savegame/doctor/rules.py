@@ -48,7 +48,8 @@ LOW_LR_LATE = 0.15         # lr_too_low: the last quarter made at least this sha
 LOW_LR_EARLY = 0.45        # ... the first quarter at most this share (an almost straight line) ...
 LOW_LR_PROGRESS = 0.6      # ... and less than this share of the loss removed so far
 UNDERFIT_PROGRESS = 0.8    # underfitting: less than this share removed (final >= 20% of start)
-UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training
+UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training ...
+VAL_STILL_FALLING = 0.15   # ... and validation not still making this share of its drop in the last quarter
 STILL_LATE = 0.05          # still improving: the last quarter made at least this share of the drop
 HIGH_LR_NOISE = 0.45       # lr_too_high: typical jump of the training loss around its trend, relative
 HIGH_LR_VAL_NOISE = 0.2    # ... or of the validation loss (logged once per epoch: normally smooth)
@@ -190,7 +191,9 @@ def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
     noisy = main.noise > HIGH_LR_NOISE
     val_noisy = c.val is not None and c.val is not main and c.val.noise > HIGH_LR_VAL_NOISE
     big_updates = ratio is not None and ratio > HEALTHY_UPDATE[1]
-    if not (noisy or val_noisy):  # big updates alone are a finding: young nets have them too
+    # Big updates alone are a finding (young nets have them too); with a jumpy loss they confirm it.
+    jumpy = main.noise > NOISY or (c.val is not None and c.val is not main and c.val.noise > HIGH_LR_VAL_NOISE / 2)
+    if not (noisy or val_noisy or (big_updates and jumpy)):
         return False
     d.verdict = "lr_too_high"
     d.confidence = min(0.95, 0.55 + 0.15 * (noisy + val_noisy + big_updates))
@@ -214,8 +217,12 @@ def _learning_rate_verdict(d: Diagnosis, c: _Curves, suggestions: list[str]) -> 
 
 
 def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
-    if main.points < CONVERGED_POINTS or not (
-            main.progress < PLATEAU_PROGRESS or (main.progress < PLATEAU_SLOW and main.late_share < STILL_LATE)):
+    v = c.val if c.val is not main else None
+    stuck = main.progress < PLATEAU_PROGRESS or (main.progress < PLATEAU_SLOW and main.late_share < STILL_LATE)
+    # training creeps, validation does not move at all: stuck too (what it learns does not generalize)
+    stuck = stuck or (v is not None and v.points >= MIN_POINTS and main.progress < PLATEAU_SLOW
+                      and v.progress < PLATEAU_PROGRESS / 2)
+    if main.points < CONVERGED_POINTS or not stuck:
         return False
     d.verdict = "plateau"
     d.confidence = 0.7 + min(0.25, (PLATEAU_PROGRESS - main.progress))
@@ -262,6 +269,8 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
     t, v = c.train or main, c.val
     if t.points < CONVERGED_POINTS or t.progress >= UNDERFIT_PROGRESS or t.late_share >= STILL_LATE * 2:
         return False
+    if v is not None and v is not t and v.late_share >= VAL_STILL_FALLING:
+        return False  # validation is still falling: not converged yet
     if v is not None and abs(v.end - t.end) > UNDERFIT_GAP * abs(t.end):
         return False  # a clear gap: not a capacity problem
     acc = _last(c.acc_train) if c.acc_train is not None else _last(c.acc_val)
