@@ -55,8 +55,32 @@ tuned on ``CASES`` generalize; each label was checked by eye on the raw curves:
 - ``still_improving_h12``: a 3x128 SiLU net, AdamW at 1e-4, stopped after 15 epochs: both losses
   still clearly falling, together.
 
-Run ``python tests/doctor/cases.py OUT_DIR [--only NAME ...] [--heldout]`` to write the runs and
-``OUT_DIR/labels.json``.
+Second held-out set (``HELDOUT2``, written with ``--heldout2``): ten more recipes, fresh after the
+rules had seen both sets above, to measure generalization honestly; labeled by the setup and by eye
+on the raw curves (not by running the doctor):
+
+- ``healthy_k1``: a 96-48 SiLU net, SGD with momentum, light weight decay and a cosine decay:
+  validation falls with training to ~0.11 (96% accuracy), both flat for the last third.
+- ``healthy_k2``: a 3x48 GELU regression net, Adam with a cosine decay, 1500 samples: after a short
+  shoulder both losses drop to ~0.027 together and stay flat for the last two thirds.
+- ``overfit_k3``: a CNN (16, 32 channels), AdamW, on 120 digits with 40% wrong labels: validation is
+  lowest at epoch 7 (~0.83) and then climbs steadily to ~2 while training goes to ~1e-3.
+- ``underfit_k4``: a 2-2 GELU bottleneck, RMSprop: after one epoch train and validation are flat at
+  ~0.55 (standardized target), close together.
+- ``diverged_k5``: plain SGD (no momentum) on a 3x32 ELU net warmed up to lr 0.6: five good epochs,
+  then the loss swings, blows up to ~1e16 in epoch 10 and is NaN to the end.
+- ``plateau_k6``: SiLUs switched off by a -12 bias, SGD with momentum: training and validation sit
+  at the starting ln(10) ~ 2.30 (chance accuracy) the whole run.
+- ``lr_too_high_k7``: AdamW at 0.06 with batches of 24: the training loss spikes (to ~18) and the
+  validation loss jumps between ~1.7 and ~6.6 (accuracy 72-88%), far above a sane lr's ~0.1.
+- ``lr_too_low_k8``: AdamW at 1e-5: both losses fall in a straight line, by only ~10%.
+- ``still_improving_k9``: a tiny CNN (4, 8 channels), Adam, stopped after 5 epochs: both losses
+  fall steeply to the last epoch (2.2 to 0.4, accuracy still rising).
+- ``still_improving_k10``: a 256-wide tanh net, Nesterov SGD at 0.005, stopped after 12 epochs:
+  both losses still falling, steepest at the end.
+
+Run ``python tests/doctor/cases.py OUT_DIR [--only NAME ...] [--heldout | --heldout2]`` to write the
+runs and ``OUT_DIR/labels.json``.
 
 >>> sorted({case.label for case in CASES})[:3]
 ['diverged', 'healthy', 'lr_too_high']
@@ -186,6 +210,32 @@ HELDOUT: list[Case] = [
          batch=32, epochs=8, tags=_tags("Loss/train", "Loss/test", "lr", "Accuracy/test")),
     Case("still_improving_h12", "still_improving", REG, hidden=(128, 128, 128), act="silu", optimizer="adamw",
          lr=1e-4, batch=32, n_train=1500, epochs=15, tags=_tags("train_mse", "val_mse", "lr")),
+]
+
+# A second held-out set, fresh after the rules had seen ``CASES`` and ``HELDOUT``: ten more recipes.
+HELDOUT2: list[Case] = [
+    Case("healthy_k1", "healthy", CLS, hidden=(96, 48), act="silu", optimizer="sgd", lr=0.02, momentum=0.9,
+         weight_decay=1e-3, cosine=True, batch=48, epochs=30,
+         tags=_tags("Loss/Train", "Loss/Validation", "lr", "Accuracy/Validation")),
+    Case("healthy_k2", "healthy", REG, hidden=(48, 48, 48), act="gelu", lr=5e-3, cosine=True, batch=100,
+         n_train=1500, noise=0.2, epochs=50, tags=_tags("train/mse_loss", "val/mse_loss", "lr")),
+    Case("overfit_k3", "overfitting", CLS, arch="cnn", hidden=(16, 32), optimizer="adamw", lr=3e-3,
+         weight_decay=1e-4, n_train=120, label_noise=0.4, batch=20, epochs=80,
+         tags=_tags("Train/Loss", "Valid/Loss", "LR", "Valid/Acc")),
+    Case("underfit_k4", "underfitting", REG, hidden=(2, 2), act="gelu", optimizer="rmsprop", lr=1e-2, batch=50,
+         epochs=50, tags=_tags("loss/train", "loss/val", "lr")),
+    Case("diverged_k5", "diverged", REG, hidden=(32, 32, 32), act="elu", optimizer="sgd", lr=0.01, warmup_to=0.6,
+         warmup_epochs=12, batch=25, epochs=20, tags=_tags("train_loss", "val_loss", "lr")),
+    Case("plateau_k6", "plateau", CLS, hidden=(128, 128), act="silu", optimizer="sgd", lr=0.05, momentum=0.9,
+         bias_init=-12.0, epochs=30, tags=_tags("loss", "val_loss", "lr", "val_accuracy")),
+    Case("lr_too_high_k7", "lr_too_high", CLS, hidden=(64, 64), act="elu", optimizer="adamw", lr=0.06,
+         weight_decay=1e-2, batch=24, epochs=15, tags=_tags("train/loss", "val/loss", "lr", "val/acc")),
+    Case("lr_too_low_k8", "lr_too_low", REG, hidden=(128,), act="gelu", optimizer="adamw", lr=1e-5,
+         weight_decay=1e-2, batch=50, epochs=30, tags=_tags("Loss/train", "Loss/val", "lr")),
+    Case("still_improving_k9", "still_improving", CLS, arch="cnn", hidden=(4, 8), lr=2e-3, batch=64, epochs=5,
+         tags=_tags("loss_train", "loss_val", "lr", "acc_val")),
+    Case("still_improving_k10", "still_improving", REG, hidden=(256,), act="tanh", optimizer="sgd", lr=0.005,
+         momentum=0.9, nesterov=True, batch=16, epochs=12, tags=_tags("mse/train", "mse/valid", "lr")),
 ]
 
 
@@ -331,12 +381,20 @@ def run_case(case: Case, out_dir: Path, *, signals: bool = True) -> None:
 
 
 def generate(out_dir: Path, names: list[str] | None = None, *, signals: bool = True,
-             seed: int = 0, heldout: bool = False) -> dict[str, str]:
+             seed: int = 0, heldout: bool | int = False) -> dict[str, str]:
     """Write the runs named in ``names`` (all by default) under ``out_dir`` and ``labels.json``;
     return ``{run name: label}``. ``seed`` is added to every case's seed (initialization, batch
     order, regression noise): the rules were tuned on seed 0, other seeds are held out.
-    ``heldout=True`` takes the cases (and looks ``names`` up) in ``HELDOUT`` instead of ``CASES``."""
-    cases = HELDOUT if heldout else CASES
+    ``heldout=True`` (or 1) takes the cases (and looks ``names`` up) in ``HELDOUT`` instead of
+    ``CASES``; ``heldout=2`` in ``HELDOUT2``."""
+    if heldout is False or heldout is None or heldout == 0:
+        cases = CASES
+    elif heldout is True or heldout == 1:
+        cases = HELDOUT
+    elif heldout == 2:
+        cases = HELDOUT2
+    else:
+        raise ValueError(f"heldout must be False, True (HELDOUT) or 2 (HELDOUT2), not {heldout!r}.")
     by_name = {case.name: case for case in cases}
     unknown = sorted(set(names or ()) - set(by_name))
     if unknown:
@@ -363,12 +421,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these cases")
     parser.add_argument("--no-signals", action="store_true", help="do not log the Signals")
     parser.add_argument("--seed", type=int, default=0, help="added to every case's seed (0: the tuning set)")
-    parser.add_argument("--heldout", action="store_true",
-                        help="write the held-out recipes (HELDOUT) instead of the tuning set (CASES)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--heldout", action="store_true",
+                       help="write the held-out recipes (HELDOUT) instead of the tuning set (CASES)")
+    which.add_argument("--heldout2", action="store_true",
+                       help="write the second held-out recipes (HELDOUT2) instead of the tuning set (CASES)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     labels = generate(args.out_dir, args.only, signals=not args.no_signals, seed=args.seed,
-                      heldout=args.heldout)
+                      heldout=2 if args.heldout2 else args.heldout)
     print(f"wrote {len(labels)} runs to {args.out_dir} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 

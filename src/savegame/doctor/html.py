@@ -68,7 +68,8 @@ def _num(value: Any) -> str:
     value = float(value)
     if not math.isfinite(value):
         return _e(value)
-    return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1000 else f"{value:.4g}"
+    # whole numbers with separators (steps, sizes) up to a trillion; anything beyond reads better as 1.1e+36
+    return f"{value:,.0f}" if value.is_integer() and 1000 <= abs(value) < 1e12 else f"{value:.4g}"
 
 
 def _last_finite(series: Series | None) -> float | None:
