@@ -22,6 +22,14 @@ def data(n=256, seed=0):
     return x, y
 
 
+def train_step(run, net, opt, xb, yb):
+    loss = nn.functional.mse_loss(net(xb), yb)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    run.log("loss/train", loss.detach())
+
+
 def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, val_data=None, n=256,
           save=None):
     """A small regression loop the way a user writes it, with savegame; returns the Run."""
@@ -39,11 +47,7 @@ def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, 
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch)
             for xb, yb in run.iterate(loader):
-                loss = nn.functional.mse_loss(net(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                run.log("loss/train", loss.detach())
+                train_step(run, net, opt, xb, yb)
             with torch.no_grad():
                 val = nn.functional.mse_loss(net(xv), yv).item()
             run.log("loss/val", val)
@@ -147,11 +151,7 @@ def test_validation_logged_batch_by_batch_is_one_point_per_epoch_for_the_doctor(
             run.track(model=net, optimizer=opt)
             for _ in run.epochs(3):
                 for xb, yb in run.iterate(list(zip(x.split(32), y.split(32)))):
-                    loss = nn.functional.mse_loss(net(xb), yb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    run.log("loss/train", loss.detach())
+                    train_step(run, net, opt, xb, yb)
                 with torch.no_grad():
                     for xb, yb in zip(xv.split(16), yv.split(16)):  # 8 batches, mean per epoch
                         run.log("loss/val", nn.functional.mse_loss(net(xb), yb), reduce="mean", every_step=False)
