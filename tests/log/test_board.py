@@ -84,7 +84,8 @@ def _wait_line(lines: queue.Queue, pattern: str, timeout: float, seen: list[str]
 def test_cli_board_serves_until_signal(torch_logs, signum):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "savegame.cli", "board", str(torch_logs), "--port", str(port)],
+        # faulthandler: if it ever hangs, SIGABRT below dumps every thread's stack into the failure
+        [sys.executable, "-X", "faulthandler", "-m", "savegame.cli", "board", str(torch_logs), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, out), daemon=True).start()
@@ -103,7 +104,14 @@ def test_cli_board_serves_until_signal(torch_logs, signum):
         helpers = children(tb_pid)  # the Rust data server, where the fast loader runs
 
         proc.send_signal(signum)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(10)
+            pytest.fail(f"the CLI did not exit within 30 s of {signum.name}; its stacks and stderr:\n"
+                        f"{proc.stderr.read()}\nits stdout: {seen}")
+        assert code == 0, proc.stderr.read()
         _wait_line(out, r"TensorBoard stopped", 5, seen)
         assert gone(tb_pid), "the CLI stopped and reaped its tensorboard child"
         deadline = time.monotonic() + 10
