@@ -355,26 +355,29 @@ def serve(board: Board) -> bool:
     """
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if main_thread else None
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     interrupted = False
     try:
         if main_thread:
-            signal.signal(signal.SIGTERM, on_sigterm)
+            signal.signal(signal.SIGTERM, on_signal)
+            # Also SIGINT: a process started in the background by a shell without job control
+            # inherits SIGINT ignored, and Ctrl-C (or kill -INT) must still stop the server.
+            signal.signal(signal.SIGINT, on_signal)
         board.process.wait()
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        old_int: Any = None
         if main_thread:
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             board.stop()
         finally:
             if main_thread:
-                signal.signal(signal.SIGINT, old_int if old_int is not None else signal.SIG_DFL)
+                signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return interrupted
