@@ -35,6 +35,7 @@ def test_demo_trains_to_over_90_percent_and_leaves_a_finished_run(tmp_path, caps
     accuracy = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
     assert accuracy > 90
     assert "preflight: passed" in out and "overfit one batch" in out  # the report, shown first
+    assert "the doctor's diagnosis" in out and (folder / "report.html").is_file()  # and the doctor, last
     assert (folder / "preflight.json").is_file()
     assert status(folder) == "finished" and [c.epoch for c in list_checkpoints(folder / "checkpoints")] == [0, 1]
     for hint in (f"savegame show {folder}", f"savegame verify {folder}", "--best -o digits.safetensors",

@@ -219,3 +219,17 @@ def test_a_lightning_style_run_finds_its_losses_and_hparams(tmp_path):
     d = diagnose(run)
     assert d.tags == {"train_loss": "train_loss_step", "val_loss": "val_loss", "val_acc": "val_acc"}
     assert d.verdict == "healthy"
+
+
+def test_a_converged_classifier_whose_tiny_losses_jitter_is_healthy_not_lr_too_high():
+    """The demo's ending: training loss near 0 jumping 50% of its level between batches, and a
+    validation loss of 0.003-0.02 jumping 25% between epochs; against a start of 2.5 that is
+    nothing. (It was called lr_too_high once: jumps were measured against the level only.)"""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 2251)
+    train = 2.5 * np.exp(-steps / 60) + 0.001 * rng.lognormal(0, 1.0, len(steps))
+    epochs = steps[44::45]
+    val = (0.2 * np.exp(-np.arange(len(epochs)) / 4) + 0.004) * rng.uniform(0.7, 1.3, len(epochs))
+    d = diagnose(run_of(loss__train=(steps, train), loss__val=(epochs, val)))
+    assert d.verdict == "healthy", d.line()
+    assert not any(f.kind == "noisy" for f in d.findings)

@@ -37,6 +37,9 @@ class CurveFeatures:
     late_share: float          # share of the total drop made in the last quarter of the steps
     early_share: float         # share made in the first quarter
     noise: float               # median |raw - smooth| / |smooth| over the second half
+    swing: float               # 90th percentile of |raw - smooth| over the second half / |start|: how big
+                               # the jumps are against the whole curve (near a loss of 0, any jitter is
+                               # a large share of the level but a negligible one of the start)
     nonfinite_step: int | None  # first step of the NaN/inf values the curve ENDS with (it never recovered)
     nonfinite_count: int       # every NaN/inf value, also the transient ones (an AMP overflow)
     first_nonfinite_step: int | None  # the first NaN/inf anywhere
@@ -81,7 +84,7 @@ def curve_features(steps: np.ndarray, values: np.ndarray) -> CurveFeatures | Non
         steps=s, raw=v, smooth=smooth, start=start, end=end, low=low, low_step=int(s[i_low]),
         high_after_low=float(smooth[i_low:].max()), high_before_low=float(max(smooth[:i_low + 1].max(), start)),
         progress=total_drop / scale, late_share=0.0,
-        early_share=0.0, noise=_noise(v, smooth), nonfinite_step=nonfinite_step,
+        early_share=0.0, noise=_noise(v, smooth), swing=_swing(v, smooth, start), nonfinite_step=nonfinite_step,
         nonfinite_count=int(len(bad)), first_nonfinite_step=int(steps[bad[0]]) if len(bad) else None,
         points=int(keep.sum()))
     if total_drop > 1e-12 * scale:
@@ -116,6 +119,12 @@ def _bucket(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
         body_v = np.append(body_v, np.median(values[usable:]))
         body_s = np.append(body_s, steps[-1])
     return body_s, body_v
+
+
+def _swing(raw: np.ndarray, smooth: np.ndarray, start: float) -> float:
+    half = len(raw) // 2
+    jumps = np.abs(raw[half:] - smooth[half:])
+    return float(np.percentile(jumps, 90) / abs(start)) if len(jumps) and start else 0.0
 
 
 def _noise(raw: np.ndarray, smooth: np.ndarray) -> float:

@@ -4,8 +4,9 @@ Every ``run.log`` value of a loss, accuracy or learning-rate tag (and the signal
 memory; each time a validation loss is logged, the same rules as ``savegame doctor`` judge the
 curves so far. A verdict or finding not seen before is warned about once (``DoctorWarning``),
 logged to TensorBoard (TEXT tab, tag ``doctor``) and written to ``doctor.json`` in the run
-folder. On ``diverged`` (and, with ``overfit_patience``, on overfitting that long past the
-validation minimum) the run is asked to stop: it saves first, so the keep policy still holds
+folder. An alarm other than ``diverged`` is raised only after 5 validations and once it held at
+two validations in a row. On ``diverged`` (and, with ``overfit_patience``, on overfitting that
+long past the validation minimum) the run is asked to stop: it saves first, so the keep policy still holds
 the best checkpoint, ends the epoch loop, and marks the run ``stopped``.
 
 >>> Doctor(overfit_patience=3).stop_reason("overfitting", validations_past_best=3)
@@ -93,6 +94,7 @@ class LiveDoctor:
         self._seen: set[str] = set()
         self.history: list[dict[str, Any]] = []
         self.last: Diagnosis | None = None
+        self._previous: str | None = None  # the verdict of the previous validation
         self.seconds = 0.0  # time spent judging, for the benchmark
         if resumed_at is not None:  # the logs were just cut back to the checkpoint: the curves so far
             for tag, series in read_run(run_dir).scalars.items():
@@ -146,10 +148,13 @@ class LiveDoctor:
                              val_tag=self._known(self.config.val_tag))
         self.last = diagnosis
         early = self._validations(diagnosis) < MIN_VALIDATIONS and diagnosis.verdict != "diverged"
+        # One noisy validation can look like a turn; an alarm (but divergence) must hold twice in a row.
+        confirmed = diagnosis.verdict == "diverged" or diagnosis.verdict == self._previous
+        self._previous = diagnosis.verdict
         if early:  # two points make no trend: only a divergence is worth an alarm this soon
             new = []
         else:
-            new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict in ALARMS else []
+            new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict in ALARMS and confirmed else []
             new += [f"finding:{f.kind}" for f in diagnosis.findings if f.severity == "warn"]
         new = [key for key in new if key not in self._seen]
         if new:
@@ -157,8 +162,8 @@ class LiveDoctor:
             self._warn(diagnosis, step, new)
         if diagnosis.verdict != (self.history[-1]["verdict"] if self.history else None) or new:
             self._record(diagnosis, step)
-        reason = None if early else self.config.stop_reason(diagnosis.verdict,
-                                                             validations_past_best=self._past_best(diagnosis))
+        reason = None if early or not confirmed else self.config.stop_reason(
+            diagnosis.verdict, validations_past_best=self._past_best(diagnosis))
         self.seconds += time.perf_counter() - started
         if reason is not None:
             # a diverged state is not worth a save (it could push a good checkpoint out); overfitting is

@@ -14,7 +14,7 @@ and plateau verdicts when a run has them. Every threshold is a named constant be
 >>> from savegame.doctor.curves import RunData, Series
 >>> steps = np.arange(1, 201)
 >>> train = 2 * np.exp(-steps / 30) + 0.05
->>> val = 2 * np.exp(-steps / 30) + 0.2 + np.maximum(steps - 80, 0) * 0.004
+>>> val = 2 * np.exp(-steps / 30) + 0.2 + np.maximum(steps - 80, 0) * 0.01
 >>> run = RunData("r", None, {"loss/train": Series(steps, train), "loss/val": Series(steps, val)})
 >>> d = diagnose(run)
 >>> d.verdict, 75 < d.marks.best_step < 90
@@ -40,8 +40,8 @@ EXPLODED_OVER_LOW = 3.0    # ... and above its own minimum x this
 COLLAPSED_OVER_LOW = 5.0   # or diverged: ends above its minimum x this ...
 COLLAPSED_NEAR_START = 0.7  # ... and back above this share of where it started
 OVERFIT_RISE = 0.08        # overfitting: validation ends this much (relative) above its minimum ...
-OVERFIT_GIVEBACK = 0.1     # ... giving back at least this share of what it had gained
-OVERFIT_AFTER = 2          # ... with at least this many validation points after the minimum
+OVERFIT_GIVEBACK = 0.25    # ... giving back at least this share of what it had gained
+OVERFIT_AFTER = 3          # ... with at least this many validation points after the minimum
 PLATEAU_PROGRESS = 0.08    # plateau: less than this share of the starting loss removed, or ...
 PLATEAU_SLOW = 0.2         # ... less than this share and no longer falling
 LOW_LR_LATE = 0.15         # lr_too_low: the last quarter made at least this share of the drop ...
@@ -54,6 +54,7 @@ STILL_LATE = 0.05          # still improving: the last quarter made at least thi
 HIGH_LR_NOISE = 0.45       # lr_too_high: typical jump of the training loss around its trend, relative
 HIGH_LR_VAL_NOISE = 0.2    # ... or of the validation loss (logged once per epoch: normally smooth)
 NOISY = 0.25               # a "noisy" finding from here
+MIN_SWING = 0.05           # ... all of them only when the jumps are also this share of the starting loss
 HEALTHY_UPDATE = (1e-4, 1e-2)  # cs231n: update/weight ratios around 1e-3 are healthy
 
 
@@ -188,11 +189,15 @@ def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
 
 def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     ratio = c.signals.update_ratio
-    noisy = main.noise > HIGH_LR_NOISE
-    val_noisy = c.val is not None and c.val is not main and c.val.noise > HIGH_LR_VAL_NOISE
+    v = c.val if c.val is not main else None
+    # Jumps count relative to the level (noise) and to the whole curve (swing): near a loss of 0 any
+    # jitter is a large share of the level, yet harmless.
+    noisy = main.noise > HIGH_LR_NOISE and main.swing > MIN_SWING
+    val_noisy = v is not None and v.noise > HIGH_LR_VAL_NOISE and v.swing > MIN_SWING
     big_updates = ratio is not None and ratio > HEALTHY_UPDATE[1]
     # Big updates alone are a finding (young nets have them too); with a jumpy loss they confirm it.
-    jumpy = main.noise > NOISY or (c.val is not None and c.val is not main and c.val.noise > HIGH_LR_VAL_NOISE / 2)
+    jumpy = ((main.noise > NOISY and main.swing > MIN_SWING)
+             or (v is not None and v.noise > HIGH_LR_VAL_NOISE / 2 and v.swing > MIN_SWING))
     if not (noisy or val_noisy or (big_updates and jumpy)):
         return False
     d.verdict = "lr_too_high"
@@ -202,7 +207,7 @@ def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
         d.evidence.append(f"the training loss swings between {low:.3g} and {high:.3g} in the second half of "
                           f"the run (typical jump {main.noise:.0%} of its trend)")
     if val_noisy:
-        d.evidence.append(f"the validation loss jumps {c.val.noise:.0%} from one evaluation to the next")
+        d.evidence.append(f"the validation loss jumps {v.noise:.0%} from one evaluation to the next")
     return _learning_rate_verdict(d, c, ["lower the learning rate 3-10x (or add a warmup and a decay schedule)",
                                          "a larger batch also calms the updates; clip gradients if spikes remain"])
 
@@ -326,7 +331,7 @@ def _secondary(d: Diagnosis, c: _Curves, tags: dict[str, str]) -> None:
             d.findings.append(Finding("nan", f"{tags[role]} holds {features.nonfinite_count} NaN/inf value(s), "
                                              f"the first at step {features.first_nonfinite_step:,}{recovered}",
                                       step=features.first_nonfinite_step))
-    if c.train is not None and c.train.noise > NOISY:
+    if c.train is not None and c.train.noise > NOISY and c.train.swing > MIN_SWING / 5:
         d.findings.append(Finding("noisy", f"{tags['train_loss']} is noisy: it jumps {c.train.noise:.0%} around "
                                            "its trend (small batches or a high learning rate)", severity="info"))
     if c.train is not None and c.val is not None and c.val_series is not None and d.verdict != "diverged":
