@@ -50,6 +50,7 @@ LOW_LR_PROGRESS = 0.6      # ... and less than this share of the loss removed so
 UNDERFIT_PROGRESS = 0.8    # underfitting: less than this share removed (final >= 20% of start)
 UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training ...
 VAL_STILL_FALLING = 0.15   # ... and validation not still making this share of its drop in the last quarter
+MIN_DROP = 0.05            # (a "share of the drop" means little when the whole drop is under this share)
 STILL_LATE = 0.05          # still improving: the last quarter made at least this share of the drop
 HIGH_LR_NOISE = 0.45       # lr_too_high: typical jump of the training loss around its trend, relative
 HIGH_LR_VAL_NOISE = 0.2    # ... or of the validation loss (logged once per epoch: normally smooth)
@@ -256,16 +257,20 @@ def _plateau(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> b
 
 def _lr_too_low(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     ratio = c.signals.update_ratio
-    straight = (main.late_share >= LOW_LR_LATE and main.early_share <= LOW_LR_EARLY
-                and main.progress < LOW_LR_PROGRESS)
+    # A minibatch training loss can hide a slow straight fall in its noise; the validation loss
+    # (one smooth point per epoch) then shows it.
+    v = c.val if c.val is not main and c.val is not None and c.val.points >= 2 * MIN_POINTS else None
+    shown_by = next((f for f in (main, v) if f is not None and _straight(f)), None)
     tiny_updates = ratio is not None and ratio < HEALTHY_UPDATE[0] and main.late_share >= STILL_LATE
-    if not (straight or tiny_updates):
+    if not (shown_by or tiny_updates):
         return False
     d.verdict = "lr_too_low"
-    d.confidence = 0.65 + 0.15 * straight + 0.15 * tiny_updates
-    d.evidence.append(f"the loss fell slowly and almost in a straight line, {main.start:.4g} to {main.end:.4g} "
-                      f"({main.progress:.0%}), and the last quarter of the run still made "
-                      f"{main.late_share:.0%} of that progress")
+    d.confidence = 0.65 + 0.15 * (shown_by is not None) + 0.15 * tiny_updates
+    f = shown_by or main
+    name = "validation loss" if f is v else "loss"
+    d.evidence.append(f"the {name} fell slowly and almost in a straight line, {f.start:.4g} to {f.end:.4g} "
+                      f"({f.progress:.0%}), and the last quarter of the run still made "
+                      f"{f.late_share:.0%} of that progress")
     return _learning_rate_verdict(d, c, ["raise the learning rate 3-10x (an LR range test finds the largest "
                                          "stable one)", "Adam/AdamW with lr around 1e-3 is a forgiving default"])
 
@@ -274,8 +279,8 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
     t, v = c.train or main, c.val
     if t.points < CONVERGED_POINTS or t.progress >= UNDERFIT_PROGRESS or t.late_share >= STILL_LATE * 2:
         return False
-    if v is not None and v is not t and v.late_share >= VAL_STILL_FALLING:
-        return False  # validation is still falling: not converged yet
+    if v is not None and v is not t and v.late_share >= VAL_STILL_FALLING and v.progress >= MIN_DROP:
+        return False  # validation is still falling (by a drop worth the name): not converged yet
     if v is not None and abs(v.end - t.end) > UNDERFIT_GAP * abs(t.end):
         return False  # a clear gap: not a capacity problem
     acc = _last(c.acc_train) if c.acc_train is not None else _last(c.acc_val)
@@ -393,6 +398,11 @@ def _first_nonfinite(c: _Curves) -> tuple[int, str, CurveFeatures] | None:
     found = [(f.nonfinite_step, name, f) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
              if f is not None and f.nonfinite_step is not None]
     return min(found, key=lambda item: item[0]) if found else None
+
+
+def _straight(f: CurveFeatures) -> bool:
+    """A slow fall at an even pace: late as steep as early, and not much of the loss removed."""
+    return f.late_share >= LOW_LR_LATE and f.early_share <= LOW_LR_EARLY and MIN_DROP <= f.progress < LOW_LR_PROGRESS
 
 
 def _flat_since(f: CurveFeatures) -> int:
