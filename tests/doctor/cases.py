@@ -79,7 +79,27 @@ on the raw curves (not by running the doctor):
 - ``still_improving_k10``: a 256-wide tanh net, Nesterov SGD at 0.005, stopped after 12 epochs:
   both losses still falling, steepest at the end.
 
-Run ``python tests/doctor/cases.py OUT_DIR [--only NAME ...] [--heldout | --heldout2]`` to write the
+Third held-out set (``HELDOUT3``, written with ``--heldout3``): eight more recipes, fresh after the
+rules had seen the three sets above; labeled by the setup and by eye on the raw curves only:
+
+- ``healthy_m1``: a 192-wide leaky-ReLU net, RMSprop with light weight decay and a cosine decay:
+  validation falls with training to ~0.18 (96% accuracy), both flat for the last third.
+- ``healthy_m2``: an 80-40 ELU regression net, Nesterov SGD with a cosine decay, 1200 samples: both
+  losses drop to ~0.017 together (after a shoulder at ~0.3) and stay flat for the last 40%.
+- ``overfit_m3``: a 3x128 SiLU net, AdamW, 40 very noisy samples: validation is lowest at epoch 4
+  (~1.35) and then climbs to ~2.9 while training keeps falling.
+- ``underfit_m4``: a 3-unit sigmoid bottleneck, AdamW with a heavy weight decay (0.3): train and
+  validation level off at ~1.1 (~60% accuracy), close together.
+- ``lr_too_low_m5``: a CNN (8, 16 channels), SGD at 3e-4 with momentum 0.5: both losses fall in a
+  straight line from 2.3 to only ~2.25.
+- ``lr_too_high_m6``: a 64-64 tanh regression net, Adam at 0.06 with batches of 8: the training loss
+  spikes and the validation loss jumps between ~0.3 and ~1.0, far above a sane lr's ~0.02.
+- ``plateau_m7``: ten sigmoid layers (vanishing gradients), SGD with momentum: training and
+  validation stay at the starting loss (~1, the target's variance) the whole run.
+- ``still_improving_m8``: a 160-wide sigmoid net, SGD at 0.05 stopped after 12 epochs: both losses
+  fall steadily (2.3 to ~0.65) to the last epoch.
+
+Run ``python tests/doctor/cases.py OUT_DIR [--only NAME ...] [--heldout | --heldout2 | --heldout3]`` to write the
 runs and ``OUT_DIR/labels.json``.
 
 >>> sorted({case.label for case in CASES})[:3]
@@ -239,6 +259,30 @@ HELDOUT2: list[Case] = [
 ]
 
 
+# A third held-out set, fresh after the rules had seen ``CASES``, ``HELDOUT`` and ``HELDOUT2``.
+HELDOUT3: list[Case] = [
+    Case("healthy_m1", "healthy", CLS, hidden=(192,), act="leaky_relu", optimizer="rmsprop", lr=5e-4,
+         weight_decay=1e-3, cosine=True, batch=96, epochs=30,
+         tags=_tags("train/ce", "valid/ce", "optim/lr", "valid/accuracy")),
+    Case("healthy_m2", "healthy", REG, hidden=(80, 40), act="elu", optimizer="sgd", lr=0.01, momentum=0.9,
+         nesterov=True, cosine=True, batch=40, n_train=1200, epochs=40,
+         tags=_tags("Train/MSE", "Validation/MSE", "Train/LR")),
+    Case("overfit_m3", "overfitting", REG, hidden=(128, 128, 128), act="silu", optimizer="adamw", lr=1e-3,
+         n_train=40, noise=1.2, batch=8, epochs=120, tags=_tags("loss/trn", "loss/dev", "lr")),
+    Case("underfit_m4", "underfitting", CLS, hidden=(3,), act="sigmoid", optimizer="adamw", lr=3e-2,
+         weight_decay=0.3, n_train=1297, batch=128, epochs=40,
+         tags=_tags("train_ce", "val_ce", "lr", "val_top1")),
+    Case("lr_too_low_m5", "lr_too_low", CLS, arch="cnn", hidden=(8, 16), optimizer="sgd", lr=3e-4, momentum=0.5,
+         batch=32, epochs=20, tags=_tags("Loss/train_step", "Loss/val_epoch", "lr-SGD", "Acc/val_epoch")),
+    Case("lr_too_high_m6", "lr_too_high", REG, hidden=(64, 64), act="tanh", lr=0.06, batch=8, epochs=15,
+         tags=_tags("train/loss_step", "val/loss", "lr-Adam")),
+    Case("plateau_m7", "plateau", REG, hidden=(48,) * 10, act="sigmoid", optimizer="sgd", lr=0.01, momentum=0.9,
+         epochs=30, tags=_tags("Training Loss", "Validation Loss", "LR")),
+    Case("still_improving_m8", "still_improving", CLS, hidden=(160,), act="sigmoid", optimizer="sgd", lr=0.05,
+         momentum=0.5, batch=64, epochs=12, tags=_tags("loss/training", "loss/held_out", "lr", "accuracy/held_out")),
+]
+
+
 # -- data -------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=None)
@@ -386,15 +430,17 @@ def generate(out_dir: Path, names: list[str] | None = None, *, signals: bool = T
     return ``{run name: label}``. ``seed`` is added to every case's seed (initialization, batch
     order, regression noise): the rules were tuned on seed 0, other seeds are held out.
     ``heldout=True`` (or 1) takes the cases (and looks ``names`` up) in ``HELDOUT`` instead of
-    ``CASES``; ``heldout=2`` in ``HELDOUT2``."""
+    ``CASES``; ``heldout=2`` in ``HELDOUT2``; ``heldout=3`` in ``HELDOUT3``."""
     if heldout is False or heldout is None or heldout == 0:
         cases = CASES
     elif heldout is True or heldout == 1:
         cases = HELDOUT
     elif heldout == 2:
         cases = HELDOUT2
+    elif heldout == 3:
+        cases = HELDOUT3
     else:
-        raise ValueError(f"heldout must be False, True (HELDOUT) or 2 (HELDOUT2), not {heldout!r}.")
+        raise ValueError(f"heldout must be False, True (HELDOUT), 2 (HELDOUT2) or 3 (HELDOUT3), not {heldout!r}.")
     by_name = {case.name: case for case in cases}
     unknown = sorted(set(names or ()) - set(by_name))
     if unknown:
@@ -426,10 +472,12 @@ def main(argv: list[str] | None = None) -> None:
                        help="write the held-out recipes (HELDOUT) instead of the tuning set (CASES)")
     which.add_argument("--heldout2", action="store_true",
                        help="write the second held-out recipes (HELDOUT2) instead of the tuning set (CASES)")
+    which.add_argument("--heldout3", action="store_true",
+                       help="write the third held-out recipes (HELDOUT3) instead of the tuning set (CASES)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     labels = generate(args.out_dir, args.only, signals=not args.no_signals, seed=args.seed,
-                      heldout=2 if args.heldout2 else args.heldout)
+                      heldout=3 if args.heldout3 else 2 if args.heldout2 else args.heldout)
     print(f"wrote {len(labels)} runs to {args.out_dir} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 

@@ -46,6 +46,7 @@ PLATEAU_PROGRESS = 0.08    # plateau: less than this share of the starting loss 
 PLATEAU_SLOW = 0.2         # ... less than this share and no longer falling
 LOW_LR_LATE = 0.15         # lr_too_low: the last quarter made at least this share of the drop ...
 LOW_LR_EARLY = 0.45        # ... the first quarter at most this share (an almost straight line) ...
+LOW_LR_LATE_MAX = 0.6      # ... the last quarter at most this share (more: it sped up, or went up and down) ...
 LOW_LR_PROGRESS = 0.6      # ... and less than this share of the loss removed so far
 UNDERFIT_PROGRESS = 0.8    # underfitting: less than this share removed (final >= 20% of start)
 UNDERFIT_GAP = 0.25        # ... and validation within this (relative) of training ...
@@ -402,7 +403,10 @@ def _first_nonfinite(c: _Curves) -> tuple[int, str, CurveFeatures] | None:
 
 def _straight(f: CurveFeatures) -> bool:
     """A slow fall at an even pace: late as steep as early, and not much of the loss removed."""
-    return f.late_share >= LOW_LR_LATE and f.early_share <= LOW_LR_EARLY and MIN_DROP <= f.progress < LOW_LR_PROGRESS
+    # shares outside [0, 1] (or a last quarter with most of the drop) mean a curve that went up
+    # and down or sped up: not an even fall
+    return (LOW_LR_LATE <= f.late_share <= LOW_LR_LATE_MAX and 0 <= f.early_share <= LOW_LR_EARLY
+            and MIN_DROP <= f.progress < LOW_LR_PROGRESS)
 
 
 def _flat_since(f: CurveFeatures) -> int:
