@@ -419,22 +419,23 @@ class Run:
 
     def _stop_now(self) -> None:
         """The doctor asked to stop: save this step (unless saved already, or diverged) and say why."""
-        newest = self.checkpoints[-1] if self.checkpoints else None
-        saved = newest is not None and newest.step == self.step and self._last_save_step == self.step
-        if self._stop_saves and not saved:
+        if self._stop_saves and self._saved_this_step() is None:
             self._write({}, self._epochs_done())
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
         write_run_info(self.dir, self._info)
+
+    def _saved_this_step(self) -> CheckpointInfo | None:
+        """The checkpoint of the current step if this process already saved it, else None."""
+        newest = self.checkpoints[-1] if self.checkpoints else None
+        if newest is not None and newest.step == self.step and self._last_save_step == self.step:
+            return newest
+        return None
 
     def _check_preemption(self) -> None:
         if not self._guard.requested:
             return
         signal_name = self._guard.signal_name
-        newest = self.checkpoints[-1] if self.checkpoints else None
-        if newest is not None and newest.step == self.step and self._last_save_step == self.step:
-            info = newest  # this very step is already saved
-        else:
-            info = self._write({}, self._epochs_done())
+        info = self._saved_this_step() or self._write({}, self._epochs_done())
         command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "your training command"
         message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
                    f"{info.path}. To resume, run the same command again: {command}")

@@ -24,13 +24,11 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-import google_crc32c
+from ..log.records import masked_crc32c
 
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 _F32 = struct.Struct("<f").unpack_from
-_crc = google_crc32c.value
-_MASK_DELTA = 0xA282EAD8
 
 
 def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]],
@@ -45,7 +43,7 @@ def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]],
         header = blob[pos:pos + 8]
         expected = headers.get(header)
         if expected is None:
-            expected = headers[header] = _masked(header)
+            expected = headers[header] = masked_crc32c(header)
         if _U32(blob, pos + 8)[0] != expected:
             return pos
         (length,) = _U64(header)
@@ -53,8 +51,7 @@ def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]],
         if end + 4 > size:
             return pos  # torn: the writer was killed mid-record
         data = blob[pos + 12:end]
-        crc = _crc(data)
-        if _U32(blob, end)[0] != (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF:
+        if _U32(blob, end)[0] != masked_crc32c(data):
             return pos
         pos = end + 4
         # The fast path, inline (a call costs as much as the work): a one-scalar event of a tag seen
@@ -84,11 +81,6 @@ def scan_scalars(blob: bytes, found: dict[str, tuple[list[int], list[float]]],
         if not plain:
             other(data)
     return pos
-
-
-def _masked(data: bytes) -> int:
-    crc = _crc(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def _plain_scalars(data: bytes, found: dict[str, tuple[list[int], list[float]]],
