@@ -38,19 +38,34 @@ def saving_now(run_dir):
     return checkpoints.is_dir() and any(".tmp-" in p.name for p in checkpoints.iterdir())
 
 
-def kill_loop(run_dir, out, extra, *, kills, seed):
-    """Start, kill at a random moment (or the moment a save is in flight), repeat."""
+def newest_step(run_dir):
+    checkpoints = Path(run_dir) / "checkpoints"
+    steps = [int(p.name.split("-")[1]) for p in checkpoints.iterdir()
+             if p.name.startswith("step-") and "." not in p.name] if checkpoints.is_dir() else []
+    return max(steps, default=-1)
+
+
+def kill_loop(run_dir, out, extra, *, kills, seed, total_steps):
+    """Start, kill at a random moment (or the moment a save is in flight), repeat.
+
+    Each kill waits for the run to pass a random step of its own stretch of the run, then for a
+    random fraction of a second: so the kills spread over the whole run however fast this
+    machine trains, and the run never finishes before the last kill."""
     chooser = random.Random(seed)
     during_save = 0
+    stretch = (total_steps - 15) / kills  # the last ~15 steps stay unkilled: the run may not finish
     for n in range(kills):
         process = subprocess.Popen(command(run_dir, out, *extra), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
         if n % 3 == 0:  # aim at a save: wait until a temp checkpoint folder exists
-            deadline = time.monotonic() + 60
             while not saving_now(run_dir) and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.001)
         else:
-            time.sleep(chooser.uniform(1.0, 4.0))  # python + torch start takes about a second
+            target = int((n + chooser.random()) * stretch)
+            while newest_step(run_dir) < target and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(chooser.uniform(0.0, 0.1))
         during_save += saving_now(run_dir)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -64,7 +79,7 @@ def test_twenty_random_sigkills_end_bit_identical_to_an_uninterrupted_run(tmp_pa
     extra = ["--epochs", "3", "--width", "768"]
     reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
     out = tmp_path / "killed.safetensors"
-    during_save = kill_loop(tmp_path / "killed", out, extra, kills=20, seed=os.getpid())
+    during_save = kill_loop(tmp_path / "killed", out, extra, kills=20, seed=os.getpid(), total_steps=3 * 40)
     resumed = run_to_end(tmp_path / "killed", out, *extra)
     assert during_save >= 1, "no kill landed inside a save"
     assert resumed.keys() == reference.keys()
@@ -82,7 +97,7 @@ def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
     extra = ["--epochs", "2", "--width", "512", "--workers", "2"]
     reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
     out = tmp_path / "killed.safetensors"
-    kill_loop(tmp_path / "killed", out, extra, kills=5, seed=os.getpid() + 1)
+    kill_loop(tmp_path / "killed", out, extra, kills=5, seed=os.getpid() + 1, total_steps=2 * 40)
     resumed = run_to_end(tmp_path / "killed", out, *extra)
     for name in reference:
         assert resumed[name].equal(reference[name]), name
@@ -111,6 +126,7 @@ def test_a_preemption_signal_saves_exits_zero_and_the_rerun_ends_identical(tmp_p
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "To resume, run the same command again" in stderr
+    assert f"{sys.executable} {SCRIPT} {run_dir} {out}" in stderr  # the real command line, python included
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "preempted"
     assert not out.exists()

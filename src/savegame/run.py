@@ -21,9 +21,8 @@ same command continues from the newest valid checkpoint exactly where the last p
 
 from __future__ import annotations
 
-import json
-import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -52,8 +51,11 @@ from .io import load_into, object_kind
 from .lock import RunLock
 from .log.runlog import RunLog
 from .log.writer import SummaryWriter
+from .messages import notice, rerun_command
 from .preemption import PreemptionGuard
-from .runinfo import hparams_from_config, jsonable, new_run_info, read_run_info, write_run_info
+from .ranking import best_checkpoint, best_record
+from .runinfo import (config_as_json, config_changes, hparams_from_config, new_run_info, read_run_info,
+                      write_run_info)
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis, Doctor
@@ -103,6 +105,15 @@ class Run:
         self._stop_reason: str | None = None  # set by the doctor: save, end the loops, mark "stopped"
         self._stop_saves = False  # whether the stop saves the current state (not a diverged one)
         self._signals = None
+        self._doctor_config = _doctor_config(doctor)
+        self._doctor = None
+        self._current: LoaderTracker | None = None  # the loader iterate() is in (for run.batch)
+        self._superseded: list[CheckpointInfo] = []  # an explicit resume's newer checkpoints
+        self._restored: set[str] = set()  # tracked objects whose state came from the checkpoint
+        self._begun = False
+        self._config_changes: dict[str, list[Any]] = {}  # what changed since the last process
+        self._saved_log: dict[str, Any] = {}  # the checkpoint's record of the logs, cut back to at _begin
+        self._where = ""  # where the checkpoint stands in its epoch, for the resume line
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = RunLock(self.dir / "LOCK")
@@ -110,7 +121,9 @@ class Run:
         try:
             self._checkpoint_root = self.dir / "checkpoints"
             self._checkpoint_root.mkdir(exist_ok=True)
-            remove_stale_temps(self._checkpoint_root)
+            # We hold the lock, so every temp folder is stale, even one whose pid is ours again
+            # (containers restart with the same pid): clean them all, put back interrupted overwrites.
+            remove_stale_temps(self._checkpoint_root, include_live=True)
             self.checkpoints: list[CheckpointInfo] = list_checkpoints(self._checkpoint_root)
             self._info = self._open_run_info()
             self._resume_state = self._load_resume_state(resume)
@@ -120,10 +133,6 @@ class Run:
             self._saved_loaders: dict[str, Any] = {}
             if self._resume_state is not None:
                 self._apply_run_state()
-            saved_log = (self._resume_state or {}).get(RESERVED, {}).get("log") or {}
-            self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=self.resumed_from is not None,
-                                epoch_finished=self._start_epoch > self.epoch)
-            self._doctor = self._make_doctor(doctor)
             write_run_info(self.dir, self._info)
         except BaseException:
             self._lock.release()
@@ -131,8 +140,8 @@ class Run:
         self._guard = PreemptionGuard()
         if handle_signals:
             self._guard.install()
-        if self.config and not self._logs.has_history:
-            self.writer.add_hparams(hparams_from_config(self.config), {})
+        if self.resumed_from is None:
+            self._begin()  # a new run has nothing to check against: start at once
 
     # -- the loop's side ---------------------------------------------------------------------
     def track(self, **objects: Any) -> None:
@@ -149,16 +158,9 @@ class Run:
                     f"run.track({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "track models, optimizers, schedulers, scalers, or store plain values in run.extras"
                 )
+            if self.resumed_from is not None:
+                self._restore(name, obj)
             self._objects[name] = obj
-            if self._resume_state is not None:
-                if name not in self._resume_state:
-                    saved = sorted(k for k in self._resume_state if k not in (RESERVED, "extras"))
-                    raise StateMismatchError(
-                        f"checkpoint {self.resumed_from.path} has no state for {name!r}; it holds "
-                        f"{saved}. Track the same objects as the run that saved it, or start a new "
-                        "run folder (or resume='never' in an empty one)."
-                    )
-                load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
         if self._doctor is not None and self._signals is None:
             self._signals = self._doctor_signals()
 
@@ -172,10 +174,11 @@ class Run:
         ``continue_on_failure``. ``options`` go to ``savegame.preflight`` (``quick=True`` ...).
         """
         if self.resumed_from is not None:
-            return None
+            return self._earlier_preflight()
         from .preflight import preflight
         from .runinfo import write_json_atomic
 
+        self._begin()
         report = preflight(model, loss_fn, data, **options)
         write_json_atomic(self.dir / "preflight.json", report.to_dict())
         self.writer.add_text("preflight", report.to_markdown(), self.step)
@@ -189,7 +192,16 @@ class Run:
     def writer(self) -> SummaryWriter:
         """A :class:`savegame.SummaryWriter` on the run folder (the TensorBoard run), made on first
         use. Its files are cut back to the checkpoint a run resumes from, so curves never zig-zag."""
+        self._begin()
         return self._logs.writer
+
+    @property
+    def batch(self) -> int | None:
+        """The 0-based index, inside its epoch, of the batch ``iterate()`` yielded last (like
+        ``batch_idx`` in ``for batch_idx, (x, y) in enumerate(loader)``), also right after a resume
+        inside an epoch; None before the first batch."""
+        tracker = self._current
+        return tracker.batches - 1 if tracker is not None and tracker.batches else None
 
     def log(self, values: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             reduce: str | tuple[str, ...] | None = None, every_step: bool = True) -> None:
@@ -205,6 +217,7 @@ class Run:
         elif value is not None:
             raise TypeError("run.log(): pass a tag and a value, or one dict of {tag: value}")
         step = self.step if step is None else step
+        self._begin()
         hosts = self._logs.log(values, step=step, reduce=reduce, every_step=every_step)
         if self._doctor is not None and hosts:
             self._doctor.observe(hosts, step, every_step=every_step, reduce=reduce)
@@ -222,8 +235,12 @@ class Run:
 
     def epochs(self, n: int) -> Iterator[int]:
         """Yield the epoch numbers still to do, from where the last process stopped, up to ``n``."""
+        self._start_loop()
         if self._logs.stats_pending:  # the last process saved after its epoch, died before logging it
             self._logs.end_of_epoch(self.step)
+        if self.resumed_from is not None and self._start_epoch >= n:
+            notice(f"{self.dir} has already done its {n} epochs (step {self.step}): nothing to train. "
+                   "To train it again, use a new folder or delete this one; for more epochs, raise n.")
         for epoch in range(self._start_epoch, n):
             self.epoch = epoch
             self._epoch_slots = {}
@@ -241,7 +258,12 @@ class Run:
         """Yield the batches of ``loader``, counting ``run.step``; resumes inside an epoch.
 
         ``name`` identifies the loader inside checkpoints (default: its order in the epoch).
+
+        Leaving the loop early with ``break`` ends the epoch there: the epoch counts as done
+        (``run.save()`` after the loop saves as at an epoch's end, ``EveryEpochs`` included), and
+        a resume starts the next epoch rather than the rest of this one.
         """
+        self._start_loop()
         self._restore_pending_rng()
         slot = self._epoch_slots.get(id(loader))
         if slot is None:
@@ -254,6 +276,7 @@ class Run:
             if saved is not None:
                 continue_pass = saved["epoch"] == self.epoch and (saved["in_progress"] or saved["done"])
                 tracker.load_state_dict(saved, rng=self._resume_rng, continue_pass=continue_pass)
+        self._current = tracker
         try:
             for batch in tracker.iterate(epoch=self.epoch, before_batch=self._before_batch):
                 self.step += 1
@@ -265,18 +288,16 @@ class Run:
         """Save a checkpoint if the save policy says so (or ``force``); returns it, else None.
 
         Call it after the optimizer step, inside the batch loop and/or at the end of the epoch.
+        A preemption (SIGTERM, Ctrl-C) that arrived during the step saves here, with these metrics.
         """
-        if self._guard.requested:
-            self._check_preemption()
-        metrics = plain_metrics(metrics) if metrics else _NO_METRICS
-        context = SaveContext(
-            step=self.step, epoch=self.epoch, epochs_done=self._epochs_done(), now=time.monotonic(),
-            metrics=metrics, last_save_step=self._last_save_step,
-            last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time,
-        )
-        if not (self.save_policy.should_save(context) or force or self._stop_saves):
-            return None
-        return self._write(metrics, context.epochs_done)
+        self._begin()
+        context = self._context(plain_metrics(metrics) if metrics else _NO_METRICS)
+        preempted = self._guard.requested
+        decided = self.save_policy.should_save(context) or force or self._stop_saves
+        info = self._write(context) if decided or (preempted and self._saved_this_step() is None) else None
+        if preempted:
+            self._check_preemption()  # the step is saved now, with its metrics: exit
+        return info
 
     def finish(self, status: str = "finished", message: str | None = None) -> None:
         """Mark the run ``status`` in run.json, release the folder and the signal handlers."""
@@ -290,9 +311,12 @@ class Run:
         if self._signals is not None:
             self._signals.close()
         try:
+            if status != "failed":
+                self._begin()  # the block ended cleanly: the resume checked out (a failed one changes no file)
             if stopped:
                 self._stop_now()  # a loop without epochs(): the stop's save happens here
-            self._logs.close(step=self.step, hparams_status=status if self.config else None)
+            if self._begun:  # else nothing was logged, and the logs were not cut back: leave them
+                self._logs.close(step=self.step, hparams_status=status if self.config else None)
             self._info["status"] = status
             self._info["message"] = message
             write_run_info(self.dir, self._info)
@@ -314,16 +338,10 @@ class Run:
 
     @property
     def best(self) -> CheckpointInfo | None:
-        """The best kept checkpoint by the keep policy's metric (None without one)."""
+        """The best kept checkpoint by the keep policy's metric (None without one), ranked as
+        :mod:`savegame.ranking` defines it; ``run.json``'s ``best`` and the CLI name the same one."""
         metric = _best_metric(self.keep_policy)
-        if metric is None:
-            return None
-        name, mode = metric
-        scored = [c for c in self.checkpoints if _finite(c.metrics.get(name))]
-        if not scored:
-            return None
-        pick = min if mode == "min" else max
-        return pick(scored, key=lambda c: (c.metrics[name], -c.step if mode == "min" else c.step))
+        return best_checkpoint(self.checkpoints, *metric) if metric is not None else None
 
     # -- saving ------------------------------------------------------------------------------
     def _epochs_done(self) -> int:
@@ -335,7 +353,18 @@ class Run:
             finished = finished or (tracker.done and tracker.epoch == self.epoch)
         return self.epoch + 1 if finished else self.epoch
 
-    def _write(self, metrics: dict[str, float], epochs_done: int) -> CheckpointInfo:
+    def _write(self, context: SaveContext) -> CheckpointInfo:
+        # The save policy hears of the save before its state is stored with it (OnImprovement's
+        # best is this value now); if the write fails, the policy goes back to where it was.
+        before = self.save_policy.state_dict()
+        self.save_policy.saved(context)
+        try:
+            return self._write_checkpoint(dict(context.metrics), context.epochs_done)
+        except BaseException:
+            self.save_policy.load_state_dict(before)
+            raise
+
+    def _write_checkpoint(self, metrics: dict[str, float], epochs_done: int) -> CheckpointInfo:
         newest = self.checkpoints[-1] if self.checkpoints else None
         state = {name: obj.state_dict() for name, obj in self._objects.items()}
         state["extras"] = self.extras
@@ -357,7 +386,11 @@ class Run:
         saved[:] = [s for s in saved if s < self.step][-(MAX_SAVED_STEPS - 1):] + [self.step]
         self._last_save_step, self._last_save_epochs_done = self.step, epochs_done
         self._last_save_time = time.monotonic()
-        protected = {self.resumed_from.step} if self.resumed_from is not None else set()
+        # The checkpoint this process resumed from is protected only until a newer one has
+        # committed; after that the keep policy treats it like any other, so a run resumed many
+        # times ends with the same checkpoints as one that never stopped.
+        protected = ({self.resumed_from.step} if self.resumed_from is not None and self.step <= self.resumed_from.step
+                     else set())
         for doomed in plan_deletions(self.checkpoints, self.keep_policy, protected=protected):
             delete_checkpoint(doomed.path)
             self.checkpoints.remove(doomed)
@@ -366,23 +399,17 @@ class Run:
         return info
 
     def _record_best(self) -> None:
-        best = self.best
-        if best is not None:
-            name, mode = _best_metric(self.keep_policy)
-            self._info["best"] = {"metric": name, "mode": mode, "value": best.metrics[name],
-                                  "step": best.step, "checkpoint": best.path.name}
+        """run.json's ``ranking`` (how "best" is ranked) and ``best`` (the best kept checkpoint)."""
+        metric = _best_metric(self.keep_policy)
+        if metric is not None:
+            self._info["ranking"] = {"metric": metric[0], "mode": metric[1]}
+            self._info["best"] = best_record(self.checkpoints, *metric)
 
-    def _make_doctor(self, doctor: Any) -> Any:
-        if doctor is False or doctor is None:
+    def _make_doctor(self, doctor: "Doctor | None") -> Any:
+        if doctor is None or not self._logs.writer._writes():  # a silent rank logs nothing to judge
             return None
-        from .doctor.live import Doctor, LiveDoctor
+        from .doctor.live import LiveDoctor
 
-        if doctor is True:
-            doctor = Doctor()
-        if not isinstance(doctor, Doctor):
-            raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
-        if not self._logs.writer._writes():  # a silent rank (not rank 0) logs nothing to judge
-            return None
         return LiveDoctor(doctor, self.dir, resumed_at=self.step if self.resumed_from is not None else None,
                           write_text=lambda text, step: self.writer.add_text("doctor", text, step),
                           request_stop=self._request_stop)
@@ -420,9 +447,14 @@ class Run:
     def _stop_now(self) -> None:
         """The doctor asked to stop: save this step (unless saved already, or diverged) and say why."""
         if self._stop_saves and self._saved_this_step() is None:
-            self._write({}, self._epochs_done())
+            self._write(self._context())
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
         write_run_info(self.dir, self._info)
+
+    def _context(self, metrics: Mapping[str, float] = _NO_METRICS) -> SaveContext:
+        return SaveContext(step=self.step, epoch=self.epoch, epochs_done=self._epochs_done(), now=time.monotonic(),
+                           metrics=metrics, last_save_step=self._last_save_step,
+                           last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time)
 
     def _saved_this_step(self) -> CheckpointInfo | None:
         """The checkpoint of the current step if this process already saved it, else None."""
@@ -435,10 +467,9 @@ class Run:
         if not self._guard.requested:
             return
         signal_name = self._guard.signal_name
-        info = self._saved_this_step() or self._write({}, self._epochs_done())
-        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "your training command"
+        info = self._saved_this_step() or self._write(self._context())
         message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
-                   f"{info.path}. To resume, run the same command again: {command}")
+                   f"{info.path}. To resume, run the same command again: {rerun_command()}")
         self._info["status"], self._info["message"] = "preempted", message
         write_run_info(self.dir, self._info)
         print(f"savegame: {message}", file=sys.stderr, flush=True)
@@ -450,17 +481,25 @@ class Run:
             info = read_run_info(self.dir)
         except FileNotFoundError:
             return new_run_info(self.dir.name, config=self.config)
-        if info.get("config") != _jsonish(self.config):
+        self._config_changes = config_changes(info.get("config") or {}, self.config)
+        if self._config_changes:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in self._config_changes.items())
             warnings.warn(
-                f"{self.dir}/run.json was started with config {info.get('config')} and now gets "
-                f"{self.config}; continuing with the new one", stacklevel=4)
+                f"{self.dir}/run.json: the config changed since the last process ({listed}); run.json "
+                "records the new values and the change. State restored from the checkpoint (the "
+                "optimizer's lr, the schedule ...) keeps its saved values unless you set them again "
+                "after run.track()", stacklevel=4)
+            info.setdefault("config_history", []).append(
+                {"time": time.time(), "step": None, "changed": self._config_changes})
         if info.get("status") == "stopped":
             best = info.get("best") or {}
             hint = f" To start again from the best checkpoint: Run(..., resume={best['step']})." if best.get("step") else ""
             warnings.warn(f"{self.dir} was stopped early: {info.get('message')} Resuming from its newest "
                           f"checkpoint.{hint}", stacklevel=4)
-        info["config"] = self.config
+        info["config"] = config_as_json(self.config)
         info["status"], info["message"] = "running", None
+        # this process owns the run now: `savegame ls` judges liveness by this pid on this host
+        info["pid"], info["host"] = os.getpid(), socket.gethostname()
         return info
 
     def _load_resume_state(self, resume: str | int | Path) -> dict[str, Any] | None:
@@ -488,16 +527,10 @@ class Run:
 
     def _supersede_newer(self, state: dict[str, Any]) -> dict[str, Any]:
         """An explicit resume from step S starts a new timeline at S: this folder's checkpoints
-        after S belong to the old one (their logs are cut off now), so they are renamed
-        ``*.superseded`` and a later resume="auto" does not jump back to them."""
-        newer = [c for c in self.checkpoints if c.step > self.resumed_from.step]
-        for checkpoint in newer:
-            quarantine(checkpoint.path, "superseded")
-        if newer:
-            self.checkpoints = [c for c in self.checkpoints if c not in newer]
-            warnings.warn(f"resuming {self.dir} from step {self.resumed_from.step}: its later checkpoints "
-                          f"(steps {[c.step for c in newer]}) are renamed *.superseded; they are kept, "
-                          "but no longer resumed from", stacklevel=5)
+        after S belong to the old one, so they are no longer resumed from. They are renamed
+        ``*.superseded`` when the run begins (see :meth:`_begin`), not before its objects are checked."""
+        self._superseded = [c for c in self.checkpoints if c.step > self.resumed_from.step]
+        self.checkpoints = [c for c in self.checkpoints if c not in self._superseded]
         return state
 
     def _read_for_resume(self, path: Path, *, fall_back: bool) -> dict[str, Any] | None:
@@ -535,9 +568,115 @@ class Run:
         self.save_policy.load_state_dict(run_state.get("save_policy") or {})
         self._last_save_step = self.step
         self._last_save_epochs_done = self._start_epoch
-        self._info["resumes"].append({
-            "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
-            "pid": os.getpid()})
+        self._saved_log = run_state.get("log") or {}
+        self._where = _position(run_state)
+
+    def _restore(self, name: str, obj: Any) -> None:
+        """Load ``name``'s state from the checkpoint into ``obj``, then drop it from memory (a
+        large model's tensors would otherwise stay alive beside the model for the whole run)."""
+        if name in self._restored:
+            raise ValueError(f"run.track({name}=...): {name!r} is tracked already and was restored from "
+                             f"{self.resumed_from.path}; track each object once")
+        if self._resume_state is None:
+            raise RuntimeError(
+                f"run.track({name}=...) after the loop started: a resumed run restores tracked objects "
+                "from its checkpoint before the first epochs()/iterate(), and has released that state "
+                "since. Call run.track() before the loop.")
+        if name not in self._resume_state:
+            saved = sorted(k for k in self._resume_state if k not in (RESERVED, "extras"))
+            saved = sorted({*saved, *self._restored})
+            raise StateMismatchError(
+                f"checkpoint {self.resumed_from.path} has no state for {name!r}; it holds "
+                f"{saved}. Track the same objects as the run that saved it, or start a new "
+                "run folder (or resume='never' in an empty one).")
+        load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
+        del self._resume_state[name]
+        self._restored.add(name)
+        self._note_kept_hyperparameters(name, obj)
+
+    def _note_kept_hyperparameters(self, name: str, obj: Any) -> None:
+        """A changed config value that names an optimizer hyperparameter (``lr``, ``weight_decay``
+        ...) does not reach a restored optimizer: say so, and record what the run really uses."""
+        changes = self._config_changes
+        groups = getattr(obj, "param_groups", None)
+        if not changes or not isinstance(groups, list):
+            return
+        kept = {}
+        for key, (_, new) in changes.items():
+            field = key.rsplit(".", 1)[-1]
+            used = [g[field] for g in groups if isinstance(g, dict) and field in g]
+            if used and any(u != new for u in used):
+                kept[key] = used[0] if len(set(map(repr, used))) == 1 else used
+        if kept:
+            self._info["config_history"][-1].setdefault("kept_from_checkpoint", {}).update(
+                {f"{name}.{k}": v for k, v in config_as_json(kept).items()})
+            listed = ", ".join(f"{key}={value!r} (config: {changes[key][1]!r})" for key, value in kept.items())
+            warnings.warn(
+                f"the restored {name} goes on with {listed} from {self.resumed_from.path}; to use the new "
+                f"value, set it after run.track(), e.g. for g in {name}.param_groups: g[...] = ...",
+                stacklevel=4)
+
+    def _earlier_preflight(self) -> Any:
+        """On resume: the report of the preflight that ran when the run started (preflight.json),
+        or a report with one skipped check, so that ``print(run.preflight(...))`` says what happened."""
+        import json
+
+        from .preflight.report import CheckResult, PreflightReport
+
+        try:
+            saved = json.loads((self.dir / "preflight.json").read_text())
+            report = PreflightReport([CheckResult(**check) for check in saved["checks"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            report = PreflightReport([CheckResult(
+                "preflight", "skip", f"skipped: the run resumed from step {self.resumed_from.step}; preflight "
+                "runs once, when a run starts")])
+        else:
+            notice(f"preflight skipped on resume; returning its report from when the run started "
+                   f"({self.dir / 'preflight.json'})")
+        return report
+
+    def _is_own(self, checkpoint: Path) -> bool:
+        return checkpoint.resolve().parent.parent == self.dir.resolve()
+
+    def _begin(self) -> None:
+        """Start the run for real, once: the first epochs(), iterate(), save(), log(), writer use.
+
+        Until then a resume changes no file, so a track() that finds the checkpoint does not
+        fit loses nothing. Now: supersede an explicit resume's newer checkpoints, cut the logs
+        back to the checkpoint, record the resume, and say so."""
+        if self._begun:
+            return
+        self._begun = True
+        resumed = self.resumed_from is not None
+        for checkpoint in self._superseded:
+            quarantine(checkpoint.path, "superseded")
+        if self._superseded:
+            warnings.warn(f"resuming {self.dir} from step {self.resumed_from.step}: its later checkpoints "
+                          f"(steps {[c.step for c in self._superseded]}) are renamed *.superseded; they are "
+                          "kept, but no longer resumed from", stacklevel=4)
+        # A checkpoint in another folder (resume=path) records that folder's event files, not ours.
+        saved_log = self._saved_log if resumed and self._is_own(self.resumed_from.path) else {}
+        self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed,
+                            epoch_finished=self._start_epoch > self.epoch)
+        self._doctor = self._make_doctor(self._doctor_config)
+        if self._doctor is not None and self._objects:
+            self._signals = self._doctor_signals()
+        if resumed:
+            self._info["resumes"].append({
+                "time": time.time(), "from_step": self.step, "from_checkpoint": self.resumed_from.path.name,
+                "pid": os.getpid()})
+            if self._config_changes:
+                self._info["config_history"][-1]["step"] = self.step
+            write_run_info(self.dir, self._info)
+            notice(f"resumed {self.dir} from step {self.step} ({self._where})")
+        if self.config and not self._logs.has_history:
+            self.writer.add_hparams(hparams_from_config(self.config), {})
+
+    def _start_loop(self) -> None:
+        """The loop starts: every object is tracked, so the rest of the resume state can go."""
+        self._begin()
+        if self._resume_state is not None:
+            self._resume_state = None
 
     def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:
@@ -557,8 +696,28 @@ def _check_resume_argument(resume: Any) -> None:
     raise ValueError(f"resume must be 'auto', 'never', a step number or a checkpoint path, but got {resume!r}")
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
+def _doctor_config(doctor: Any) -> "Doctor | None":
+    if doctor is False or doctor is None:
+        return None
+    from .doctor.live import Doctor
+
+    if doctor is True:
+        return Doctor()
+    if not isinstance(doctor, Doctor):
+        raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
+    return doctor
+
+
+def _position(run_state: Mapping[str, Any]) -> str:
+    """Where a checkpoint stands, for the resume line: "epoch 6, batch 30 of 45" or "end of epoch 5"."""
+    epoch = run_state["epoch"]
+    if run_state["epochs_done"] > epoch:
+        return f"end of epoch {epoch}"
+    loaders = [s for s in (run_state.get("loaders") or {}).values() if s.get("epoch") == epoch]
+    if not loaders:
+        return f"epoch {epoch}"
+    batches, length = loaders[0].get("batches", 0), loaders[0].get("length")
+    return f"epoch {epoch}, batch {batches}" + (f" of {length}" if length else "")
 
 
 def _best_metric(policy: Any) -> tuple[str, str] | None:
@@ -572,5 +731,4 @@ def _best_metric(policy: Any) -> tuple[str, str] | None:
     return None
 
 
-def _jsonish(config: dict[str, Any]) -> Any:
-    return json.loads(json.dumps(config, default=jsonable))
+

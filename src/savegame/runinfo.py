@@ -14,6 +14,7 @@ The file is small and rewritten whole, atomically (temp file, fsync, rename), so
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -35,7 +36,7 @@ def new_run_info(name: str, *, config: dict[str, Any] | None) -> dict[str, Any]:
 
     now = time.time()
     return {
-        "format": FORMAT, "version": VERSION, "name": name, "config": config or {},
+        "format": FORMAT, "version": VERSION, "name": name, "config": config_as_json(config or {}),
         "status": "running", "created": now, "updated": now,
         "savegame_version": __version__, "torch_version": _torch_version(),
         "python_version": platform.python_version(), "host": socket.gethostname(),
@@ -93,6 +94,53 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=str)
     return str(value)
+
+
+def config_as_json(config: Mapping[str, Any]) -> Any:
+    """``config`` as ``run.json`` stores it: plain JSON, with a non-finite float written as the
+    string ``"inf"``, ``"-inf"`` or ``"nan"`` (like checkpoint metrics), so that configs such as
+    ``{"max_grad_norm": float("inf")}`` are stored rather than refused.
+
+    >>> config_as_json({"clip": float("inf"), "sizes": (1, 2), "opt": {"eps": float("nan")}})
+    {'clip': 'inf', 'sizes': [1, 2], 'opt': {'eps': 'nan'}}
+    """
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return plain(jsonable(value))
+
+    return plain(config)
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The keys whose values differ between two configs (as stored in ``run.json``), nested keys
+    joined with ".": ``{key: [old, new]}``, a missing side as None.
+
+    >>> config_changes({"lr": 0.1, "model": {"depth": 4}}, {"lr": 0.5, "model": {"depth": 4}, "wd": 0})
+    {'lr': [0.1, 0.5], 'wd': [None, 0]}
+    """
+    flat_old, flat_new = _flatten(config_as_json(old)), _flatten(config_as_json(new))
+    return {key: [flat_old.get(key), flat_new.get(key)] for key in sorted(flat_old.keys() | flat_new.keys())
+            if flat_old.get(key, _MISSING) != flat_new.get(key, _MISSING)}
+
+
+_MISSING = object()
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, Mapping) or (prefix and not config):
+        return {prefix[:-1]: config} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, Mapping) and value
+                    else {f"{prefix}{key}": value})
+    return flat
 
 
 def hparams_from_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -47,6 +47,14 @@ def ctx(step: int = 0, **kw) -> SaveContext:
     return SaveContext(step=step, **kw)
 
 
+def decide(policy: SavePolicy, context: SaveContext) -> bool:
+    """What Run does: ask the policy, and when it says save, tell it the save was written."""
+    save = policy.should_save(context)
+    if save:
+        policy.saved(context)
+    return save
+
+
 # --------------------------------------------------------------------------------------------
 # When to save
 # --------------------------------------------------------------------------------------------
@@ -98,27 +106,27 @@ def test_every_seconds_rejects_a_non_positive_interval(seconds):
 
 def test_on_improvement_saves_only_when_the_metric_beats_the_best_by_min_delta():
     p = OnImprovement("loss/val", min_delta=0.1)
-    seen = [p.should_save(ctx(metrics={"loss/val": v})) for v in (1.0, 0.95, 0.85, 0.9, 0.5)]
+    seen = [decide(p, ctx(metrics={"loss/val": v})) for v in (1.0, 0.95, 0.85, 0.9, 0.5)]
     assert seen == [True, False, True, False, True]
 
 
 def test_on_improvement_in_max_mode_saves_on_a_higher_value():
     p = OnImprovement("acc/val", mode="max")
-    seen = [p.should_save(ctx(metrics={"acc/val": v})) for v in (0.5, 0.4, 0.5, 0.6)]
+    seen = [decide(p, ctx(metrics={"acc/val": v})) for v in (0.5, 0.4, 0.5, 0.6)]
     assert seen == [True, False, False, True]
 
 
 def test_on_improvement_never_counts_nan_as_an_improvement():
     p = OnImprovement("loss")
-    seen = [p.should_save(ctx(metrics={"loss": v})) for v in (math.nan, 2.0, math.nan, 1.0)]
+    seen = [decide(p, ctx(metrics={"loss": v})) for v in (math.nan, 2.0, math.nan, 1.0)]
     assert seen == [False, True, False, True]
 
 
 def test_on_improvement_keeps_its_best_across_epochs_instead_of_resetting_it():
     # the seed reset its best loss every epoch and so saved a worse model in each new epoch
     p = OnImprovement("loss/val")
-    assert p.should_save(ctx(epoch=0, epochs_done=1, metrics={"loss/val": 0.3}))
-    assert not p.should_save(ctx(epoch=1, epochs_done=2, metrics={"loss/val": 0.4}))
+    assert decide(p, ctx(epoch=0, epochs_done=1, metrics={"loss/val": 0.3}))
+    assert not decide(p, ctx(epoch=1, epochs_done=2, metrics={"loss/val": 0.4}))
 
 
 def test_on_improvement_names_the_missing_metric_and_the_metrics_given():
@@ -186,15 +194,33 @@ def test_composites_reject_anything_but_save_policies():
 def test_all_of_stops_at_the_first_false_so_later_children_see_only_gated_calls():
     best = OnImprovement("loss/val")
     p = EveryEpochs(1) & best
-    assert not p.should_save(ctx(epochs_done=0, metrics={}))  # mid-epoch: metric not asked for
-    assert p.should_save(ctx(epochs_done=1, metrics={"loss/val": 0.5}))
+    assert not decide(p, ctx(epochs_done=0, metrics={}))  # mid-epoch: metric not asked for
+    assert decide(p, ctx(epochs_done=1, metrics={"loss/val": 0.5}))
     assert best.best == 0.5
 
 
 def test_any_of_asks_every_child_so_on_improvement_sees_values_saved_by_another_child():
     best = OnImprovement("loss/val")
     p = Always() | best
-    p.should_save(ctx(metrics={"loss/val": 0.5}))
+    decide(p, ctx(metrics={"loss/val": 0.5}))
+    assert best.best == 0.5
+
+
+def test_on_improvement_moves_its_best_only_when_the_save_is_written():
+    # a save that the policy asked for but that then failed (disk full) must not count as the
+    # best, or the next, truly saved improvement would be skipped
+    best = OnImprovement("loss/val")
+    assert best.should_save(ctx(metrics={"loss/val": 0.5}))
+    assert best.best is None
+    assert best.should_save(ctx(metrics={"loss/val": 0.6}))  # 0.5 was never written
+    best.saved(ctx(metrics={"loss/val": 0.6}))
+    assert best.best == 0.6
+
+
+def test_all_of_tells_every_child_of_a_save_even_those_it_did_not_ask():
+    best = OnImprovement("loss/val")
+    p = (best & Never()) | EverySteps(1)
+    assert decide(p, ctx(1, last_save_step=0, metrics={"loss/val": 0.5}))
     assert best.best == 0.5
 
 
@@ -210,7 +236,7 @@ def _simulate(policy: SavePolicy, values, *, start=0, last_step=None, last_epoch
     for step, value in enumerate(values[start:], start=start):
         c = ctx(step, epoch=step // 4, epochs_done=(step + 1) // 4, metrics={"loss": value},
                 last_save_step=last_step, last_save_epochs_done=last_epochs)
-        save = policy.should_save(c)
+        save = decide(policy, c)
         decisions.append(save)
         if save:  # the lead stores policy state inside each checkpoint, after deciding
             last_step, last_epochs = c.step, c.epochs_done

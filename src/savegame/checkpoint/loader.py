@@ -79,6 +79,7 @@ class LoaderTracker:
     def state_dict(self) -> dict[str, Any]:
         state = {"epoch": self.epoch, "batches": self.batches, "done": self.done,
                  "in_progress": self.in_progress, "sampler_rng": self._sampler_rng,
+                 "length": _length(self.loader),  # for "resumed ... batch 30 of 45"
                  # where the loader's own generators are now: the next pass shuffles from here
                  "generators": _capture_generators(self.loader)}
         if self._stateful:
@@ -120,7 +121,13 @@ class LoaderTracker:
             except StopIteration:
                 break
             self.batches += 1
-            yield batch
+            try:
+                yield batch
+            except GeneratorExit:
+                # The loop broke out (``break``): the pass, and so the epoch, ends here. An error
+                # in the loop body also closes the generator, but then the run fails unsaved.
+                self.in_progress, self.done = False, True
+                raise
         self.in_progress, self.done = False, True
 
     def _start(self, plan: ResumePlan | None) -> Iterator[Any]:
@@ -277,6 +284,13 @@ def _positioned_copy(loader: DataLoader, tracker: LoaderTracker) -> DataLoader:
         object.__setattr__(clone, "worker_init_fn", _IgnoreInterrupts(loader.worker_init_fn))
     object.__setattr__(clone, "_iterator", None)
     return clone
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset, a generator: no length
+        return None
 
 
 def _generators(loader: Any) -> dict[str, torch.Generator]:

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from savegame.errors import MetricNotFoundError
+from savegame.ranking import top_checkpoints
 
 __all__ = [
     "SaveContext", "SavePolicy", "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement",
@@ -97,7 +98,11 @@ class SavePolicy(ABC):
 
     @abstractmethod
     def should_save(self, ctx: SaveContext) -> bool:
-        """True to write a checkpoint now."""
+        """True to write a checkpoint now. Changes no state: a save that then fails must not
+        count, so what a save changes happens in :meth:`saved`."""
+
+    def saved(self, ctx: SaveContext) -> None:
+        """A checkpoint was written at ``ctx`` (whoever decided it): update the state."""
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume (saved inside each checkpoint); stateless by default."""
@@ -186,11 +191,17 @@ class OnImprovement(SavePolicy):
     """Save when ``metrics[metric]`` beats the best value seen so far by more than ``min_delta``.
 
     A call without any metrics is never an improvement; a call with metrics but not this one is
-    an error (most likely a misspelt name). The best value is state: it is saved in each checkpoint and restored on resume, so a resumed
-    run does not save its first worse value again. NaN never improves.
+    an error (most likely a misspelt name). The best value is the best one among the saved
+    checkpoints: it moves when a save with a better value is written (:meth:`saved`), not when a
+    save is only decided, so a save that fails does not move it. It is saved in each checkpoint
+    and restored on resume, so a resumed run does not save its first worse value again. NaN
+    never improves.
 
-    >>> OnImprovement("acc", mode="max").should_save(SaveContext(step=1, metrics={"acc": 0.5}))
-    True
+    >>> policy, ctx = OnImprovement("acc", mode="max"), SaveContext(step=1, metrics={"acc": 0.5})
+    >>> policy.should_save(ctx), policy.best
+    (True, None)
+    >>> policy.saved(ctx); policy.best
+    0.5
     """
 
     __slots__ = ("metric", "mode", "min_delta", "best")
@@ -204,7 +215,7 @@ class OnImprovement(SavePolicy):
 
     def should_save(self, ctx: SaveContext) -> bool:
         try:
-            value = float(ctx.metrics[self.metric])
+            return self._improves(float(ctx.metrics[self.metric]))
         except KeyError:
             if not ctx.metrics:
                 # A save call with no metrics (the mid-epoch run.save() beside an end-of-epoch one
@@ -215,16 +226,19 @@ class OnImprovement(SavePolicy):
                 f"{sorted(ctx.metrics)}. Pass it, e.g. "
                 f"run.save(metrics={{{self.metric!r}: value}}), or fix the metric name."
             ) from None
+
+    def saved(self, ctx: SaveContext) -> None:
+        value = ctx.metrics.get(self.metric)
+        if value is not None and self._improves(value := float(value)):
+            self.best = value
+
+    def _improves(self, value: float) -> bool:
         best = self.best
         if best is None:
-            improved = not math.isnan(value)
-        elif self.mode == "min":
-            improved = value < best - self.min_delta  # False for NaN, like every NaN comparison
-        else:
-            improved = value > best + self.min_delta
-        if improved:
-            self.best = value
-        return improved
+            return not math.isnan(value)
+        if self.mode == "min":
+            return value < best - self.min_delta  # False for NaN, like every NaN comparison
+        return value > best + self.min_delta
 
     def state_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "mode": self.mode, "best": self.best}
@@ -312,6 +326,10 @@ class _Composite(SavePolicy):
         for i, p in enumerate(self.policies):
             p.load_state_dict(state.get(str(i), {}))
 
+    def saved(self, ctx: SaveContext) -> None:
+        for p in self.policies:
+            p.saved(ctx)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.policies))})"
 
@@ -319,8 +337,8 @@ class _Composite(SavePolicy):
 class AnyOf(_Composite):
     """Save when any child says so; ``a | b`` builds one.
 
-    Every child is asked at every call (no short cut), so a stateful child such as
-    :class:`OnImprovement` sees every value, including those saved because of another child.
+    Every child is asked at every call (no short cut); every child hears of every save
+    (:meth:`saved`), so :class:`OnImprovement` also counts the values saved because of another child.
 
     >>> (Never() | Always()).should_save(SaveContext(step=0))
     True
@@ -339,8 +357,8 @@ class AnyOf(_Composite):
 class AllOf(_Composite):
     """Save when every child says so; ``a & b`` builds one.
 
-    Children are asked in order and the first False stops: put gates first and stateful
-    children (:class:`OnImprovement`) last, so they only see the calls that passed the gates.
+    Children are asked in order and the first False stops (put cheap gates first); every child
+    hears of every save (:meth:`saved`), whichever child decided it.
 
     >>> (EveryEpochs(1) & Never()).should_save(SaveContext(step=0, epochs_done=1))
     False
@@ -405,7 +423,8 @@ class KeepLast(KeepPolicy):
 
 @dataclass(frozen=True, slots=True)
 class KeepBest(KeepPolicy):
-    """Keep the ``k`` best by ``metric``; ties go to the newer step; missing or NaN never ranks.
+    """Keep the ``k`` best by ``metric`` (``savegame.ranking``: ties go to the newer step; a
+    missing, NaN or infinite value never ranks).
 
     >>> from types import SimpleNamespace as C
     >>> KeepBest(1, "loss").keep([C(step=1, metrics={"loss": 0.2}), C(step=2, metrics={})])
@@ -421,14 +440,7 @@ class KeepBest(KeepPolicy):
         _check_mode("KeepBest", self.mode)
 
     def keep(self, checkpoints: Sequence[CheckpointLike]) -> set[int]:
-        sign = 1.0 if self.mode == "min" else -1.0
-        ranked = []
-        for c in checkpoints:
-            value = c.metrics.get(self.metric)
-            if value is not None and not math.isnan(value := float(value)):
-                ranked.append((sign * value, -c.step))
-        ranked.sort()
-        return {-neg_step for _, neg_step in ranked[: self.k]}
+        return {c.step for c in top_checkpoints(checkpoints, self.metric, self.mode, self.k)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

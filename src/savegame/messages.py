@@ -1,0 +1,56 @@
+"""The one-line notices a run prints (it resumed, it had finished, how to resume), via ``logging``.
+
+They go to the ``"savegame"`` logger at INFO. When the program has configured no logging at all,
+the first notice adds a handler that prints ``savegame: <message>`` to stderr, so a user sees
+them without setting anything up; with logging configured (``logging.basicConfig(...)``, a
+framework, pytest) they go wherever the program sends its logs. To silence them:
+
+    logging.getLogger("savegame").setLevel(logging.WARNING)
+
+>>> import shlex
+>>> shlex.split(rerun_command(["/usr/bin/python3", "train.py", "--lr", "0.1 0.2"], script="train.py"))[1:]
+['train.py', '--lr', '0.1 0.2']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import sys
+from typing import Sequence
+
+logger = logging.getLogger("savegame")
+
+
+def notice(message: str) -> None:
+    """Log ``message`` at INFO on the ``savegame`` logger (printed to stderr by default)."""
+    if not logger.handlers and not logging.getLogger().handlers and logger.level == logging.NOTSET:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("savegame: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # the root logger has no handler: nothing else would print it
+    logger.info(message)
+
+
+def rerun_command(orig_argv: Sequence[str] | None = None, script: str | None = None) -> str:
+    """The command line that started this process, ready to paste into a shell.
+
+    ``sys.orig_argv`` has the interpreter and its options (``python -m pkg``, ``python train.py``);
+    a console script (``savegame demo``) is shown by its name when that name finds the same
+    program on ``PATH``.
+    """
+    argv = list(sys.orig_argv if orig_argv is None else orig_argv)
+    script = sys.argv[0] if script is None else script
+    if not argv:
+        return "your training command"
+    console_script = (len(argv) >= 2 and script and not script.endswith(".py") and os.path.isfile(script)
+                      and os.path.abspath(argv[1]) == os.path.abspath(script))
+    if console_script:
+        name = os.path.basename(script)
+        found = shutil.which(name)
+        head = name if found and os.path.samefile(found, script) else script
+        return shlex.join([head, *argv[2:]])
+    return shlex.join(argv)
