@@ -105,7 +105,12 @@ def assert_same_bits(a, b):
 def test_a_run_crashed_mid_epoch_resumes_to_identical_parameters(tmp_path, kind):
     reference = train(tmp_path / "ref", kind=kind)
     assert train(tmp_path / "crashed", kind=kind, crash_at=17) is None  # last save: step 15
-    assert_same_bits(reference, train(tmp_path / "crashed", kind=kind))
+    if kind == "iterable":  # an iterable dataset can only skip by reading: said in a warning
+        with pytest.warns(UserWarning, match="reading 3 batches again to reach the saved position"):
+            resumed = train(tmp_path / "crashed", kind=kind)
+    else:
+        resumed = train(tmp_path / "crashed", kind=kind)
+    assert_same_bits(reference, resumed)
 
 
 @pytest.mark.parametrize("kind", ["shuffle", "persistent", "generator"])
