@@ -21,7 +21,7 @@ LOSSES = [0.5, 0.2, 0.3, 0.4, 0.45]
 
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables would cut long paths at 80 columns
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line (at 80 columns long paths fold)
 
 
 def make_run(folder: Path, losses=LOSSES, *, preempt_after: int | None = None) -> dict[int, dict]:
@@ -75,7 +75,8 @@ def test_ls_json_lists_every_run_found_up_to_two_levels_below(tmp_path, capsys):
     rows = {Path(r["run"]).name: r for r in json.loads(out)}
     assert code == 0 and set(rows) == {"a", "trial-0"}
     assert rows["a"]["status"] == "finished" and rows["a"]["checkpoints"] == 3
-    assert rows["a"]["best"] == {"metric": "loss/val", "mode": "min", "value": 0.2, "step": 2}
+    assert rows["a"]["best"] == {"metric": "loss/val", "mode": "min", "value": 0.2, "step": 2,
+                                 "checkpoint": "step-000002"}  # as run.json's best records it
     assert rows["trial-0"]["status"] == "preempted" and rows["trial-0"]["step"] == 1
     assert rows["a"]["size"] > 0 and rows["a"]["updated"] > 0
 

@@ -114,3 +114,41 @@ def test_ctrl_c_saves_and_exits_0_then_the_same_command_resumes_and_finishes(tmp
     assert status(folder) == "finished"
     info = json.loads((folder / "run.json").read_text())
     assert [r["from_step"] for r in info["resumes"]] == [stopped_at]
+
+
+# A module finder that refuses some packages, as if they were not installed: the check must hold
+# for a real import in a fresh interpreter (not only for sys.modules tricks in this one).
+REFUSE = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Refuse())
+from savegame.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+@pytest.mark.parametrize("missing, named", [("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"),
+                                            ("PIL", "Pillow")])
+def test_a_missing_package_stops_the_demo_before_training_and_names_the_extra(tmp_path, missing, named):
+    folder = tmp_path / "runs" / "demo"
+    code = REFUSE.format(blocked={missing}, argv=["demo", "--epochs", "1", "--dir", str(folder)])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "pip install 'savegame[demo]'" in done.stderr
+    assert named in done.stderr and done.stderr.startswith("savegame demo: error:")
+    assert not folder.exists() and "epoch" not in done.stdout  # nothing trained, nothing written
+
+
+def test_a_missing_package_does_not_cost_a_fresh_run_its_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(demo.CONFIG, "width", 8)
+    folder = tmp_path / "digits"
+    assert demo.main(["--epochs", "1", "--dir", str(folder)]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes the import fail
+    assert demo.main(["--epochs", "1", "--dir", str(folder), "--fresh"]) == 2
+    assert "pip install 'savegame[demo]'" in capsys.readouterr().err
+    assert (folder / "run.json").is_file()  # --fresh deleted nothing: it could not have trained anyway

@@ -2,8 +2,11 @@
 ``board``).
 
 Every command only reads the run folder (``export`` writes the one file it is asked for), so it is
-safe while a run trains. Bad input (a missing folder, a folder that is not a run, no checkpoints)
-prints one line on stderr naming the path and the fix, and exits 2; ``verify`` exits 1 on damage.
+safe while a run trains. Bad input (a missing folder, a file where a folder is expected, a folder
+that is not a run, no checkpoints) prints one line on stderr naming the path and the fix, and
+exits 2; ``verify`` exits 1 on damage. Tables fold long cells (run paths, metric names) onto more
+lines rather than cutting them, at any terminal width and without a terminal; ``--json`` prints
+everything for scripts.
 
 >>> main(["--help"])  # doctest: +SKIP
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import socket
 import sys
@@ -21,9 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
+from . import ranking
 from .errors import SavegameError
 from .runinfo import is_run_dir, read_run_info
 
@@ -36,6 +42,63 @@ COMMANDS = ("demo", "ls", "show", "verify", "export", "board", "preflight", "doc
 
 class CliError(SavegameError):
     """Bad input on the command line; printed as one line, exit code 2."""
+
+
+RUN_HINT = "pass a run folder (list them with `savegame ls`)"
+RUNS_HINT = "pass the folder that holds your runs"
+LOGDIR_HINT = "give a TensorBoard logdir (a folder of event files)"
+LS_HINT = f"{RUNS_HINT}, or start one with `savegame demo`"
+
+
+def folder_arg(path: str | os.PathLike, hint: str = "check the path") -> Path:
+    """``path`` if it is a folder; else a :class:`CliError` (one line, exit 2) that names the
+    mistake: a missing path (with ``hint``, the fix) or a file (with the folder to give instead).
+
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "run.json").touch()
+    >>> folder_arg(run) == run
+    True
+    >>> folder_arg(run / "run.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    savegame.cli.CliError: .../run.json is a file, not a folder; give its folder: ...
+    """
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if folder.is_file():
+        raise CliError(f"{folder} is a file, not a folder; give its folder: {folder.parent}")
+    if folder.exists():
+        raise CliError(f"{folder} is not a folder; {hint}")
+    raise CliError(f"{folder} does not exist; {hint}")
+
+
+def output_arg(flag: str, path: str | os.PathLike, example: str, *, makes_folders: bool = False) -> Path:
+    """``path`` if the file can be written there; else a :class:`CliError` (one line, exit 2): it
+    is a folder (name the file, e.g. ``example`` in it), a file stands where a folder must, or its
+    folder is missing (unless the command ``makes_folders``, as ``report -o`` does)."""
+    out = Path(path)
+    if out.is_dir():
+        raise CliError(f"{flag} {out} is a folder; name the file to write, e.g. {flag} {out / example}")
+    folder = next((p for p in out.parents if p.exists()), Path("."))  # the nearest that exists
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"{flag} {out}: {folder} is a file, not a folder; write somewhere else")
+    if folder != out.parent and not makes_folders:
+        raise CliError(f"{flag} {out}: the folder {out.parent} does not exist; create it or write elsewhere")
+    return out
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """The command's path arguments, before it starts: each of ``args.folders`` ({argument: hint})
+    is a folder, each of ``args.outputs`` ({argument: (flag, example file name, whether the command
+    makes missing folders)}) can be written."""
+    for name, hint in getattr(args, "folders", {}).items():
+        value = getattr(args, name, None)
+        for path in value if isinstance(value, list) else [] if value is None else [value]:
+            folder_arg(path, hint)
+    for name, (flag, example, makes_folders) in getattr(args, "outputs", {}).items():
+        if getattr(args, name, None) is not None:
+            output_arg(flag, getattr(args, name), example, makes_folders=makes_folders)
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,9 +114,7 @@ def _store() -> Any:
 
 
 def _run_dir(path: str) -> Path:
-    run = Path(path)
-    if not run.exists():
-        raise CliError(f"{run} does not exist; pass a run folder (list them with `savegame ls`)")
+    run = folder_arg(path, RUN_HINT)
     if not is_run_dir(run):
         hint = ("it is a checkpoint folder; pass the run folder two levels up"
                 if (run / "manifest.json").is_file() else "list the runs with `savegame ls`")
@@ -113,27 +174,27 @@ def _find_keep_best(node: Any) -> tuple[str, str] | None:
     return None
 
 
+def _ranking(info: dict[str, Any], checkpoints: list[CheckpointInfo]) -> tuple[str, str] | None:
+    """(metric, mode) that "best" ranks by: run.json's ``ranking`` (recorded by the Run from
+    its start), else its ``best``, else the keep or save policy recorded in a manifest."""
+    for recorded in (info.get("ranking"), info.get("best")):
+        if (isinstance(recorded, dict) and isinstance(recorded.get("metric"), str)
+                and recorded["metric"] and recorded.get("mode") in ranking.MODES):
+            return recorded["metric"], recorded["mode"]
+    return _keep_metric(checkpoints)
+
+
 def _best(info: dict[str, Any], checkpoints: list[CheckpointInfo]) -> dict[str, Any] | None:
-    """The best checkpoint as ``{"metric", "mode", "value", "step"}`` among those on disk."""
-    recorded = info.get("best") or {}
-    if recorded.get("metric") and recorded.get("mode") in ("min", "max"):
-        metric, mode = recorded["metric"], recorded["mode"]
-    elif found := _keep_metric(checkpoints):
-        metric, mode = found
-    else:
+    """The best of the checkpoints on disk, ranked as :mod:`savegame.ranking` defines it, as
+    run.json records it: ``{"metric", "mode", "value", "step", "checkpoint"}`` (value, step and
+    checkpoint None while no checkpoint has a finite value of the metric); None when the run
+    records no metric to rank by."""
+    found = _ranking(info, checkpoints)
+    if found is None:
         return None
-    by_step = {c.step: c for c in checkpoints}
-    if recorded.get("metric") == metric and recorded.get("step") in by_step:
-        return {"metric": metric, "mode": mode, "value": recorded.get("value"),
-                "step": recorded["step"]}
-    sign = 1.0 if mode == "min" else -1.0
-    ranked = [(sign * float(c.metrics[metric]), -c.step) for c in checkpoints
-              if isinstance(c.metrics.get(metric), (int, float))
-              and not math.isnan(float(c.metrics[metric]))]
-    if not ranked:
-        return {"metric": metric, "mode": mode, "value": recorded.get("value"), "step": None}
-    value, neg_step = min(ranked)  # like KeepBest: ties go to the newer step
-    return {"metric": metric, "mode": mode, "value": sign * value, "step": -neg_step}
+    metric, mode = found
+    return (ranking.best_record(checkpoints, metric, mode)
+            or {"metric": metric, "mode": mode, "value": None, "step": None, "checkpoint": None})
 
 
 def _disk_size(path: Path) -> int:
@@ -215,6 +276,58 @@ STATUS_STYLE = {"finished": "green", "stopped": "green", "running": "cyan", "pre
                 "failed": "red", "crashed": "red"}
 
 
+def _table(title: str | None, *columns: str, right: tuple[str, ...] = (), **style: Any) -> Table:
+    """A table whose cells fold onto more lines when the console is too narrow, never cut: every
+    character of a long run path or metric name stays readable (rich's default is "…").
+    Headers are plain text (a metric named ``acc[top1]`` is not rich markup)."""
+    table = Table(title=None if title is None else escape(title), **{**TABLE_STYLE, **style})
+    for name in columns:
+        table.add_column(Text(name), justify="right" if name in right else "left", overflow="fold")
+    return table
+
+
+class Fitted:
+    """A table laid out for the console it is printed on: its short columns (a status, a step, a
+    size) stay whole while the long ones (run paths, metric names) fold, as long as each long
+    column keeps room for its values (up to ``FOLD_AT`` characters of them); on a console too
+    narrow even for that, every column folds evenly. No cell is ever cut."""
+
+    FOLD_AT = 12
+
+    def __init__(self, table: Table, short: tuple[str, ...]) -> None:
+        self.table, self.short = table, short
+
+    def _layout(self, console: Console, options: ConsoleOptions) -> None:
+        def width(cell: Any, part: str) -> int:
+            return getattr(Measurement.get(console, options, cell), part)
+
+        short, long = [], []
+        for column in self.table.columns:
+            column.width = None
+            cells = list(column.cells)
+            if str(column.header) in self.short:  # as wide as its widest cell, header included
+                short.append((column, max(width(c, "maximum") for c in [column.header, *cells])))
+            else:  # the longest word of its values, at most FOLD_AT; the header folds
+                long.append((column, min(self.FOLD_AT, max((width(c, "minimum") for c in cells), default=1))))
+        for column, least in short + long:
+            column.width = least
+        unbounded = options.update_width(1 << 20)  # the width it needs, not the width it gets
+        fits = Measurement.get(console, unbounded, self.table).maximum <= options.max_width
+        for column, _ in long:
+            column.width = None
+        if not fits:
+            for column, _ in short:
+                column.width = None
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self._layout(console, options)
+        yield self.table
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        self._layout(console, options)
+        return Measurement.get(console, options, self.table)
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -225,30 +338,24 @@ def _print_json(data: Any) -> None:
 
 def cmd_ls(args: argparse.Namespace, console: Console) -> int:
     runs: list[Path] = []
-    for root in map(Path, args.runs):
-        if not root.exists():
-            fix = "start one with `savegame demo`" if root == Path("runs") else "check the path"
-            raise CliError(f"{root} does not exist; {fix}, or pass the folder that holds your runs")
-        runs += _find_runs(root)
+    for root in args.runs:  # main() checked that each is a folder
+        runs += _find_runs(Path(root))
     rows = [_summary(run) for run in runs]
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
-        console.print(f"no run folders (folders with a run.json) under {', '.join(args.runs)}")
+        console.print(f"no run folders (folders with a run.json) under {', '.join(args.runs)}",
+                      markup=False)
         return 0
-    table = Table(title="savegame runs", **TABLE_STYLE)
-    for name, justify in (("run", "left"), ("status", "left"), ("epoch/step", "right"),
-                          ("best", "left"), ("ckpts", "right"), ("size", "right"),
-                          ("updated", "right")):
-        table.add_column(name, justify=justify, no_wrap=name == "run")
+    table = _table("savegame runs", "run", "status", "epoch/step", "best", "ckpts", "size", "updated",
+                   right=("epoch/step", "ckpts", "size", "updated"))
     for row in rows:
-        style = STATUS_STYLE.get(row["status"], "")
         where = f"{row['epoch']}/{row['step']}" if row["step"] is not None else "-"
-        table.add_row(row["run"], f"[{style}]{row['status']}[/]" if style else row["status"],
-                      where, _best_text(row["best"], step=False), str(row["checkpoints"]),
+        table.add_row(Text(row["run"]), Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
+                      where, Text(_best_text(row["best"], step=False)), str(row["checkpoints"]),
                       human_size(row["size"]), human_age(row["updated"]))
-    console.print(table)
+    console.print(Fitted(table, short=("status", "epoch/step", "ckpts", "size")))
     return 0
 
 
@@ -262,22 +369,18 @@ def _checkpoint_rows(run: Path, info: dict[str, Any]) -> tuple[list[dict[str, An
     return rows, best
 
 
-def checkpoint_table(rows: list[dict[str, Any]], title: str = "checkpoints") -> Table:
+def checkpoint_table(rows: list[dict[str, Any]], title: str = "checkpoints") -> Fitted:
     """One row per checkpoint, one column per metric, marks for the best and the newest."""
     metrics = sorted({name for row in rows for name in row["metrics"]})
-    table = Table(title=title, **TABLE_STYLE)
-    table.add_column("checkpoint", no_wrap=True)
-    for name in ("step", "epoch", *metrics, "size"):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("created")
-    table.add_column("", no_wrap=True)
+    columns = ("checkpoint", "step", "epoch", *metrics, "size", "created", "")
+    table = _table(title, *columns, right=("step", "epoch", *metrics, "size"))
     for row in rows:
         marks = " ".join(m for m, on in (("[bold green]best[/]", row["best"]),
                                          ("[cyan]newest[/]", row["newest"])) if on)
         values = [_num(row["metrics"][m]) if m in row["metrics"] else "-" for m in metrics]
-        table.add_row(row["name"], str(row["step"]), str(row["epoch"]), *values,
+        table.add_row(Text(row["name"]), str(row["step"]), str(row["epoch"]), *values,
                       human_size(row["size"]), human_age(row["created"]), marks)
-    return table
+    return Fitted(table, short=("checkpoint", "step", "epoch", "size"))
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
@@ -292,23 +395,21 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
                      "best": best, "checkpoints": rows, "resumes": info.get("resumes", []),
                      "versions": {k: info.get(f"{k}_version") for k in ("savegame", "torch", "python")}})
         return 0
-    style = STATUS_STYLE.get(status, "")
-    console.print(f"[bold]{run}[/]  status: [{style}]{status}[/]  "
-                  f"updated {human_age(info.get('updated'))}  best: {_best_text(best)}")
+    console.print(Text.assemble((str(run), "bold"), "  status: ",
+                                (status, STATUS_STYLE.get(status, "")),
+                                f"  updated {human_age(info.get('updated'))}  best: {_best_text(best)}"))
     if info.get("message"):
-        console.print(f"  {info['message']}")
-    config = Table(title="config", show_header=False, **TABLE_STYLE)
+        console.print(f"  {info['message']}", markup=False)
+    config = _table("config", "key", "value", show_header=False)
     for key, value in info.get("config", {}).items():
-        config.add_row(str(key), json.dumps(value, default=str))
+        config.add_row(Text(str(key)), Text(json.dumps(value, default=str)))
     console.print(config)
     console.print(checkpoint_table(rows) if rows else "no committed checkpoints yet")
     resumes = info.get("resumes") or []
     if resumes:
-        table = Table(title="resumed", **TABLE_STYLE)
-        for name in ("when", "from", "step", "pid"):
-            table.add_column(name)
+        table = _table("resumed", "when", "from", "step", "pid")
         for r in resumes:
-            table.add_row(human_age(r.get("time")), Path(str(r.get("from_checkpoint"))).name,
+            table.add_row(human_age(r.get("time")), Text(Path(str(r.get("from_checkpoint"))).name),
                           str(r.get("from_step")), str(r.get("pid")))
         console.print(table)
     else:
@@ -347,15 +448,15 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         _print_json({"path": str(path), "ok": ok, "checkpoints": results, "notes": notes})
         return 0 if ok else 1
-    for r in results:
+    for r in results:  # one line per checkpoint, its path whole (soft wrap: the terminal folds it)
         if r["problems"]:
-            console.print(f"[red]DAMAGED[/] {r['path']}")
+            console.print(f"[red]DAMAGED[/] {escape(r['path'])}", soft_wrap=True)
             for problem in r["problems"]:
                 console.print(f"  {problem}", markup=False)
         else:
-            console.print(f"[green]ok[/]      {r['path']}")
+            console.print(f"[green]ok[/]      {escape(r['path'])}", soft_wrap=True)
     for note in notes:
-        console.print(f"[dim]note[/]    {note}", highlight=False)
+        console.print(f"[dim]note[/]    {escape(note)}", highlight=False)
     bad = sum(1 for r in results if r["problems"])
     console.print(f"{len(results) - bad} of {len(results)} checkpoints intact"
                   + (f"; {bad} damaged (resume falls back to an older one)" if bad else ""))
@@ -366,6 +467,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from .io import export_weights
 
     run = _run_dir(args.run)
+    output = Path(args.output)  # main() checked that it can be written
     info = _info(run)
     checkpoints = _store().list_checkpoints(run / CHECKPOINTS)
     if not checkpoints:
@@ -378,18 +480,22 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
             steps = ", ".join(str(c.step) for c in checkpoints)
             raise CliError(f"{run} has no checkpoint at step {args.step}; it has steps {steps}")
     else:
-        best = _best(info, checkpoints)
-        if best is None or best.get("step") is None:
+        best = _best(info, checkpoints)  # the one `savegame ls` and `show` name
+        if best is None:
             raise CliError(
-                f"{run} records no metric to pick the best checkpoint by (run.json has no best, "
-                "and no checkpoint has the keep policy's metric); use --latest or --step N")
+                f"{run} records no metric to pick the best checkpoint by (run.json has no ranking "
+                "nor best, and no manifest records a keep policy's metric); use --latest or --step N")
+        if best["step"] is None:
+            raise CliError(f"{run} has no checkpoint with a finite {best['metric']} to rank "
+                           "(missing, NaN or inf never ranks); use --latest or --step N")
         chosen = next(c for c in checkpoints if c.step == best["step"])
     try:
-        out = export_weights(chosen.path, Path(args.output), key=args.key)
+        out = export_weights(chosen.path, output, key=args.key)
     except KeyError as error:  # which tracked object holds the weights is ambiguous or wrong
         raise CliError(f"{error.args[0]} On the command line: --key NAME.") from None
     console.print(f"exported the weights of {chosen.path} (step {chosen.step}, epoch "
-                  f"{chosen.epoch}, {_metrics(chosen.metrics)}) to {out}", highlight=False)
+                  f"{chosen.epoch}, {_metrics(chosen.metrics)}) to {out}", highlight=False,
+                  markup=False, soft_wrap=True)
     return 0
 
 
@@ -454,20 +560,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", default=["runs"], metavar="RUNS",
                    help="folders to search (default: runs)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.set_defaults(func=cmd_ls)
+    p.set_defaults(func=cmd_ls, folders={"runs": LS_HINT})
 
     p = sub.add_parser("show", help="one run: config, checkpoints, resume history",
                        description="Show a run's status, config, checkpoints and resume history.")
     p.add_argument("run", metavar="RUN", help="the run folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func=cmd_show, folders={"run": RUN_HINT})
 
     p = sub.add_parser("verify", help="check every file hash of every checkpoint",
                        description="Check the size and hash of every file of every committed "
                        "checkpoint. Exit 0 if all are intact, 1 if any is damaged.")
     p.add_argument("path", metavar="RUN", help="a run folder or a single checkpoint folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=cmd_verify, folders={"path": RUN_HINT})
 
     p = sub.add_parser("export", help="write a checkpoint's model weights to a .safetensors file",
                        description="Write the model weights of one checkpoint to a plain "
@@ -480,7 +586,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .safetensors file to write")
     p.add_argument("--key", default=None, help="which tracked object holds the weights "
                    "(default: the model; e.g. --key model)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, folders={"run": RUN_HINT},
+                   outputs={"output": ("-o", "model.safetensors", False)})
 
     p = sub.add_parser("board", help="open TensorBoard on run folders, every logged point kept",
                        description="Start TensorBoard on RUNS (its event files, any depth below) "
@@ -497,7 +604,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--load-fast", choices=["auto", "true", "false"], default="auto",
                    help="TensorBoard's loader: true = the Rust data server, false = the Python "
                    "loader (default: auto, the first that works)")
-    p.set_defaults(func=cmd_board)
+    p.set_defaults(func=cmd_board, folders={"runs": f"{RUNS_HINT} (TensorBoard reads every event "
+                                            "file below it)"})
 
     p = sub.add_parser("preflight", help="check a training setup before a long run (cs231n / Karpathy)",
                        description="Run the preflight checks (data, loss at init, gradients, overfit "
@@ -515,14 +623,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "give it a verdict with evidence and suggestions. Exit 0; 1 when no run could "
                        "be judged.")
     doctor_command.add_doctor_arguments(p)
-    p.set_defaults(func=doctor_command.run_doctor)
+    p.set_defaults(func=doctor_command.run_doctor, folders={"path": LOGDIR_HINT},
+                   outputs={"plot": ("--plot", "curves.png", True)})
 
     p = sub.add_parser("report", help="write one self-contained HTML report of runs: curves, verdicts, "
                        "checkpoints, hparams", description="Diagnose every run under RUNS and write "
                        "one static HTML file (no server, nothing fetched) with its curves, verdict, "
                        "signals and checkpoints, and a comparison table across runs.")
     doctor_command.add_report_arguments(p)
-    p.set_defaults(func=doctor_command.run_report)
+    p.set_defaults(func=doctor_command.run_report, folders={"runs": LOGDIR_HINT},
+                   outputs={"output": ("-o", "report.html", True)})
     return parser
 
 
@@ -532,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     console = Console(highlight=False)
     try:
+        _check_paths(args)  # a missing path, a file where a folder is expected ...: exit 2
         return args.func(args, console)
     except (SavegameError, OSError) as error:
         print(f"savegame {args.command}: error: {error}", file=sys.stderr)

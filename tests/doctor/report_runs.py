@@ -38,11 +38,12 @@ def overfitting_run(name: str = "cnn/overfit") -> tuple[RunData, Diagnosis]:
                   hparams={"lr": 0.01, "batch_size": 64, "model": "cnn"})
     diagnosis = Diagnosis(
         run=name, verdict="overfitting", confidence=0.85,
-        evidence=[f"validation loss bottomed out at {val.min():.3f} at step {best:,} and rose to "
+        evidence=[f"validation loss (smoothed) bottomed out at {val.min():.3f} at step {best:,} and rose to "
                   f"{val[-1]:.3f} while training loss kept falling"],
-        suggestions=[f"keep the checkpoint of step {best:,}", "add weight decay or dropout"],
+        suggestions=[f"lowest validation loss (smoothed) at step {best:,}; these logs have no checkpoints",
+                     "add weight decay or dropout"],
         findings=[Finding("gap", "train/val gap of 0.53 at the last evaluation", step=5000)],
-        marks=Marks(best_step=best, best_value=float(val.min()), gap_step=5000,
+        marks=Marks(low_step=best, low_value=float(val.min()), gap_step=5000,
                     gap=float(val[-1] - train[-1])),
         tags={"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train",
               "val_acc": "acc/val"})
@@ -79,3 +80,31 @@ def long_run(points: int = 100_000) -> tuple[RunData, Diagnosis]:
     run = RunData("long", path=Path("/nonexistent/long"), scalars={"loss": Series(steps, values)})
     return run, Diagnosis("long", verdict="still_improving", confidence=0.7, tags={"train_loss": "loss"},
                           marks=Marks(plateau_start=80_000))
+
+
+def savegame_overfit_run(folder: Path, *, epochs: int = 40, steps_per_epoch: int = 10) -> Path:
+    """A real savegame run folder (``savegame.Run``, ``Keep(last=2, best=1)`` on ``loss/val``) whose
+    validation loss is U-shaped (lowest around epoch 14) with one sharp dip at epoch 25.
+
+    The smoothed minimum of the validation curve (where the rules say it bottomed out) and the
+    run's best checkpoint (the lowest *logged* ``loss/val`` among the kept checkpoints: the dip)
+    are at different steps, and the checkpoint of the smoothed minimum was deleted by the keep
+    policy: the situation of the issue ("best at step 1,575: keep that checkpoint", yet deleted).
+    """
+    import savegame
+    import torch
+
+    def val_loss(epoch: int) -> float:
+        return 0.05 if epoch == 25 else 0.3 + 0.002 * (epoch - 14) ** 2
+
+    run = savegame.Run(folder, save=savegame.EveryEpochs(1),
+                       keep=savegame.Keep(last=2, best=1, metric="loss/val"), doctor=False,
+                       config={"lr": 0.01, "width": 8})
+    with run:
+        run.track(model=torch.nn.Linear(1, 1))
+        for epoch in run.epochs(epochs):
+            for _ in run.iterate(range(steps_per_epoch)):
+                run.log("loss/train", 2.0 * float(np.exp(-run.step / 60)) + 0.01)
+            run.log("loss/val", val_loss(epoch))
+            run.save(metrics={"loss/val": val_loss(epoch)})
+    return Path(folder)

@@ -60,7 +60,7 @@ def test_the_evidence_names_steps_and_values(labeled):
     root, _ = labeled
     judged = verdicts(root)
     overfit = judged["overfit_cls"]
-    assert f"step {overfit.marks.best_step:,}" in overfit.evidence[0]
-    assert f"step {overfit.marks.best_step:,}" in overfit.suggestions[0]
+    assert f"step {overfit.marks.low_step:,}" in overfit.evidence[0]
+    assert f"step {overfit.marks.low_step:,}" in overfit.suggestions[0]
     assert judged["diverged_reg"].marks.diverged_step is not None
     assert all(d.suggestions for d in judged.values())

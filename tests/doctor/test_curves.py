@@ -126,7 +126,7 @@ def test_runs_are_found_at_any_depth_and_named_relative_to_the_root(tmp_path):
     (tmp_path / "a" / "checkpoints").mkdir()  # never searched
     assert [r.name for r in load_runs(tmp_path)] == ["a", "lightning_logs/version_0", "sweep/lr_0.01",
                                                      "sweep/lr_0.1"]
-    assert [r.name for r in load_runs(tmp_path / "a")] == ["."]
+    assert [r.name for r in load_runs(tmp_path / "a")] == ["a"]  # a root that is a run: its folder's name
 
 
 def test_missing_paths_and_files_are_clear_errors_and_an_empty_folder_has_no_runs(tmp_path):

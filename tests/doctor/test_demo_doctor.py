@@ -11,6 +11,7 @@ pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 
 
 from savegame import demo  # noqa: E402
 from savegame.checkpoint.store import list_checkpoints  # noqa: E402
+from savegame.doctor import DoctorWarning  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,9 @@ def wide_terminal(monkeypatch):
 
 def test_the_doctor_stops_a_diverging_demo_and_keeps_its_best_checkpoint(tmp_path, capsys):
     folder = tmp_path / "runs" / "broken"
-    assert demo.main(["--epochs", "8", "--break-at", "3", "--dir", str(folder)]) == 0
+    with pytest.warns(DoctorWarning) as caught:
+        assert demo.main(["--epochs", "8", "--break-at", "3", "--dir", str(folder)]) == 0
+    assert any("diverged" in str(w.message) for w in caught)
     out = capsys.readouterr().out
     assert "stopped early: the doctor stopped the run" in out and "diverged" in out
     info = json.loads((folder / "run.json").read_text())

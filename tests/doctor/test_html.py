@@ -99,28 +99,59 @@ def test_comparison_table_has_hparams_columns_and_best_values(report):
     page = path.read_text()
     table = page[page.index("<table>"):page.index("</table>")]
     for column in ("lr", "batch_size", "optimizer", "model", "note", "final train loss",
-                   "best val loss @ step", "final val acc"):
+                   "lowest val loss @ step", "final val acc"):
         assert f"<th>{column}</th>" in table
     assert "0.4192 @ 2,750" in table
 
 
-def test_a_savegame_run_lists_its_checkpoints_and_status(tmp_path):
+def test_a_savegame_run_lists_its_kept_checkpoints_counts_the_deleted_and_its_status(tmp_path):
     run, diagnosis = overfitting_run("sg")
     run.path = tmp_path / "sg"
     for step in (2750, 5000):
         write_checkpoint(run.path / "checkpoints" / checkpoint_dirname(step), {"w": torch.zeros(1)},
                          step=step, epoch=0, metrics={"val_loss": 0.42 if step == 2750 else 0.55})
-    run.info = {"status": "finished", "message": None, "saved_steps": [1000, 2750, 4000, 5000], "resumes": [{}],
+    run.info = {"status": "finished", "message": None, "resumes": [{}],
+                "saved_steps": [250 * k for k in range(1, 21)],  # 20 saved, 18 of them deleted
                 "best": {"metric": "val_loss", "mode": "min", "value": 0.42, "step": 2750}}
     page = write_report([run], [diagnosis], tmp_path / "r.html").read_text()
     section = page[page.index('id="run-0"'):]
     assert "<h3>Checkpoints</h3>" in section
     rows = re.findall(r"<tr><td class=n>([\d,]+)</td><td>(.*?)</td><td>(.*?)</td></tr>", section)
-    assert [r[0] for r in rows] == ["1,000", "2,750", "4,000", "5,000"]
-    assert "deleted" in rows[0][2] and rows[1][2].startswith("kept") and "best" in rows[1][2]
-    assert rows[1][1] == "val_loss=0.42"
+    assert [r[0] for r in rows] == ["2,750", "5,000"]  # the kept ones only
+    assert rows[0][2].startswith("kept") and "best" in rows[0][2] and "best" not in rows[1][2]
+    assert rows[0][1] == "val_loss=0.42"
+    assert "18 more were saved and deleted by the keep policy" in section and "deleted</span>" not in section
     assert "status: <b>finished</b>" in section and "resumed 1 time(s)" in section
     json.dumps(run.info)  # the info stays untouched and JSON
+
+
+def argparse_run(name, lr):
+    """A run whose hparams are every flag of a training script: 30 alike, lr different."""
+    run, diagnosis = overfitting_run(name)
+    run.hparams = {**{f"flag_{i:02d}": i for i in range(30)}, "data_dir": "/data/x", "lr": lr}
+    return run, diagnosis
+
+
+def test_the_comparison_shows_only_the_hparams_that_differ_and_all_are_one_click_away(tmp_path):
+    runs, diagnoses = zip(argparse_run("a", 0.1), argparse_run("b", 0.01))
+    page = write_report(list(runs), list(diagnoses), tmp_path / "r.html").read_text()
+    table = page[page.index("<table>"):page.index("</table>")]
+    heads = re.findall(r"<th>(.*?)</th>", table)
+    assert "lr" in heads and not [h for h in heads if h.startswith("flag_")] and "data_dir" not in heads
+    start = page.index("<details")
+    hidden = page[start:page.index("</details>", start)]
+    assert "<summary>" in hidden and "31 are the same in every run" in hidden
+    for key in [f"flag_{i:02d}" for i in range(30)] + ["data_dir", "lr"]:
+        assert f">{key}<" in hidden
+    assert "<script" not in page
+
+
+def test_a_single_runs_hparams_are_folded_away_but_listed(tmp_path):
+    run, diagnosis = argparse_run("only", 0.1)
+    page = write_report([run], [diagnosis], tmp_path / "r.html").read_text()
+    table = page[page.index("<table>"):page.index("</table>")]
+    assert not [h for h in re.findall(r"<th>(.*?)</th>", table) if h.startswith("flag_") or h == "lr"]
+    assert "<details" in page and ">flag_29<" in page
 
 
 def test_mismatched_runs_and_diagnoses_are_refused(tmp_path):

@@ -56,7 +56,7 @@ def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, 
 
 
 def test_a_diverging_run_is_stopped_saved_and_keeps_its_best_checkpoint(tmp_path):
-    with pytest.warns(DoctorWarning, match="diverged") as caught:
+    with pytest.warns(DoctorWarning) as caught:  # the verdict, and the NaN / update-ratio findings with it
         run = train(tmp_path / "run", epochs=30, lr_at=lambda epoch: 1e-2 if epoch < 6 else 5.0)
     assert run.should_stop and "diverged" in run.should_stop
     assert run.step < 30 * 8  # stopped early

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from report_runs import diverged_run, long_run, overfitting_run, unjudged_run
 
 from savegame.checkpoint.store import CheckpointInfo
+from savegame.doctor import RunData, Series, diagnose
 from savegame.doctor.plot import MAX_RUNS, downsample, run_figure, save_plot
 from savegame.errors import MissingDependencyError
 
@@ -37,8 +38,8 @@ def test_overfitting_run_draws_curves_verdict_and_marks():
     orange = (np.abs(rgb - [255, 127, 14]).sum(-1) < 40).sum()
     assert blue > 200 and orange > 200  # the train and val curves themselves
     assert fig.axes[0].get_title(loc="left") == "cnn/overfit — overfitting (85%)"
-    best = f"@ {diagnosis.marks.best_step:,}"
-    assert any(label.startswith("best ") and label.endswith(best) for label in labels(fig))
+    low = f"@ {diagnosis.marks.low_step:,}"
+    assert any(label.startswith("lowest val loss (smoothed) ") and label.endswith(low) for label in labels(fig))
     assert [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("gap")]
     assert len(fig.axes) == 4  # losses, signals (+ its dead-ReLU twin), accuracy
 
@@ -104,5 +105,39 @@ def test_save_plot_refuses_mismatched_lists(tmp_path):
 def test_missing_matplotlib_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import of it raises ImportError
     run, diagnosis = overfitting_run()
-    with pytest.raises(MissingDependencyError, match=r"pip install 'savegame\[figures\]'"):
+    with pytest.raises(MissingDependencyError, match=r"plots needs matplotlib.*pip install matplotlib"):
         run_figure(run, diagnosis)
+
+
+def demo_like_run():
+    """The demo's curves: training loss down to ~3e-4 (log scale), a noisy validation loss whose
+    last value is below its recent median: the measured gap is larger than the last value itself."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 2251)
+    train = 2.0 * np.exp(-steps / 150) + 3e-4 * (1 + rng.random(len(steps)))
+    vsteps = np.arange(45, 2251, 45)
+    val = 0.2 * np.exp(-vsteps / 200) + 0.006 + 0.004 * rng.random(len(vsteps))
+    val[-1] = 0.0043
+    acc = np.clip(1 - train, 0, 1)
+    run = RunData("demo", path=None, scalars={"loss/train": Series(steps, train), "loss/val": Series(vsteps, val),
+                                              "acc/train": Series(steps, acc)})
+    return run, diagnose(run)
+
+
+def test_the_gap_arrow_stays_inside_the_loss_panel():
+    run, diagnosis = demo_like_run()
+    assert diagnosis.marks.gap_step == 2250 and diagnosis.marks.gap > 0.0043  # the case of the issue
+    fig = run_figure(run, diagnosis)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    loss = fig.axes[0]
+    assert loss.get_yscale() == "log" and len(fig.axes) == 2  # loss and accuracy, stacked
+    arrows = [t for t in loss.texts if getattr(t, "arrow_patch", None) is not None]
+    assert arrows, "the gap arrow is drawn"
+    box = loss.get_window_extent(renderer)
+    for arrow in arrows:
+        extent = arrow.arrow_patch.get_window_extent(renderer)
+        assert np.isfinite([extent.x0, extent.y0, extent.x1, extent.y1]).all()
+        assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, (extent, box)
+        assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, (extent, box)

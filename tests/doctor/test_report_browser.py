@@ -122,3 +122,21 @@ def test_report_of_a_real_tensorboard_logdir_renders(browser, tmp_path):
     pixels = check_page(browser, report, tmp_path, "tensorboard", [run.name for run in runs])
     assert (np.abs(pixels - 255).sum(-1) > 30).mean() > 0.03
     assert near(pixels, TRAIN_BLUE) > 200
+
+
+def test_a_report_of_runs_with_many_flags_fits_the_page_and_folds_them(browser, tmp_path):
+    runs, diagnoses = [], []
+    for name, lr in (("a", 0.1), ("b", 0.01)):
+        run, diagnosis = overfitting_run(name)
+        run.hparams = {**{f"a_rather_long_flag_name_{i:02d}": f"value-{i}" for i in range(40)}, "lr": lr}
+        runs.append(run)
+        diagnoses.append(diagnosis)
+    report = write_report(runs, diagnoses, tmp_path / "report.html")
+    check_page(browser, report, tmp_path, "flags", ["a", "b"])
+    table = browser.evaluate("(() => { const t = document.querySelector('table');"
+                             " return [t.scrollWidth, document.documentElement.clientWidth]; })()")
+    assert table[0] <= table[1], table  # only lr differs: no sideways scrolling
+    text = browser.evaluate("document.body.innerText")
+    assert "a_rather_long_flag_name_39" not in text  # folded away ...
+    browser.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+    assert "a_rather_long_flag_name_39" in browser.evaluate("document.body.innerText")  # ... one click away

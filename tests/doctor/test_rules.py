@@ -23,10 +23,10 @@ def decay(scale=2.0, tau=60.0, floor=0.05):
     return scale * np.exp(-STEPS / tau) + floor
 
 
-def test_a_converged_run_is_healthy_and_names_its_best_step():
+def test_a_converged_run_is_healthy_and_names_its_lowest_step():
     d = diagnose(run_of(loss__train=(STEPS, decay()), loss__val=(STEPS[::10], decay(floor=0.08)[::10])))
     assert d.verdict == "healthy" and d.confidence > 0.5
-    assert d.marks.best_step is not None and d.suggestions
+    assert d.marks.low_step is not None and d.suggestions
 
 
 def test_nan_after_finite_values_is_diverged_with_the_step():
@@ -44,12 +44,12 @@ def test_a_loss_that_explodes_without_nan_is_diverged():
     assert d.verdict == "diverged" and 250 < d.marks.diverged_step < 400
 
 
-def test_validation_u_shape_is_overfitting_with_the_best_step_in_the_suggestion():
+def test_validation_u_shape_is_overfitting_with_the_lowest_step_in_the_suggestion():
     val = decay(floor=0.3) + np.maximum(STEPS - 150, 0) * 0.003
     d = diagnose(run_of(loss__train=(STEPS, decay(floor=0.0)), loss__val=(STEPS[::10], val[::10])))
     assert d.verdict == "overfitting"
-    assert 120 <= d.marks.best_step <= 180
-    assert f"{d.marks.best_step:,}" in d.suggestions[0]
+    assert 120 <= d.marks.low_step <= 180
+    assert f"{d.marks.low_step:,}" in d.suggestions[0]
 
 
 def test_a_flat_loss_is_a_plateau():
@@ -186,7 +186,7 @@ def test_a_constant_loss_says_so():
 
 def test_a_healthy_run_without_validation_names_the_training_loss_in_its_suggestion():
     d = diagnose(run_of(loss=(STEPS, decay())))
-    assert d.verdict == "healthy" and d.suggestions[0].startswith("best training loss")
+    assert d.verdict == "healthy" and d.suggestions[0].startswith("lowest training loss (smoothed) at step")
 
 
 def test_a_garbage_event_file_is_named(tmp_path, capsys):

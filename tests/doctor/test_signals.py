@@ -220,3 +220,98 @@ def test_works_on_cuda_without_host_copies_in_the_hooks():
     train(model, opt, 4, batch=lambda: torch.randn(16, 4, device="cuda"))
     assert all(v.device.type == "cuda" for v in got[0].values())
     assert float(got[0]["doctor/grad_norm/total"]) > 0
+
+
+class ExactUpdateRatio:
+    """The old computation, as a reference: a full copy of every weight before the step, then
+    ||before - after|| / ||before|| per layer (weight and bias of a module together)."""
+
+    def __init__(self, model, opt):
+        self.layers = {name: list(m.parameters(recurse=False)) for name, m in model.named_modules()
+                       if list(m.parameters(recurse=False))}
+        self.ratios = []
+        opt.register_step_pre_hook(self.pre)
+        opt.register_step_post_hook(self.post)
+
+    def pre(self, *_):
+        self.before = {name: [p.detach().clone() for p in ps] for name, ps in self.layers.items()}
+
+    def post(self, *_):
+        ratio = {}
+        for name, ps in self.layers.items():
+            update = torch.cat([(b - p.detach()).flatten() for b, p in zip(self.before[name], ps)]).norm()
+            weight = torch.cat([b.flatten() for b in self.before[name]]).norm()
+            ratio[name] = float(update / (weight + 1e-12))
+        self.ratios.append(ratio)
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+                                      lambda ps: torch.optim.AdamW(ps, lr=1e-2)])
+def test_update_ratios_are_the_exact_ones_on_a_small_model(make_opt):
+    model = mlp()
+    opt = make_opt(model.parameters())
+    rec = Recorder()
+    Signals(model, opt, every=1, log=rec)
+    exact = ExactUpdateRatio(model, opt)
+    train(model, opt, 5)
+    for (_, values), reference in zip(rec.calls, exact.ratios, strict=True):
+        for layer in ("0", "2"):
+            assert values[f"doctor/update_ratio/{layer}"] == pytest.approx(reference[layer], rel=1e-6)
+
+
+def held_bytes(obj, params, seen=None) -> int:
+    """Bytes of every tensor reachable from ``obj`` (dicts, lists, tuples) that is not a parameter
+    or a view of one: what a sample keeps alive between the optimizer's pre- and post-hook."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage().data_ptr()
+        if storage in params or storage in seen:
+            return 0
+        seen.add(storage)
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict):
+        return sum(held_bytes(v, params, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(held_bytes(v, params, seen) for v in obj)
+    return 0
+
+
+def big_model():
+    torch.manual_seed(0)  # 2 x 1,048,576 weights: more than Signals.UPDATE_SAMPLE, and the budgets below
+    return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 4))
+
+
+@pytest.mark.parametrize("budget", [None, 100_000])
+def test_a_sample_holds_no_full_copy_of_the_weights_between_the_hooks(budget):
+    model = big_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    kwargs = {} if budget is None else {"update_sample": budget}
+    signals = Signals(model, opt, every=1, log=Recorder(), **kwargs)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    held = []
+    opt.register_step_pre_hook(lambda *_: held.append(held_bytes(vars(signals), params)))  # after Signals' own
+    train(model, opt, 2, batch=lambda: torch.randn(16, 64))
+    limit = (budget or Signals.UPDATE_SAMPLE) * 4 + 64 * 1024  # the sample, plus a few small norms
+    assert held and max(held) <= limit < total, (held, limit, total)
+
+
+def test_the_sampled_update_ratio_of_a_large_layer_is_close_to_the_exact_one():
+    model = big_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    rec = Recorder()
+    Signals(model, opt, every=1, log=rec, update_sample=50_000)  # about 1 in 40 of the big layers
+    exact = ExactUpdateRatio(model, opt)
+    train(model, opt, 3, batch=lambda: torch.randn(16, 64))
+    for (_, values), reference in zip(rec.calls, exact.ratios, strict=True):
+        for layer in ("0", "2", "4", "6"):
+            assert values[f"doctor/update_ratio/{layer}"] == pytest.approx(reference[layer], rel=0.1)
+        assert values["doctor/update_ratio/6"] == pytest.approx(reference["6"], rel=1e-6)  # small: exact
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True])
+def test_update_sample_must_be_a_positive_int(bad):
+    model = mlp()
+    with pytest.raises(ValueError, match="update_sample"):
+        Signals(model, torch.optim.SGD(model.parameters(), lr=0.1), log=Recorder(), update_sample=bad)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .curves import LogdirError, RunData, load_runs
+from .curves import LogdirError, RunData, folder_name, load_runs, root_labels
 from .diagnosis import Diagnosis
 
 VERDICT_STYLE = {"healthy": "green", "still_improving": "cyan", "overfitting": "yellow",
@@ -51,12 +51,17 @@ def diagnose_path(path: str | Path, *, train_tag: str | None = None,
 
     runs = load_runs(path)
     if not runs:
-        empty = RunData(name=".", path=Path(path))
-        return [empty], [Diagnosis(run=".", cannot_judge=f"no TensorBoard event files under {path}")]
+        name = folder_name(path)
+        empty = RunData(name=name, path=Path(path))
+        return [empty], [Diagnosis(run=name, cannot_judge=f"no TensorBoard event files under {path}")]
     return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag) for run in runs]
 
 
 def run_doctor(args: argparse.Namespace, console: Any) -> int:
+    if args.plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib("savegame doctor --plot")  # before the work, not after it
     runs, diagnoses = diagnose_path(args.path, train_tag=args.train_tag, val_tag=args.val_tag)
     if args.json:
         print(json.dumps([d.to_dict() for d in diagnoses], indent=2, allow_nan=False))
@@ -73,15 +78,17 @@ def run_doctor(args: argparse.Namespace, console: Any) -> int:
 
 def run_report(args: argparse.Namespace, console: Any) -> int:
     from .html import write_report
+    from .plot import require_matplotlib
 
+    require_matplotlib("savegame report")  # before reading any run: fail fast, with what to install
     runs: list[RunData] = []
     diagnoses: list[Diagnosis] = []
-    for path in args.runs:
+    for path, root in zip(args.runs, root_labels(args.runs)):
         found, judged = diagnose_path(path, train_tag=args.train_tag, val_tag=args.val_tag)
-        if len(args.runs) > 1:  # several roots: prefix each run with its root's name
+        if len(args.runs) > 1:  # several roots: name each run by its root's label and its path under it
             for run, diagnosis in zip(found, judged):
-                root = Path(path).resolve().name
-                run.name = diagnosis.run = root if run.name == "." else f"{root}/{run.name}"
+                under = Path(run.path).relative_to(path).as_posix() if run.path is not None else "."
+                run.name = diagnosis.run = root if under == "." else f"{root}/{under}"
         runs += found
         diagnoses += judged
     output = Path(args.output)
@@ -95,15 +102,17 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
 
 def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
     """A rich table (run, verdict, confidence, the main evidence) followed by each run's
-    evidence, suggestions and findings."""
+    evidence, suggestions and findings. Cells fold onto more lines on a narrow console (or
+    without one: 80 columns), never cut: a long run name or tag stays whole."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    grid = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
-    for name, kwargs in (("run", {"overflow": "fold", "max_width": 40}), ("verdict", {"no_wrap": True}),
-                         ("conf.", {"justify": "right"}), ("evidence", {"ratio": 1})):
-        grid.add_column(name, **kwargs)
+    grid = Table(title=escape(title), title_justify="left", box=None, header_style="bold", pad_edge=False)
+    for name, kwargs in (("run", {"max_width": 40}), ("verdict", {}), ("conf.", {"justify": "right"}),
+                         ("evidence", {})):
+        grid.add_column(name, overflow="fold", **kwargs)
     details: list[Any] = []
     for d in diagnoses:
         if not d.judged:

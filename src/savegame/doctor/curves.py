@@ -20,6 +20,12 @@ step belong to the abandoned timeline and are dropped; a repeated step keeps its
 >>> [run] = load_runs(root)
 >>> run.name, run.scalars["loss"].steps.tolist(), run.notes[0].kind
 ('a', [1, 2, 3, 4], 'restarted')
+
+Runs are named by their path under the root; a root that is itself a run is named after its
+folder (``savegame doctor runs/demo`` calls it ``demo``, also when given as ``.``):
+
+>>> [r.name for r in load_runs(f"{root}/a")]
+['a']
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -122,8 +128,68 @@ def _event_files(folder: Path) -> list[Path]:
                   key=lambda p: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", p.name)])
 
 
+def folder_name(path: str | os.PathLike) -> str:
+    """The name of the folder ``path`` points to, also for ``.`` or ``..`` (resolved), else the path."""
+    path = Path(path)
+    return path.name if path.name not in ("", ".", "..") else (path.resolve().name or str(path))
+
+
+def root_labels(roots: Sequence[str | os.PathLike]) -> list[str]:
+    """A short, distinct label per root, for naming runs of several roots: each folder's name, with
+    as many parent folders as it takes to tell apart roots of the same name.
+
+    >>> root_labels(["runs/exp1", "/data/runs/demo", "old/demo"])
+    ['exp1', 'runs/demo', 'old/demo']
+    """
+    parts = [Path(os.path.abspath(r)).parts[1:] or (str(r),) for r in roots]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
+
+
+def best_checkpoint(run: RunData) -> dict[str, Any] | None:
+    """The run's best checkpoint, the one ``savegame export RUN --best`` writes, as
+    ``{"step", "metric", "mode", "value", "checkpoint"}``: ``run.json``'s ``best`` (the best of the
+    kept checkpoints by the keep policy's metric, see :mod:`savegame.ranking`) while its folder is
+    on disk; if it was deleted since, the best of the checkpoints on disk by the same metric. None
+    for a run without ``run.json`` or without a recorded best.
+
+    >>> best_checkpoint(RunData("r", None, info={"best": {"metric": "loss/val", "mode": "min",
+    ...                                                    "value": 0.2, "step": 30}}))["step"]
+    30
+    """
+    from ..ranking import MODES
+
+    best = (run.info or {}).get("best")
+    if not isinstance(best, dict) or not isinstance(best.get("metric"), str) or best.get("mode") not in MODES \
+            or isinstance(best.get("step"), bool) or not isinstance(best.get("step"), int):
+        return None
+    found = {"step": best["step"], "metric": best["metric"], "mode": best["mode"], "value": best.get("value"),
+             "checkpoint": best.get("checkpoint")}
+    if run.path is None:
+        return found
+    folder = Path(run.path) / "checkpoints"
+    if isinstance(found["checkpoint"], str) and (folder / found["checkpoint"]).is_dir():
+        return found  # the common case: no need to read every manifest (nor to import torch)
+    from ..checkpoint.store import list_checkpoints
+    from ..ranking import best_checkpoint as rank, metric_value
+
+    kept = list_checkpoints(folder)
+    same = next((c for c in kept if c.step == found["step"]), None)
+    chosen = same if same is not None else rank(kept, found["metric"], found["mode"])
+    if chosen is None:
+        return None
+    return {**found, "step": chosen.step, "value": metric_value(chosen, found["metric"]) if same is None
+            else found["value"], "checkpoint": chosen.path.name}
+
+
 def _read_run(root: Path, folder: Path) -> RunData:
-    name = folder.relative_to(root).as_posix() if folder != root else "."
+    name = folder.relative_to(root).as_posix() if folder != root else folder_name(root)
     run = RunData(name=name, path=folder, info=_run_info(folder))
     raw, hparams = _read_folder(folder, run.notes)
     run.scalars = {tag: _clean(points, tag, run.notes) for tag, points in raw.items()}

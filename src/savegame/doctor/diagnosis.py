@@ -1,10 +1,12 @@
 """What the doctor says about one run: a verdict, how sure it is, why, and what to do.
 
 >>> d = Diagnosis(run="cnn", verdict="overfitting", confidence=0.8,
-...               evidence=["validation loss bottomed out at 0.21 at step 2,300"],
-...               suggestions=["keep the checkpoint of step 2,300"])
->>> d.to_dict()["verdict"], d.judged
-('overfitting', True)
+...               evidence=["validation loss (smoothed) bottomed out at 0.21 at step 2,300"],
+...               suggestions=["the run's best checkpoint is step 2,250 (loss/val 0.2071): ..."],
+...               best_checkpoint={"step": 2250, "metric": "loss/val", "mode": "min", "value": 0.2071,
+...                                "checkpoint": "step-002250"})
+>>> d.to_dict()["verdict"], d.judged, d.to_dict()["best_checkpoint"]["step"]
+('overfitting', True, 2250)
 >>> Diagnosis(run="empty", cannot_judge="no scalar data").line()
 'empty: cannot judge: no scalar data'
 """
@@ -33,10 +35,14 @@ class Finding:
 
 @dataclass
 class Marks:
-    """Numbers a plot draws on the curves (any may be None)."""
+    """Numbers a plot draws on the curves (any may be None).
 
-    best_step: int | None = None        # where the validation (else training) loss was lowest
-    best_value: float | None = None
+    ``low_step`` / ``low_value`` are the lowest point of the *smoothed* validation (else training)
+    loss, as the rules measure it: a point of a curve, not a checkpoint. The run's best checkpoint
+    is :attr:`Diagnosis.best_checkpoint`."""
+
+    low_step: int | None = None         # where the smoothed validation (else training) loss was lowest
+    low_value: float | None = None      # that smoothed value
     diverged_step: int | None = None    # first step of the explosion / first non-finite value
     plateau_start: int | None = None    # where the loss stopped improving
     gap_step: int | None = None         # where the train/val gap is measured (the last val point)
@@ -46,7 +52,12 @@ class Marks:
 @dataclass
 class Diagnosis:
     """One run's diagnosis. ``verdict`` is one of :data:`VERDICTS`, or None with
-    ``cannot_judge`` saying why. ``tags`` names the series it read (train_loss, val_loss, ...)."""
+    ``cannot_judge`` saying why. ``tags`` names the series it read (train_loss, val_loss, ...).
+
+    ``best_checkpoint`` is the run's best checkpoint, the one ``savegame export RUN --best``
+    writes: ``{"step", "metric", "mode", "value", "checkpoint"}`` from a savegame run's
+    ``run.json`` (the best of the *kept* checkpoints by the keep policy's metric, see
+    :mod:`savegame.ranking`); None for a plain TensorBoard logdir or a run that ranks none."""
 
     run: str
     verdict: str | None = None
@@ -57,6 +68,7 @@ class Diagnosis:
     marks: Marks = field(default_factory=Marks)
     tags: dict[str, str] = field(default_factory=dict)
     cannot_judge: str | None = None
+    best_checkpoint: dict[str, Any] | None = None
 
     @property
     def judged(self) -> bool:
@@ -71,7 +83,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready (NaN/inf become None): run, verdict, confidence, evidence,
-        suggestions, findings, marks, tags, cannot_judge."""
+        suggestions, findings, marks, tags, cannot_judge, best_checkpoint."""
         data = asdict(self)
         data["confidence"] = round(self.confidence, 3)
         return json_safe(data)

@@ -4,6 +4,12 @@ Everything the page needs is inside it (inline CSS, figures as base64 PNG ``data
 script), so it can be mailed, attached to a CI job or opened offline years later; there is no URL
 of any kind in it. Every string from a run (names, tags, hparams, messages) is escaped.
 
+The comparison table has a column only for the hyperparameters that differ between the runs
+(a script's every flag would make it scroll sideways); all of them are one click away, in a
+``<details>`` below it (no script needed to open it). A run's checkpoint table lists the kept
+checkpoints, with a count of those the keep policy deleted; "best" is always the run's best
+checkpoint, the one ``savegame export RUN --best`` writes, and a curve's minimum is "lowest".
+
 >>> import tempfile, numpy as np
 >>> from pathlib import Path
 >>> from savegame.doctor.curves import RunData, Series
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from .diagnosis import Diagnosis
+from .plot import best_of, require_matplotlib
 
 if TYPE_CHECKING:
     from .curves import RunData, Series
@@ -53,6 +60,7 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{border:1px sol
 .scroll{overflow-x:auto} img{max-width:100%;height:auto;border:1px solid #eee}
 ul{margin:4px 0;padding-left:22px} code{background:#f4f4f4;padding:0 3px;border-radius:3px}
 .muted{color:#777} .best{font-weight:600;color:#2e7d32}
+details{margin:4px 0} summary{cursor:pointer;color:#444;font-size:13px} tr.diff td:first-child{font-weight:600}
 """
 
 
@@ -79,7 +87,7 @@ def _last_finite(series: Series | None) -> float | None:
     return float(series.values[ok][-1]) if ok.any() else None
 
 
-def _best(series: Series | None, mode: str) -> tuple[float, int] | None:
+def _extreme(series: Series | None, mode: str) -> tuple[float, int] | None:
     if series is None or not np.isfinite(series.values).any():
         return None
     values = np.where(np.isfinite(series.values), series.values, np.inf if mode == "min" else -np.inf)
@@ -110,6 +118,7 @@ def _badge(diagnosis: Diagnosis) -> str:
 
 
 def _figure_png(run: RunData, diagnosis: Diagnosis, checkpoints: Any) -> str:
+    """The run's figure as base64 PNG (matplotlib was checked for by :func:`write_report`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from .plot import run_figure
@@ -121,39 +130,75 @@ def _figure_png(run: RunData, diagnosis: Diagnosis, checkpoints: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] = ()) -> str:
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] = (),
+           row_class: Sequence[str] = ()) -> str:
     """Cells arrive as HTML already escaped; headers are escaped here."""
     out = ["<div class=scroll><table><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
-    for row in rows:
-        out.append("<tr>" + "".join(
+    for r, row in enumerate(rows):
+        css = f" class={row_class[r]}" if r < len(row_class) and row_class[r] else ""
+        out.append(f"<tr{css}>" + "".join(
             f'<td{" class=n" if i < len(numeric) and numeric[i] else ""}>{cell}</td>' for i, cell in enumerate(row))
             + "</tr>")
     out.append("</table></div>")
     return "".join(out)
 
 
-def _comparison(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis]) -> str:
+_MISSING = object()
+
+
+def _differing(runs: Sequence[RunData]) -> tuple[list[Any], list[Any]]:
+    """(every hparam name, the names whose value is not the same in every run), sorted; a name
+    missing from some run differs. One run: none differ."""
     keys = sorted({k for run in runs for k in run.hparams}, key=str)
+    differ = [k for k in keys if len({repr(run.hparams.get(k, _MISSING)) for run in runs}) > 1]
+    return keys, differ
+
+
+def _all_hparams(runs: Sequence[RunData], keys: Sequence[Any], differ: Sequence[Any]) -> str:
+    """Every hparam of every run, folded in a ``<details>``: a row per name, a column per run."""
+    if not keys:
+        return ""
+    same = len(keys) - len(differ)
+    note = f" ({same} are the same in every run)" if len(runs) > 1 and same else ""
+    rows = [[_e(k), *(_num(run.hparams[k]) if k in run.hparams else "—" for run in runs)] for k in keys]
+    table = _table(["hyperparameter", *(run.name for run in runs)], rows, [False] + [True] * len(runs),
+                   ["diff" if k in differ else "" for k in keys])
+    return f"<details><summary>all {len(keys)} hyperparameters{note}</summary>{table}</details>"
+
+
+def _comparison(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], kept: Sequence[Sequence[Any]]) -> str:
+    all_keys, keys = _differing(runs)
+    bests = [best_of(run, d, [int(c.step) for c in ks]) for run, d, ks in zip(runs, diagnoses, kept)]
     with_acc = any(_role(r, d, "val_acc") is not None for r, d in zip(runs, diagnoses))
-    head = ["run", "verdict", "confidence", *keys, "final train loss", "final val loss", "best val loss @ step"]
-    head += ["final val acc", "best val acc @ step"] if with_acc else []
+    with_best = any(b is not None for b in bests)
+    head = ["run", "verdict", "confidence", *keys, "final train loss", "final val loss", "lowest val loss @ step"]
+    head += ["best checkpoint"] if with_best else []
+    head += ["final val acc", "highest val acc @ step"] if with_acc else []
     rows = []
-    for i, (run, d) in enumerate(zip(runs, diagnoses)):
+    for i, (run, d, best) in enumerate(zip(runs, diagnoses, bests)):
         val = _role(run, d, "val_loss")
-        best = _best(val, "min")  # the logged value (what a checkpoint's metric holds), not a smoothed one
+        low = _extreme(val, "min")  # the logged value (what a checkpoint's metric holds), not a smoothed one
         row = [f'<a href="#{_anchor(i)}">{_e(run.name)}</a>',
                _verdict(d) if d.judged else f"cannot judge: {_e(d.cannot_judge)}",
                f"{d.confidence:.0%}" if d.judged else "—",
                *(_num(run.hparams.get(k)) if k in run.hparams else "—" for k in keys),
                _num(_last_finite(_role(run, d, "train_loss"))), _num(_last_finite(val)),
-               f"{_num(best[0])} @ {best[1]:,}" if best else "—"]
+               f"{_num(low[0])} @ {low[1]:,}" if low else "—"]
+        if with_best:
+            row.append(_best_cell(best))
         if with_acc:
             acc = _role(run, d, "val_acc")
-            top = _best(acc, "max")
+            top = _extreme(acc, "max")
             row += [_num(_last_finite(acc)), f"{_num(top[0])} @ {top[1]:,}" if top else "—"]
         rows.append(row)
     numeric = [False, False, True] + [True] * len(keys) + [True] * (len(head) - 3 - len(keys))
-    return _table(head, rows, numeric)
+    return _table(head, rows, numeric) + _all_hparams(runs, all_keys, keys)
+
+
+def _best_cell(best: dict[str, Any] | None) -> str:
+    if best is None:
+        return "—"
+    return f"step {best['step']:,}: {_e(best.get('metric'))} = {_num(best.get('value'))}"
 
 
 def _listing(title: str, items: Sequence[str]) -> str:
@@ -162,43 +207,51 @@ def _listing(title: str, items: Sequence[str]) -> str:
     return f"<h3>{_e(title)}</h3><ul>" + "".join(f"<li>{_e(x)}</li>" for x in items) + "</ul>"
 
 
-def _checkpoints(run: RunData, checkpoints: Sequence[Any]) -> str:
+def _checkpoints(run: RunData, d: Diagnosis, checkpoints: Sequence[Any]) -> str:
+    """The kept checkpoints (the best one starred), then how many more the keep policy deleted."""
     info = run.info or {}
     kept = {int(c.step): c for c in checkpoints}
-    saved = sorted(set(int(s) for s in info.get("saved_steps") or []) | set(kept))
-    if not saved:
+    deleted = len(set(int(s) for s in info.get("saved_steps") or []) - set(kept))
+    if not kept and not deleted:
         return "<h3>Checkpoints</h3><p class=muted>none written</p>"
-    best = (info.get("best") or {}).get("step")
+    best = best_of(run, d, list(kept))
     rows = []
-    for step in saved:
-        c = kept.get(step)
-        metrics = ", ".join(f"{_e(k)}={_num(v)}" for k, v in sorted(c.metrics.items())) if c else "—"
-        state = "kept" if c else '<span class=muted>deleted</span>'
-        if best is not None and step == int(best):
+    for step, c in sorted(kept.items()):
+        metrics = ", ".join(f"{_e(k)}={_num(v)}" for k, v in sorted(c.metrics.items())) or "—"
+        state = "kept"
+        if best is not None and step == best["step"]:
             state += ' <span class=best>★ best</span>'
         rows.append([f"{step:,}", metrics, state])
-    return "<h3>Checkpoints</h3>" + _table(["step", "metrics", "state"], rows, [True])
+    out = "<h3>Checkpoints</h3>" + (_table(["step", "metrics", "state"], rows, [True]) if rows else
+                                    "<p>none kept</p>")
+    if deleted:
+        out += (f"<p class=muted>{deleted:,} more {'was' if deleted == 1 else 'were'} saved and deleted by the "
+                "keep policy</p>")
+    if best is not None:
+        out += (f"<p>best checkpoint (what <code>savegame export RUN --best</code> writes): "
+                f"{_best_cell(best)}</p>")
+    return out
 
 
 def _status(info: dict[str, Any]) -> str:
-    best = info.get("best") or {}
     parts = [f"<b>{_e(info.get('status', 'unknown'))}</b>"]
     if info.get("message"):
         parts.append(_e(info["message"]))
-    if best.get("metric") is not None:
-        parts.append(f"best {_e(best['metric'])} ({_e(best.get('mode', ''))}) = {_num(best.get('value'))} "
-                     f"at step {_num(best.get('step'))}")
     if info.get("resumes"):
         parts.append(f"resumed {len(info['resumes'])} time(s)")
     return "<h3>run.json</h3><p>status: " + " · ".join(parts) + "</p>"
 
 
-def _section(index: int, run: RunData, d: Diagnosis) -> str:
-    checkpoints: list[Any] = []
-    if run.info is not None and run.path is not None:
-        from ..checkpoint.store import list_checkpoints
+def _kept(run: RunData) -> list[Any]:
+    """The kept checkpoints of a savegame run (``CheckpointInfo``), [] for any other."""
+    if run.info is None or run.path is None:
+        return []
+    from ..checkpoint.store import list_checkpoints
 
-        checkpoints = list_checkpoints(Path(run.path) / "checkpoints")
+    return list_checkpoints(Path(run.path) / "checkpoints")
+
+
+def _section(index: int, run: RunData, d: Diagnosis, checkpoints: Sequence[Any]) -> str:
     out = [f'<section id="{_anchor(index)}"><h2>{_e(run.name)}</h2><p>{_badge(d)}</p>']
     if not d.judged:
         out.append(f"<p><b>cannot judge:</b> {_e(d.cannot_judge)}</p>")
@@ -212,10 +265,11 @@ def _section(index: int, run: RunData, d: Diagnosis) -> str:
     else:
         out.append("<p class=muted>no scalar curves in this run</p>")
     if run.hparams:
-        out.append("<h3>Hyperparameters</h3>" + _table(
-            ["name", "value"], [[_e(k), _num(v)] for k, v in sorted(run.hparams.items(), key=lambda kv: str(kv[0]))]))
+        out.append(f"<h3>Hyperparameters</h3><details><summary>{len(run.hparams)} hyperparameters</summary>" + _table(
+            ["name", "value"], [[_e(k), _num(v)] for k, v in sorted(run.hparams.items(), key=lambda kv: str(kv[0]))])
+            + "</details>")
     if run.info is not None:
-        out.append(_checkpoints(run, checkpoints))
+        out.append(_checkpoints(run, d, checkpoints))
         out.append(_status(run.info))
     out.append("</section>")
     return "".join(out)
@@ -231,11 +285,12 @@ def render_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], *, ti
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1><p class=sub>{len(runs)} run(s) · written {made} by savegame doctor</p>"]
+    kept = [_kept(run) for run in runs]
     if runs:
-        parts.append("<h3>Comparison</h3>" + _comparison(runs, diagnoses))
+        parts.append("<h3>Comparison</h3>" + _comparison(runs, diagnoses, kept))
     else:
         parts.append("<p>No runs were found.</p>")
-    parts += [_section(i, run, d) for i, (run, d) in enumerate(zip(runs, diagnoses))]
+    parts += [_section(i, run, d, ks) for i, (run, d, ks) in enumerate(zip(runs, diagnoses, kept))]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -243,7 +298,10 @@ def render_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], *, ti
 def write_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], path: str | os.PathLike, *,
                  title: str = "savegame report") -> Path:
     """Write the self-contained HTML report of ``runs`` (one diagnosis each, same order) to
-    ``path``, creating its folder; returns the path. Needs matplotlib for the figures."""
+    ``path``, creating its folder; returns the path. Needs matplotlib for the figures: without it,
+    :class:`~savegame.errors.MissingDependencyError` says what to install, before any work."""
+    if any(run.scalars for run in runs):
+        require_matplotlib("savegame's HTML report")
     text = render_report(runs, diagnoses, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

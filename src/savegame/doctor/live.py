@@ -10,7 +10,7 @@ long past the validation minimum) the run is asked to stop: it saves first, so t
 the best checkpoint, ends the epoch loop, and marks the run ``stopped``.
 
 >>> Doctor(overfit_patience=3).stop_reason("overfitting", validations_past_best=3)
-'overfitting: 3 validations past the best validation loss (overfit_patience=3)'
+'overfitting: 3 validations past the lowest validation loss (overfit_patience=3)'
 >>> Doctor().stop_reason("diverged", validations_past_best=0)
 'diverged'
 """
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .curves import RunData, Series, read_run
+from .curves import RunData, Series, _run_info, read_run
 from .diagnosis import Diagnosis
 from .tags import _role
 
@@ -73,7 +73,7 @@ class Doctor:
             return "diverged"
         if (verdict == "overfitting" and self.overfit_patience is not None
                 and validations_past_best >= self.overfit_patience):
-            return (f"overfitting: {validations_past_best} validations past the best validation loss "
+            return (f"overfitting: {validations_past_best} validations past the lowest validation loss "
                     f"(overfit_patience={self.overfit_patience})")
         return None
 
@@ -143,7 +143,8 @@ class LiveDoctor:
         from .rules import diagnose
 
         started = time.perf_counter()
-        run = RunData(name=self.dir.name, path=self.dir, scalars=self._as_series())
+        # run.json as of the last save: the suggestions name the run's best checkpoint so far
+        run = RunData(name=self.dir.name, path=self.dir, scalars=self._as_series(), info=_run_info(self.dir))
         diagnosis = diagnose(run, train_tag=self._known(self.config.train_tag),
                              val_tag=self._known(self.config.val_tag))
         self.last = diagnosis
@@ -233,8 +234,8 @@ class LiveDoctor:
         return len(self._val_steps(diagnosis))
 
     def _past_best(self, diagnosis: Diagnosis) -> int:
-        best = diagnosis.marks.best_step
-        return 0 if best is None else int(np.sum(self._val_steps(diagnosis) > best))
+        low = diagnosis.marks.low_step
+        return 0 if low is None else int(np.sum(self._val_steps(diagnosis) > low))
 
     def _warn(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
         if f"verdict:{diagnosis.verdict}" in new:

@@ -1,12 +1,13 @@
 """Draw a run's curves with the doctor's verdict on them, as a matplotlib ``Figure``.
 
 The top panel holds the losses (raw training loss light, a smoothed line over it, the validation
-loss), the verdict's marks (best step, divergence, plateau, train/val gap) and the checkpoint
-steps; a second panel the training signals (gradient norm, update ratio, dead ReLUs) when the run
-logged them; a third the accuracies when present. Long series are bucketed to about 2,000 points
-per line, so a 100k-step run draws in a blink. matplotlib is imported inside the functions (it is
-the optional extra ``savegame[figures]``) and only ``Figure`` objects are built: no pyplot, no
-global backend switch, nothing left open.
+loss), the verdict's marks (the lowest point of the smoothed loss, divergence, plateau, train/val
+gap) and the checkpoint steps (kept, deleted, and the run's best checkpoint: the one
+``savegame export RUN --best`` writes); a second panel the training signals (gradient norm,
+update ratio, dead ReLUs) when the run logged them; a third the accuracies when present. Long
+series are bucketed to about 2,000 points per line, so a 100k-step run draws in a blink.
+matplotlib is imported inside the functions (only the plots need it) and only ``Figure`` objects
+are built: no pyplot, no global backend switch, nothing left open.
 
 >>> import numpy as np
 >>> from savegame.doctor.curves import RunData, Series
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..log.checks import require
+from ..errors import MissingDependencyError
 from .diagnosis import Diagnosis
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from .curves import RunData, Series
 
-__all__ = ["run_figure", "save_plot", "downsample", "MAX_POINTS", "MAX_RUNS"]
+__all__ = ["run_figure", "save_plot", "downsample", "best_of", "require_matplotlib", "MAX_POINTS", "MAX_RUNS"]
 
 MAX_POINTS = 2000  # per drawn line; a screen has fewer pixels than that across a panel
 MAX_RUNS = 12      # rows of one --plot image; more would be unreadable slivers
@@ -43,9 +44,25 @@ TRAIN, VAL, BEST, BAD = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
 _SIGNAL_PREFIX = "doctor/"
 
 
+def require_matplotlib(feature: str = "savegame doctor's plots") -> None:
+    """Import the parts of matplotlib the figures use, or raise :class:`MissingDependencyError`
+    naming ``feature`` and what to install: a clear one-line error before any work is done, never a
+    bare ``ModuleNotFoundError`` halfway through (``savegame report``, ``doctor --plot``, the demo)."""
+    import importlib
+
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise MissingDependencyError(f"{feature} needs matplotlib, which could not be imported ({error}); "
+                                         "install it with: pip install matplotlib") from None
+
+
 def _figure_class() -> type:
-    mod = require("matplotlib.figure", "savegame doctor's plots", "'savegame[figures]'")
-    return mod.Figure
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure
 
 
 def downsample(steps: np.ndarray, values: np.ndarray, *, max_points: int = MAX_POINTS,
@@ -148,24 +165,48 @@ def _draw_marks(ax: Axes, run: RunData, diagnosis: Diagnosis) -> None:
         ax.axvspan(m.plateau_start, last, color="0.5", alpha=0.15, lw=0, label=f"plateau from {m.plateau_start:,}")
     if m.diverged_step is not None:
         ax.axvline(m.diverged_step, color=BAD, lw=1.6, label=f"diverged at {m.diverged_step:,}")
-    if m.best_step is not None:
-        ax.axvline(m.best_step, color=BEST, lw=1, ls="--")
-        best = m.best_value if m.best_value is not None else _value_at(
-            val if val is not None else _series(run, diagnosis, "train_loss"), m.best_step)
-        if best is not None and np.isfinite(best):
-            ax.plot([m.best_step], [best], marker="*", ms=14, color=BEST, mec="k", mew=0.6, ls="none",
-                    zorder=5, label=f"best {best:.4g} @ {m.best_step:,}")
-    if m.gap_step is not None and m.gap is not None and np.isfinite(m.gap):
-        top = _value_at(val, m.gap_step)
-        if top is not None:
-            ax.annotate("", xy=(m.gap_step, top), xytext=(m.gap_step, top - m.gap),
-                        arrowprops=dict(arrowstyle="<->", color="0.2", lw=1.2))
-            ax.annotate(f"gap {m.gap:.3g}", xy=(m.gap_step, top - m.gap / 2), xytext=(-6, 0),
-                        textcoords="offset points", ha="right", va="center", fontsize=8, color="0.2")
+    if m.low_step is not None:
+        ax.axvline(m.low_step, color=BEST, lw=1, ls="--")
+        low = m.low_value if m.low_value is not None else _value_at(
+            val if val is not None else _series(run, diagnosis, "train_loss"), m.low_step)
+        if low is not None and np.isfinite(low):
+            name = "val" if val is not None else "train"
+            ax.plot([m.low_step], [low], marker="*", ms=14, color=BEST, mec="k", mew=0.6, ls="none",
+                    zorder=5, label=f"lowest {name} loss (smoothed) {low:.4g} @ {m.low_step:,}")
+    _draw_gap(ax, run, diagnosis)
 
 
-def _checkpoint_steps(run: RunData, checkpoints: Any) -> tuple[list[int], list[int], int | None]:
-    """(every saved step, the kept steps, the best step) of a savegame run."""
+def _draw_gap(ax: Axes, run: RunData, diagnosis: Diagnosis) -> None:
+    """The train/val gap as an arrow between the two drawn curves at the gap's step, inside this
+    panel only: from the validation point down (or up) to the smoothed training line there."""
+    m = diagnosis.marks
+    train, val = _series(run, diagnosis, "train_loss"), _series(run, diagnosis, "val_loss")
+    if m.gap_step is None or m.gap is None or not np.isfinite(m.gap) or train is None:
+        return
+    top, bottom = _value_at(val, m.gap_step), _smoothed_at(train, m.gap_step)
+    if top is None or bottom is None or top == bottom or (ax.get_yscale() == "log" and min(top, bottom) <= 0):
+        return  # (the measured gap is the rules' smoothed one; the arrow joins what is drawn)
+    arrow = ax.annotate("", xy=(m.gap_step, top), xytext=(m.gap_step, bottom), annotation_clip=True,
+                        arrowprops=dict(arrowstyle="<->", color="0.2", lw=1.2, shrinkA=0, shrinkB=0))
+    arrow.arrow_patch.set_clip_path(ax.patch)  # never out of the panel, whatever the limits become
+    middle = float(np.sqrt(top * bottom)) if ax.get_yscale() == "log" else (top + bottom) / 2
+    ax.annotate(f"gap {m.gap:.3g}", xy=(m.gap_step, middle), xytext=(-6, 0), textcoords="offset points",
+                ha="right", va="center", fontsize=8, color="0.2", annotation_clip=True)
+
+
+def _smoothed_at(series: Series, step: int) -> float | None:
+    """The smoothed training line as drawn (:func:`_smooth` of the finite points) at ``step``."""
+    ok = np.isfinite(series.values)
+    if ok.sum() < 2:
+        return _value_at(series, step)
+    steps, smooth = series.steps[ok], _smooth(series.values[ok])
+    i = int(np.clip(np.searchsorted(steps, step, side="right") - 1, 0, len(steps) - 1))
+    return float(smooth[i])
+
+
+def _checkpoint_steps(run: RunData, diagnosis: Diagnosis, checkpoints: Any
+                      ) -> tuple[list[int], list[int], int | None]:
+    """(every saved step, the kept steps, the best checkpoint's step) of a savegame run."""
     info = run.info or {}
     if checkpoints is None and run.info is not None and run.path is not None:
         from ..checkpoint.store import list_checkpoints
@@ -173,12 +214,24 @@ def _checkpoint_steps(run: RunData, checkpoints: Any) -> tuple[list[int], list[i
         checkpoints = list_checkpoints(Path(run.path) / "checkpoints")
     kept = sorted(int(c.step) for c in checkpoints or [])
     saved = sorted(set(int(s) for s in info.get("saved_steps") or []) | set(kept))
-    best = (info.get("best") or {}).get("step")
-    return saved, kept, int(best) if best is not None else None
+    best = best_of(run, diagnosis, kept)
+    return saved, kept, best["step"] if best is not None else None
 
 
-def _draw_checkpoints(ax: Axes, run: RunData, checkpoints: Any) -> None:
-    saved, kept, best = _checkpoint_steps(run, checkpoints)
+def best_of(run: RunData, diagnosis: Diagnosis, kept: Sequence[int]) -> dict[str, Any] | None:
+    """The run's best checkpoint, ``{"step", "metric", "value", ...}``: the diagnosis's (from
+    ``run.json``, see :func:`savegame.doctor.curves.best_checkpoint`), else ``run.json``'s own
+    record when its step is among the ``kept`` steps (a diagnosis made by hand); else None."""
+    if diagnosis.best_checkpoint is not None:
+        return diagnosis.best_checkpoint
+    best = (run.info or {}).get("best")
+    if isinstance(best, dict) and isinstance(best.get("step"), int) and best["step"] in set(kept):
+        return best
+    return None
+
+
+def _draw_checkpoints(ax: Axes, run: RunData, diagnosis: Diagnosis, checkpoints: Any) -> None:
+    saved, kept, best = _checkpoint_steps(run, diagnosis, checkpoints)
     if not saved:
         return
     foot = ax.get_xaxis_transform()  # x in steps, y in panel fractions: ticks hug the x axis
@@ -289,7 +342,7 @@ def _draw_run(container: Any, run: RunData, diagnosis: Diagnosis, checkpoints: A
         if panel == "loss":
             _draw_losses(ax, run, diagnosis)
             _draw_marks(ax, run, diagnosis)
-            _draw_checkpoints(ax, run, checkpoints)
+            _draw_checkpoints(ax, run, diagnosis, checkpoints)
             ax.set_title(title_of(run, diagnosis), fontsize=11, loc="left",
                          color="0.1" if diagnosis.judged else BAD)
         elif panel == "signals":
@@ -340,6 +393,7 @@ def save_plot(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], path: str
                          f"{len(diagnoses)} diagnoses; pass diagnose(run) for each run, in the same order.")
     if not runs:
         raise ValueError("save_plot got no runs to draw; give it the runs that load_runs(logdir) returned.")
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     shown = list(zip(runs, diagnoses))[:MAX_RUNS]

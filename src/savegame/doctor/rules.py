@@ -10,6 +10,11 @@ loss both stayed high and close) · **still_improving** (converging, not there y
 **healthy**. Training signals (``doctor/...`` tags, see ``signals.py``) back the learning-rate
 and plateau verdicts when a run has them. Every threshold is a named constant below.
 
+"Best" means one thing: the run's best checkpoint, the kept one ``savegame export RUN --best``
+writes (``Diagnosis.best_checkpoint``, from a savegame run's ``run.json``). The minimum the rules
+read off a curve is "the lowest (smoothed) loss at step N" (``Marks.low_step``): curves are
+smoothed with a running median, and that step's checkpoint may well have been deleted.
+
 >>> import numpy as np
 >>> from savegame.doctor.curves import RunData, Series
 >>> steps = np.arange(1, 201)
@@ -17,17 +22,21 @@ and plateau verdicts when a run has them. Every threshold is a named constant be
 >>> val = 2 * np.exp(-steps / 30) + 0.2 + np.maximum(steps - 80, 0) * 0.01
 >>> run = RunData("r", None, {"loss/train": Series(steps, train), "loss/val": Series(steps, val)})
 >>> d = diagnose(run)
->>> d.verdict, 75 < d.marks.best_step < 90
-('overfitting', True)
+>>> d.verdict, 75 < d.marks.low_step < 90, d.best_checkpoint is None   # no run.json: no checkpoints
+('overfitting', True, True)
+>>> d.suggestions[0].startswith(f"lowest validation loss (smoothed) at step {d.marks.low_step:,}")
+True
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .curves import RunData, Series
+from .curves import RunData, Series, best_checkpoint
 from .diagnosis import Diagnosis, Finding
 from .features import CurveFeatures, curve_features
 from .signals_read import DEAD_RELU, VANISHING, SignalSummary, summarize_signals
@@ -62,6 +71,7 @@ HEALTHY_UPDATE = (1e-4, 1e-2)  # cs231n: update/weight ratios around 1e-3 are he
 
 @dataclass
 class _Curves:
+    run: RunData
     train: CurveFeatures | None
     val: CurveFeatures | None
     train_series: Series | None
@@ -83,6 +93,10 @@ def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None 
 def _diagnose(run: RunData, *, train_tag: str | None, val_tag: str | None) -> Diagnosis:
     diagnosis = Diagnosis(run=run.name)
     diagnosis.findings.extend(run.notes)
+    try:
+        diagnosis.best_checkpoint = best_checkpoint(run)
+    except OSError:  # an unreadable checkpoints folder: judge the curves all the same
+        diagnosis.best_checkpoint = None
     missing = [t for t in (train_tag, val_tag) if t is not None and t not in run.scalars]
     if missing:
         return _cannot(diagnosis, f"no scalar tag {missing[0]!r} in this run; it has {_tag_list(run)}")
@@ -134,14 +148,14 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
         step, name, bad = first_bad
         d.marks.diverged_step = step
         d.evidence.append(f"{name} became NaN/inf at step {step:,} and stayed so, after falling to "
-                          f"{bad.low:.4g} at step {bad.low_step:,}")
+                          f"{bad.low:.4g} (smoothed) at step {bad.low_step:,}")
         d.confidence = 0.95
     else:
         level = (max(main.start * EXPLODED, main.low * EXPLODED_OVER_LOW) if exploded else
                  max(main.low * COLLAPSED_OVER_LOW, main.start * COLLAPSED_NEAR_START))
         step = _first_step_above(main, level)
         d.marks.diverged_step = step
-        d.evidence.append(f"the loss fell to {main.low:.4g} at step {main.low_step:,}, then "
+        d.evidence.append(f"the loss fell to {main.low:.4g} (smoothed) at step {main.low_step:,}, then "
                           f"{'exploded' if exploded else 'climbed back'} from step {step:,} to {main.end:.4g} "
                           f"at the end (it started at {main.start:.4g})")
         d.confidence = 0.85
@@ -149,9 +163,12 @@ def _diverged(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> 
         d.evidence.append(f"gradient norm grew {c.signals.grad_growth:.3g}x during the run")
         d.confidence = min(0.98, d.confidence + 0.05)
     d.verdict = "diverged"
-    d.marks.best_step, d.marks.best_value = _best(c)
+    d.marks.low_step, d.marks.low_value = _low(c)
+    best = d.best_checkpoint
+    before = (f" (the run's best checkpoint, step {best['step']:,}, is one: Run(..., resume={best['step']}))"
+              if best is not None and best["step"] < d.marks.diverged_step else "")
     d.suggestions += [
-        f"resume from a checkpoint before step {d.marks.diverged_step:,} with a lower learning rate "
+        f"resume from a checkpoint before step {d.marks.diverged_step:,}{before} with a lower learning rate "
         "(try 1/3 to 1/10 of it) or a warmup",
         "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step()",
         "look for log(0), division by zero or a too-small eps; with AMP keep the GradScaler",
@@ -173,15 +190,14 @@ def _overfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
         return False  # training loss rose too: not memorization (lr or data trouble)
     d.verdict = "overfitting"
     d.confidence = min(0.97, 0.6 + rise)
-    d.marks.best_step, d.marks.best_value = v.low_step, v.low
-    d.evidence.append(f"validation loss bottomed out at {v.low:.4g} at step {v.low_step:,}, then rose "
+    d.marks.low_step, d.marks.low_value = v.low_step, v.low
+    d.evidence.append(f"validation loss (smoothed) bottomed out at {v.low:.4g} at step {v.low_step:,}, then rose "
                       f"{rise:.0%} to {v.end:.4g} by step {int(c.val_series.steps[-1]):,}")
     if t is not None:
         d.evidence.append(f"meanwhile training loss kept falling, from {t.at(v.low_step):.4g} to {t.end:.4g}")
         d.marks.gap_step, d.marks.gap = int(c.val_series.steps[-1]), v.end - t.end
     d.suggestions += [
-        f"best validation loss at step {v.low_step:,}: keep that checkpoint "
-        "(savegame: Keep(best=...) on the validation loss; savegame export RUN --best -o model.safetensors)",
+        _keep_suggestion(d, c.run, "validation"),
         "stop earlier: Run(..., doctor=Doctor(overfit_patience=5)) stops and saves once it is past the minimum",
         "regularize: weight decay (AdamW weight_decay=0.05), dropout, data augmentation; or get more "
         "data / use a smaller model",
@@ -215,10 +231,10 @@ def _lr_too_high(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) 
 
 
 def _learning_rate_verdict(d: Diagnosis, c: _Curves, suggestions: list[str]) -> bool:
-    """The common end of both learning-rate verdicts: the signals' word on it, the best step."""
+    """The common end of both learning-rate verdicts: the signals' word on it, the lowest point."""
     if c.signals.update_ratio is not None:
         d.evidence.append(f"median update/weight ratio {c.signals.update_ratio:.1e} per step (healthy: about 1e-3)")
-    d.marks.best_step, d.marks.best_value = _best(c)
+    d.marks.low_step, d.marks.low_value = _low(c)
     d.suggestions += suggestions
     return True
 
@@ -294,7 +310,7 @@ def _underfitting(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series)
     d.evidence.append(f"training loss converged at {t.end:.4g}{share}{gap}")
     if acc is not None:
         d.evidence.append(f"{'training' if c.acc_train is not None else 'validation'} accuracy only {acc:.1%}")
-    d.marks.best_step, d.marks.best_value = _best(c)
+    d.marks.low_step, d.marks.low_value = _low(c)
     d.suggestions += ["the model cannot fit even the training data: make it bigger (width/depth) or "
                       "better suited (features, architecture)",
                       "lower regularization (weight decay, dropout) and train longer with a decaying lr"]
@@ -310,7 +326,7 @@ def _still_improving(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Seri
     name = "validation" if c.val is not None else "training"
     d.evidence.append(f"{name} loss is still falling: the last quarter of the run made "
                       f"{judged.late_share:.0%} of its progress ({judged.start:.4g} to {judged.end:.4g})")
-    d.marks.best_step, d.marks.best_value = _best(c)
+    d.marks.low_step, d.marks.low_value = _low(c)
     d.suggestions += ["train longer: rerun the same command with more epochs; the run resumes from its "
                       "last checkpoint"]
     return True
@@ -319,13 +335,12 @@ def _still_improving(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Seri
 def _healthy(d: Diagnosis, c: _Curves, main: CurveFeatures, series: Series) -> bool:
     d.verdict = "healthy"
     d.confidence = 0.8
-    d.marks.best_step, d.marks.best_value = _best(c)
+    d.marks.low_step, d.marks.low_value = _low(c)
     judged = c.val or main
     d.evidence.append(f"{'validation' if c.val else 'training'} loss converged: {judged.start:.4g} to "
                       f"{judged.end:.4g}, flat over the last quarter")
-    if d.marks.best_step is not None:
-        d.suggestions.append(f"best {'validation' if c.val else 'training'} loss at step {d.marks.best_step:,}: "
-                             "keep that checkpoint")
+    if d.marks.low_step is not None:
+        d.suggestions.append(_keep_suggestion(d, c.run, "validation" if c.val else "training"))
     return True
 
 
@@ -365,8 +380,8 @@ def _curves(run: RunData, tags: dict[str, str]) -> _Curves:
         s = series(role)
         return curve_features(s.steps, s.values) if s is not None and len(s) else None
 
-    return _Curves(train=features("train_loss"), val=features("val_loss"), train_series=series("train_loss"),
-                   val_series=series("val_loss"), acc_train=series("train_acc"), acc_val=series("val_acc"),
+    return _Curves(run=run, train=features("train_loss"), val=features("val_loss"),
+                   train_series=series("train_loss"), val_series=series("val_loss"), acc_train=series("train_acc"), acc_val=series("val_acc"),
                    signals=summarize_signals(run.scalars))
 
 
@@ -427,7 +442,29 @@ def _first_step_above(f: CurveFeatures, level: float) -> int:
     return int(f.steps[after[0]]) if len(after) else int(f.steps[-1])
 
 
-def _best(c: _Curves) -> tuple[int | None, float | None]:
+def _keep_suggestion(d: Diagnosis, run: RunData, curve: str) -> str:
+    """Which checkpoint to keep: the run's best one when it has one (named with its step, value and
+    the export command); otherwise the lowest point, and how to keep the best checkpoint from now on."""
+    low = f"lowest {curve} loss (smoothed) at step {d.marks.low_step:,}"
+    best = d.best_checkpoint
+    if best is not None:
+        value = f" {best['value']:.4g}" if isinstance(best.get("value"), (int, float)) else ""
+        place = shlex.quote(Path(run.path).as_posix()) if run.path is not None else "RUN"
+        export = f"savegame export {place} --best -o model.safetensors"
+        if best["step"] == d.marks.low_step:
+            return (f"the run's best checkpoint is step {best['step']:,} ({best['metric']}{value}), where the "
+                    f"smoothed {curve} loss is lowest too: {export}")
+        return (f"{low}; the run's best checkpoint is step {best['step']:,} ({best['metric']}{value}, the best "
+                f"of the kept checkpoints): {export}")
+    tag = d.tags.get("val_loss", "loss/val")
+    how = (f"Keep(best=1, metric={tag!r}) with run.save(metrics={{{tag!r}: val_loss}}) keeps the best "
+           "checkpoint by validation loss, savegame export RUN --best -o model.safetensors writes it")
+    if run.info is not None:  # a savegame run whose checkpoints rank by no metric
+        return f"{low}; this run records no best checkpoint (its keep policy ranks none): {how}"
+    return f"{low}; these logs have no checkpoints: save with savegame, where {how}"
+
+
+def _low(c: _Curves) -> tuple[int | None, float | None]:
     f = c.val or c.train
     return (f.low_step, f.low) if f is not None else (None, None)
 

@@ -5,6 +5,15 @@ parameters with a non-finite gradient (the checks of cs231n and Karpathy's "reci
 Hooks on the optimizer do the work, so the user's loop only gains two lines. Values reach
 ``log`` as 0-d tensors: nothing here copies a CUDA tensor to the host, the caller's logger does.
 
+Memory: the update ``||w_after - w_before||`` needs the weights from before the step, so a sample
+copies at most ``update_sample`` elements (default :data:`UPDATE_SAMPLE`, 1,048,576: 4 MB in
+float32), never every weight. The budget goes first to whole parameters, smallest first, while
+they fit their share of it; each larger parameter gets an equal share of the rest, taken as a
+fixed, evenly spread sample of its elements (one per stratum of the flattened tensor), and its
+update norm is estimated from it (``sqrt(numel / sample * sum of squared sampled updates)``). A
+model within the budget is measured exactly, as before; weight norms are always exact (norms
+need no copy). Between the two hooks nothing else is kept but a few norms.
+
 >>> import torch
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
 >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -29,10 +38,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["Signals"]
+__all__ = ["Signals", "UPDATE_SAMPLE"]
 
 LogFn = Callable[[dict[str, Any], int], None]
 TINY = 1e-12  # keeps the update ratio finite for an all-zero layer
+UPDATE_SAMPLE = 1 << 20  # elements of the weights copied per sample, at most (plus one per parameter)
+_SPREAD = 40503  # a prime: moves each sampled element to another place within its stratum
 RELUS = (nn.ReLU, nn.ReLU6)
 ROOT = "root"  # the layer name of parameters owned by the model itself (its qualified name is "")
 
@@ -50,13 +61,23 @@ class Signals:
 
     With torch's own writer: ``log=lambda values, step: [w.add_scalar(k, v, step) for k, v in
     values.items()]``. Call :meth:`close` to remove every hook.
+
+    ``update_sample`` bounds the weights copied to measure the update ratios (see the module's
+    docstring): a model with fewer weights is measured exactly, a larger one from a fixed sample
+    of its large parameters' elements.
     """
 
+    UPDATE_SAMPLE = UPDATE_SAMPLE
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 50,
-                 log: LogFn, step: Callable[[], int] | None = None, prefix: str = "doctor") -> None:
+                 log: LogFn, step: Callable[[], int] | None = None, prefix: str = "doctor",
+                 update_sample: int = UPDATE_SAMPLE) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Signals(every=...) must be an int >= 1 (sample every N optimizer steps), "
                              f"but got {every=!r}; pass e.g. every=50.")
+        if isinstance(update_sample, bool) or not isinstance(update_sample, int) or update_sample < 1:
+            raise ValueError(f"Signals(update_sample=...) must be an int >= 1 (weights copied per sample, at "
+                             f"most), but got {update_sample=!r}; pass e.g. update_sample={UPDATE_SAMPLE}.")
         if not callable(log):
             raise TypeError(f"Signals(log=...) must be a callable log(values, step), but got {log!r}; "
                             "pass e.g. log=lambda values, step: print(step, values).")
@@ -78,6 +99,8 @@ class Signals:
                              "model.parameters() (or pass the model it trains).")
         self._layers = list(dict.fromkeys(owners[p] for p in self._params))
         self._layer_of = {p: self._layers.index(owners[p]) for p in self._params}
+        # how many elements of each parameter a sample copies (its numel: the whole of it)
+        self._sample = dict(zip(self._params, _sample_sizes([p.numel() for p in self._params], update_sample)))
 
         self._relus = [(name, m) for name, m in model.named_modules() if isinstance(m, RELUS)]
         self._relu_handles: list[Any] = []
@@ -127,19 +150,36 @@ class Signals:
         values[f"{pre}/grad_norm/total"] = per_layer.square().sum().sqrt()
         # a NaN or inf anywhere in a gradient makes its norm non-finite: one check per tensor
         values[f"{pre}/nonfinite_grads"] = (~torch.isfinite(per_tensor)).sum()
-        # one fused copy of the parameters: the post-hook turns it into the update
-        before = torch._foreach_mul([p.detach() for p in params], 1.0)
-        return {"values": values, "step": step, "params": params, "before": before}
+        slots = [self._layer_of[p] for p in params]
+        weights = [p.detach() for p in params]
+        _, weight, seen = _layer_norms(weights, slots, len(self._layers))  # exact: a norm needs no copy
+        # what the post-hook turns into the update: whole small parameters (one fused copy), a
+        # bounded sample of the elements of each large one
+        whole = [w for w, p in zip(weights, params) if self._sample[p] >= p.numel()]
+        before = torch._foreach_mul(whole, 1.0) if whole else []
+        parts = iter(before)
+        before = [next(parts) if self._sample[p] >= p.numel() else torch.take(w, self._index(p))
+                  for w, p in zip(weights, params)]
+        return {"values": values, "step": step, "params": params, "slots": slots, "weight": weight,
+                "seen": seen, "before": before}
+
+    def _index(self, param: torch.Tensor) -> torch.Tensor:
+        return _sample_index(param.numel(), self._sample[param], param.device)
 
     def _finish(self, pending: dict[str, Any]) -> None:
         values, params, before = pending["values"], pending["params"], pending["before"]
         if params:
-            slots = [self._layer_of[p] for p in params]
-            _, weight, seen = _layer_norms(before, slots, len(self._layers))
-            torch._foreach_sub_(before, [p.detach() for p in params])  # before := before - after
-            _, update, _ = _layer_norms(before, slots, len(self._layers))
-            ratio = update / (weight + TINY)
-            for i in seen:
+            whole = [(b, p.detach()) for b, p in zip(before, params) if self._sample[p] >= p.numel()]
+            if whole:
+                torch._foreach_sub_([b for b, _ in whole], [a for _, a in whole])  # before := before - after
+            for b, p in zip(before, params):
+                if self._sample[p] < p.numel():
+                    b.sub_(torch.take(p.detach(), self._index(p)))
+            # a sample of k of a parameter's n elements stands for all of them: its squared norm x n/k
+            scales = [p.numel() / self._sample[p] if self._sample[p] < p.numel() else 1.0 for p in params]
+            _, update, _ = _layer_norms(before, pending["slots"], len(self._layers), scales)
+            ratio = update / (pending["weight"] + TINY)
+            for i in pending["seen"]:
                 values[f"{self._prefix}/update_ratio/{self._layers[i]}"] = ratio[i]
         for name, dead in self._dead.items():
             values[f"{self._prefix}/dead_relu/{name}"] = dead
@@ -196,9 +236,10 @@ def _owners(model: nn.Module) -> dict[nn.Parameter, str]:
     return owners
 
 
-def _layer_norms(tensors: list[torch.Tensor], slots: list[int], n_layers: int
+def _layer_norms(tensors: list[torch.Tensor], slots: list[int], n_layers: int, scales: list[float] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """``(norm per tensor, L2 norm per layer, layers present)`` with a handful of batched kernels.
+    """``(norm per tensor, L2 norm per layer, layers present)`` with a handful of batched kernels;
+    ``scales`` multiply each tensor's squared norm in its layer's sum (a sample standing for more).
 
     The norms are float32 so fp16 / bf16 gradients neither overflow nor lose the small ones.
     """
@@ -206,16 +247,51 @@ def _layer_norms(tensors: list[torch.Tensor], slots: list[int], n_layers: int
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
     # a model spread over devices: bring the scalars to one (tiny, asynchronous copies)
     per_tensor = torch.stack([n.to(device, non_blocking=True) for n in norms])
-    index = _index(tuple(slots), device)
+    index = _slot_index(tuple(slots), device)
+    squares = per_tensor.square()
+    if scales is not None and any(scale != 1.0 for scale in scales):
+        squares = squares * _scale_tensor(tuple(scales), device)
     per_layer = torch.zeros(n_layers, dtype=torch.float32, device=device)
-    per_layer.index_add_(0, index, per_tensor.square())
+    per_layer.index_add_(0, index, squares)
     return per_tensor, per_layer.sqrt(), sorted(set(slots))
 
 
 @functools.lru_cache(maxsize=64)
-def _index(slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def _slot_index(slots: tuple[int, ...], device: torch.device) -> torch.Tensor:
     # the same parameters have grads at almost every sample: copy their layer index to the device once
     return torch.tensor(slots, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_tensor(scales: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(scales, dtype=torch.float32, device=device)  # the same at almost every sample too
+
+
+def _sample_sizes(sizes: list[int], budget: int) -> list[int]:
+    """Elements of each parameter to copy, ``budget`` in all (at least one each): whole parameters,
+    smallest first, while they fit an equal share of what is left; an equal share for the rest.
+
+    >>> _sample_sizes([10, 1000, 5, 1000], 500)
+    [10, 242, 5, 243]
+    """
+    out = [0] * len(sizes)
+    left, remaining = budget, len(sizes)
+    for i in sorted(range(len(sizes)), key=sizes.__getitem__):
+        out[i] = min(sizes[i], max(left // remaining, 1))
+        left, remaining = max(left - out[i], 0), remaining - 1
+    return out
+
+
+def _sample_index(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """``k`` distinct flat indices spread over ``0..n-1``: one in each of ``k`` equal strata, at a
+    fixed pseudo-random place in it, so rows and columns of a weight matrix are all represented.
+    Deterministic (the pre- and the post-hook pick the same), and no random generator is touched.
+
+    >>> _sample_index(10, 4, torch.device("cpu")).tolist()
+    [0, 3, 5, 8]
+    """
+    i = torch.arange(k, device=device, dtype=torch.int64)
+    return i * n // k + (i * _SPREAD) % max(n // k, 1)
 
 
 def _dead_fraction(output: torch.Tensor) -> torch.Tensor:
