@@ -109,7 +109,7 @@ def test_ctrl_c_saves_and_exits_0_then_the_same_command_resumes_and_finishes(tmp
 
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert f"resumed from step-{stopped_at:06d}" in second.stdout
+    assert f"savegame: resumed {folder} from step {stopped_at} (" in second.stderr  # the library's one line
     assert "epoch   1/3" not in second.stdout  # the first epoch is not trained again
     assert status(folder) == "finished"
     info = json.loads((folder / "run.json").read_text())

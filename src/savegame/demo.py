@@ -202,12 +202,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with run:
         run.track(model=net, optimizer=optimizer, lr_schedule=scheduler)  # restored on resume
-        if run.resumed_from is not None:
-            batch = run.step - run.epoch * len(loader)
-            where = (f"after epoch {run.epoch + 1}/{cfg['epochs']}" if batch >= len(loader) else
-                     f"in epoch {run.epoch + 1}/{cfg['epochs']}, after batch {batch}/{len(loader)}")
-            console.print(f"resumed from {run.resumed_from.path.name} ({where})")
-        else:
+        if run.resumed_from is None:  # a resume says where it resumed by itself (logger "savegame")
             console.print(f"training a CNN on {len(train_set)} digits, validating on "
                           f"{len(val_labels)}; Ctrl-C saves and stops, rerun to resume")
             # the double check before training (cs231n, Karpathy's recipe); a failure stops here

@@ -27,12 +27,28 @@ logger = logging.getLogger("savegame")
 def notice(message: str) -> None:
     """Log ``message`` at INFO on the ``savegame`` logger (printed to stderr by default)."""
     if not logger.handlers and not logging.getLogger().handlers and logger.level == logging.NOTSET:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("savegame: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # the root logger has no handler: nothing else would print it
     logger.info(message)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each message (a progress bar that redirects it, as
+    rich's does, then shows the line above the bar instead of through it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def rerun_command(orig_argv: Sequence[str] | None = None, script: str | None = None) -> str:
