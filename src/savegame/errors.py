@@ -55,7 +55,7 @@ class SaveFailedError(SavegameError, OSError):
 
 
 class WriterClosedError(SavegameError, RuntimeError):
-    """A ``SummaryWriter`` method was called after ``close()``."""
+    """A finished ``Run``'s writer was called; unlike a writer of your own, it does not reopen."""
 
 
 class LogWriteError(SavegameError, RuntimeError):

@@ -47,6 +47,29 @@ def _sortable_time(folder: Path) -> int:
     return max(int(time.time()), newest + 1 if newest >= int(time.time()) else 0)
 
 
+class RunFolderGone(FileNotFoundError):
+    """The run folder was removed while its writer was open; nothing recreates it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(f"the run folder {root} no longer exists (it was removed while its writer "
+                         "was open); what is logged into it is lost, and savegame does not recreate it")
+
+
+def subfolder(root: Path, relative: str) -> Path:
+    """``root / relative``, making the folders below ``root`` but never ``root`` itself: a run
+    folder removed under a running writer stays removed (the log thread reports the failure)."""
+    if not root.is_dir():
+        raise RunFolderGone(root)
+    folder = root
+    for part in Path(relative).parts:
+        folder = folder / part
+        try:
+            folder.mkdir(exist_ok=True)
+        except FileNotFoundError:  # root went away between the check and here
+            raise RunFolderGone(root) from None
+    return folder
+
+
 class EventFile:
     """An append-only event file. Not thread-safe: only the writer thread touches it."""
 
@@ -58,8 +81,8 @@ class EventFile:
     @classmethod
     def create(cls, folder: Path, filename_suffix: str = "") -> EventFile:
         """A new file named like tensorboard's own (``events.out.tfevents.<time>.<host>.<pid>.<n>``),
-        starting with the ``file_version`` record every reader expects first."""
-        folder.mkdir(parents=True, exist_ok=True)
+        starting with the ``file_version`` record every reader expects first. ``folder`` must
+        exist (see ``subfolder``)."""
         name = (f"events.out.tfevents.{_sortable_time(folder):010d}.{socket.gethostname()}."
                 f"{os.getpid()}.{next(_uid)}{MARKER}{filename_suffix}")
         event_file = cls(folder / name, 0)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import WriterClosedError
 from .aggregate import EpochStats, check_reduce
 from .host import resolve, scalar_on_host
 from .resume import cut_back
@@ -51,8 +52,11 @@ class RunLog:
     @property
     def writer(self) -> SummaryWriter:
         if self._writer is None:
-            if self._closed:
-                raise RuntimeError(f"run {self.dir} is finished; its writer is closed")
+            if self._closed:  # as a finished run's writer answers (it does not reopen)
+                raise WriterClosedError(f"SummaryWriter({str(self.dir)!r}) was asked for after its Run "
+                                        "finished. A Run's writer does not reopen (torch's would): "
+                                        "the run has released its folder. Log before the run ends, "
+                                        "or open a SummaryWriter of your own on another folder.")
             self._writer = SummaryWriter._for_run(self.dir, restart_step=self._restart_step,
                                                   hparams_logged=self.has_history)
         return self._writer

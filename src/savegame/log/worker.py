@@ -30,7 +30,7 @@ from typing import Any, Callable
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from ..errors import LogWriteError
-from .eventfile import EventFile
+from .eventfile import EventFile, RunFolderGone, subfolder
 from .host import OnDevice
 from .records import float32_bytes, frame, scalar_record, scalar_value_prefix
 
@@ -90,7 +90,10 @@ class LogWorker:
         self._restart_step = restart_step
         self._files: dict[str, EventFile] = {}
         self._prefixes: dict[str, bytes] = {}
+        self._root_gone = False  # reported that the run folder was removed (once)
         self._wake = threading.Event()
+        # the run's own file now, on the caller, as torch's writer makes it in its constructor
+        self._file(None).flush()
         self._thread = threading.Thread(target=self._loop, name=f"savegame-log:{root}", daemon=True)
         self._thread.start()
 
@@ -144,11 +147,18 @@ class LogWorker:
                     return
                 if item is not None:  # a flush marker
                     self._each_file("flushing", lambda f: f.flush(item.fsync))
+                    self._check_root()
                     item.done.set()
             fsync = time.monotonic() - last_fsync >= self._flush_secs
             self._each_file("flushing", lambda f: f.flush(fsync))
             if fsync:
                 last_fsync = time.monotonic()
+
+    def _check_root(self) -> None:
+        """At each flush: report that the run folder was removed (the open files still take
+        writes, which are lost; nothing here recreates the folder)."""
+        if not self._root_gone and not self.root.is_dir():
+            self._fail("the log files are gone", RunFolderGone(self.root))
 
     def _each_file(self, what: str, action: Callable[[EventFile], None]) -> None:
         for f in list(self._files.values()):
@@ -239,7 +249,8 @@ class LogWorker:
     def _file(self, key: str | None) -> EventFile:
         f = self._files.get(key or "")
         if f is None:
-            f = EventFile.create(self.root / key if key else self.root, self._suffix)
+            # a sub-run's folder is made here; the run folder itself never is (see ``subfolder``)
+            f = EventFile.create(subfolder(self.root, key) if key else self.root, self._suffix)
             if self._restart_step is not None:
                 start = event_pb2.Event(wall_time=time.time(), step=self._restart_step,
                                         session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
@@ -248,6 +259,10 @@ class LogWorker:
         return f
 
     def _fail(self, what: str, error: Exception) -> None:
+        if isinstance(error, RunFolderGone):  # reported once per writer, not at every later write
+            if self._root_gone:
+                return
+            self._root_gone = True
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         if self.error is None:
             self.error = f"{what}: {detail}"

@@ -9,9 +9,20 @@ Intended differences from torch's writer:
 
 - ``add_hparams`` without ``run_name`` puts the hyperparameters in *this* run, beside its curves
   (torch makes a sub-run per call); every scalar of the run is then a metric in the HPARAMS tab.
-- A call after ``close()`` raises :class:`~savegame.errors.WriterClosedError` (torch reopens).
+- A ``Run``'s writer (``run.writer``) stays closed once the run has finished: a call then raises
+  :class:`~savegame.errors.WriterClosedError`. The run has released its folder (another process
+  may be resuming it) and a resume moves any event file that no checkpoint recorded aside. A
+  writer of your own reopens as torch's does: a call after ``close()`` starts a new event file in
+  the same ``log_dir``, and the next ``close()`` closes it again.
+- ``add_video`` without ``moviepy<2`` warns once per writer (a ``UserWarning`` with the
+  ``pip install``) and writes nothing; torch prints a line per call and writes an empty image.
 - Under ``torch.distributed`` only rank 0 writes (``rank_zero_only=True``); other ranks' calls
   return at once.
+- A ``log_dir`` removed under an open writer stays removed: the log thread never recreates it, and
+  reports it as any write failure (a ``RuntimeWarning`` at once, then
+  :class:`~savegame.errors.LogWriteError` from the next ``flush()``, ``close()`` or ``add_*``
+  that queues a job), once; what is logged meanwhile is lost. torch's ``add_embedding`` makes the
+  folder again, and its other calls write on into the deleted files without a word.
 - ``flush()`` returns when everything logged before it is in the files. Data reaches the OS a few
   times a second, so a SIGKILL loses at most a fraction of a second (``flush_secs`` bounds the
   time between fsyncs); ``max_queue`` is accepted and unused: the caller never waits for a queue.
@@ -30,6 +41,7 @@ import functools
 import os
 import socket
 import time
+import warnings
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +53,7 @@ from .checks import (check_audio, check_histogram, check_image, check_same_lengt
                      check_walltime, require)
 from .convert import (default_bins, embedding_folder_name, maybe_numpy, summary_event, to_list,
                       to_numpy, to_tensor)
+from .eventfile import subfolder
 from .host import resolve, scalar_on_host, tensor_on_host
 from .worker import Job, LogWorker
 
@@ -51,14 +64,15 @@ _OPEN, _CLOSED, _SILENT = "open", "closed", "silent"
 
 
 def _when_open(method: Callable) -> Callable:
-    """Make ``method`` raise after ``close()`` and return at once on a silent (non-zero) rank,
-    before it copies or checks anything."""
+    """Make ``method`` reopen the writer after ``close()`` (as torch's), raise for a finished
+    ``Run``'s writer, and return at once on a silent (non-zero) rank, before it copies or checks
+    anything."""
     name = method.__name__
 
     @functools.wraps(method)
     def checked(self: "SummaryWriter", *args: Any, **kwargs: Any) -> Any:
-        if self._state is not _OPEN:
-            return self._not_open(name)
+        if self._state is not _OPEN and not self._reopen(name):
+            return None
         return method(self, *args, **kwargs)
 
     return checked
@@ -133,6 +147,9 @@ class SummaryWriter:
         self.filename_suffix = filename_suffix
         self._state = _OPEN
         self._worker: LogWorker | None = None
+        self._run_owned = False
+        self._hparams_logged = False  # the first add_hparams goes into this run, later ones beside
+        self._warned: set[str] = set()  # one-time warnings already given (a missing moviepy)
         if rank_zero_only and _rank() != 0:
             self._state = _SILENT
             return
@@ -147,21 +164,23 @@ class SummaryWriter:
         writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), None, 10
         writer.flush_secs, writer.filename_suffix = 120, ""
         writer._state, writer._worker = _OPEN, None
+        writer._run_owned, writer._hparams_logged, writer._warned = True, hparams_logged, set()
         if _rank() != 0:
             writer._state = _SILENT
         else:
             writer._start(handle_sigterm=False, restart_step=restart_step)
-            writer._hparams_logged = hparams_logged
         return writer
 
     def _start(self, *, handle_sigterm: bool, restart_step: int | None = None) -> None:
+        """Make the folder and its event file (as torch's constructor does) and the log thread."""
         root = Path(self.log_dir)
         root.mkdir(parents=True, exist_ok=True)
         self._worker = LogWorker(root, flush_secs=self.flush_secs, filename_suffix=self.filename_suffix,
                                  restart_step=restart_step)
         self._queue = self._worker.queue
-        self._hparams_logged = False  # the first add_hparams goes into this run, later ones beside
+        self._file_writer = _FileWriterView(self)
         self._projector = _read_projector_config(root)  # grown by each add_embedding
+        self._state = _OPEN
         lifecycle.track(self)
         if handle_sigterm:
             lifecycle.install_sigterm_flush()
@@ -182,8 +201,8 @@ class SummaryWriter:
                    double_precision: bool = False) -> None:
         """Log one value. A Python float costs about a microsecond; a CUDA tensor is copied to the
         host asynchronously. NaN and inf are written as they are."""
-        if self._state is not _OPEN:
-            return self._not_open("add_scalar")
+        if self._state is not _OPEN and not self._reopen("add_scalar"):
+            return
         if type(tag) is not str:
             check_tag("add_scalar", tag)
         if type(global_step) is not int:
@@ -204,8 +223,8 @@ class SummaryWriter:
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any],
                     global_step: int | None = None, walltime: float | None = None) -> None:
         """Several curves in one chart: each ``tag`` goes to the sub-run ``<main_tag>_<tag>``."""
-        if self._state is not _OPEN:
-            return self._not_open("add_scalars")
+        if self._state is not _OPEN and not self._reopen("add_scalars"):
+            return
         check_tag("add_scalars", main_tag)
         step = check_step("add_scalars", global_step)
         walltime = time.time() if walltime is None else check_walltime("add_scalars", walltime)
@@ -311,12 +330,20 @@ class SummaryWriter:
     @_when_open
     def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: int = 4,
                   walltime: float | None = None) -> None:
-        # torch encodes GIFs with moviepy 1.x's moviepy.editor; without it, torch prints a line and
-        # writes an empty image. Here the call fails, with the fix.
-        require("moviepy.editor", "add_video", "'moviepy<2'")
+        """A GIF, encoded by moviepy 1.x (``moviepy.editor``). Without it the video is skipped with
+        one ``UserWarning`` per writer naming the install (torch prints a line per call and writes
+        an empty image): a missing optional package never ends a training run."""
         shape = tuple(getattr(vid_tensor, "shape", ()))
         if len(shape) != 5:
             raise ValueError(f"add_video({tag!r}): expected a 5-d tensor (N, T, C, H, W), got shape {shape}")
+        try:
+            require("moviepy.editor", "add_video", "'moviepy<2'")
+        except ImportError as error:
+            if "moviepy" not in self._warned:
+                self._warned.add("moviepy")
+                warnings.warn(f"SummaryWriter({self.log_dir!r}): {error}. Videos are skipped until then "
+                              "(this warning is shown once per writer).", UserWarning, stacklevel=3)
+            return
         host = tensor_on_host(vid_tensor)
         self._job(f"add_video({tag!r})", global_step, walltime, tag=tag, build=
                   lambda: _summary().video(tag, to_numpy(resolve(host)), fps))
@@ -399,12 +426,21 @@ class SummaryWriter:
         self._job("add_onnx_graph()", None, None, build=lambda: [Event(graph_def=graph_def.SerializeToString())])
 
     @property
-    def file_writer(self) -> "_FileWriterView":
-        """For code written against torch's internals (``writer.file_writer.add_summary(...)``)."""
-        return _FileWriterView(self)
+    def file_writer(self) -> "_FileWriterView | None":
+        """For code written against torch's internals (``writer.file_writer.add_summary(...)``);
+        None after ``close()``, as torch's."""
+        if self._state is _CLOSED:
+            return None
+        view = getattr(self, "_file_writer", None)
+        if view is None:  # a silent rank never started: its view's calls return at once
+            view = self._file_writer = _FileWriterView(self)
+        return view
 
     def _get_file_writer(self) -> "_FileWriterView":
-        return _FileWriterView(self)
+        """torch's accessor: reopens the writer after ``close()``, as torch's does."""
+        if self._state is not _OPEN:
+            self._reopen("_get_file_writer")
+        return self.file_writer
 
     @_when_open
     def add_embedding(self, mat: Any, metadata: Any = None, label_img: Any = None,
@@ -432,8 +468,7 @@ class SummaryWriter:
         from torch.utils.tensorboard import _embedding
 
         subdir = f"{str(step).zfill(5)}/{embedding_folder_name(tag)}"
-        save_path = os.path.join(self.log_dir, subdir)
-        os.makedirs(save_path, exist_ok=True)
+        save_path = str(subfolder(Path(self.log_dir), subdir))  # never remakes a removed log_dir
         if metadata is not None:
             _embedding.make_tsv(metadata, save_path, metadata_header=metadata_header)
         if label_img is not None:
@@ -492,21 +527,35 @@ class SummaryWriter:
              tag: Any = None, file_key: str | None = None) -> None:
         """Queue ``build`` for the log thread; a step of None leaves the event without one."""
         method = what.split("(")[0]
-        if self._state is not _OPEN:
-            return self._not_open(method)
+        if self._state is not _OPEN and not self._reopen(method):
+            return None
         self._raise_worker_error()
         if tag is not None:
             check_tag(method, tag)
         if step is not None:
             step = check_step(method, step)
         when = time.time() if walltime is None else check_walltime(method, walltime)
-        self._queue.append(Job(file_key, step, when, build, f"{what} at step {step}"))
+        self._queue.append(Job(file_key, step, when, build, what if step is None else f"{what} at step {step}"))
+
+    def _reopen(self, method: str) -> bool:
+        """A call after ``close()``: reopen as torch's writer does (a new event file in the same
+        folder), and return True; False on a silent rank. A finished ``Run``'s writer raises."""
+        if self._state is _SILENT:
+            return False
+        if self._run_owned:
+            self._not_open(method)
+        self._start(handle_sigterm=True)  # only writers of one's own reopen; they flush on SIGTERM
+        return True
 
     def _not_open(self, method: str) -> None:
+        """Return on a silent rank; raise for a closed writer that must not reopen (a Run's)."""
         if self._state is _SILENT:
             return None
-        raise WriterClosedError(f"SummaryWriter({self.log_dir!r}).{method}() was called after close(); "
-                                "create a new SummaryWriter to log more")
+        raise WriterClosedError(
+            f"SummaryWriter({self.log_dir!r}).{method}() was called after its Run finished. A Run's "
+            "writer does not reopen (torch's would): the run has released its folder, which another "
+            "process may be resuming, and a resume would move a file written now aside. Log before "
+            "the run ends, or open a SummaryWriter of your own on another folder.")
 
     def _raise_worker_error(self) -> None:
         worker = self._worker
