@@ -115,7 +115,8 @@ def test_a_resume_says_where_it_resumed_and_a_finished_rerun_says_there_is_nothi
     caplog.set_level(logging.INFO, logger="savegame")
     train(tmp_path, epochs=3, stop_after=(1, 1))  # saved at step 4 (epoch 1, after batch 0)
     caplog.clear()
-    train(tmp_path, epochs=3)
+    with pytest.warns(UserWarning, match="reading 1 batches again"):  # a plain list skips by reading
+        train(tmp_path, epochs=3)
     assert f"resumed {tmp_path} from step 4 (epoch 1, batch 1 of 3)" in caplog.messages
     caplog.clear()
     train(tmp_path, epochs=3)
@@ -146,7 +147,8 @@ def test_run_batch_is_the_index_in_the_epoch_also_right_after_a_resume(tmp_path)
     with savegame.Run(other, handle_signals=False) as run:
         run.track(model=torch.nn.Linear(2, 1), optimizer=torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
         for epoch in run.epochs(1):
-            batches = [run.batch for _ in run.iterate([torch.ones(2)] * 3)]
+            with pytest.warns(UserWarning, match="reading 1 batches again"):
+                batches = [run.batch for _ in run.iterate([torch.ones(2)] * 3)]
     assert batches == [1, 2]
 
 

@@ -53,6 +53,7 @@ from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .messages import notice, rerun_command
 from .preemption import PreemptionGuard
+from .preflight.budget import PreflightInterrupted
 from .ranking import best_checkpoint, best_record
 from .runinfo import (config_as_json, config_changes, hparams_from_config, new_run_info, read_run_info,
                       write_run_info)
@@ -331,6 +332,8 @@ class Run:
             self.finish("preempted", self._info["message"])
         elif kind is None or (kind is SystemExit and error.code in (0, None)):
             self.finish("finished")  # the block ended, or the script chose to exit cleanly
+        elif kind is not None and issubclass(kind, PreflightInterrupted):
+            self.finish("failed", f"stopped by Ctrl-C during preflight, before training; nothing was saved ({error})")
         elif kind is KeyboardInterrupt:
             self.finish("failed", "aborted by a second Ctrl-C, without saving")
         else:

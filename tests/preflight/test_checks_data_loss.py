@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from savegame.preflight.checks_data import check_data, image_grid
-from savegame.preflight.checks_loss import check_loss_at_init, check_loss_target_shapes
+from savegame.preflight.checks_loss import FAIL_RATIO, WARN_RATIO, check_loss_at_init, check_loss_target_shapes
 from savegame.preflight.setup import Setup
 
 
@@ -94,13 +94,30 @@ def test_image_grid_only_for_images():
     assert image_grid(Setup.build(mlp(), nn.CrossEntropyLoss(), batches(n=1))) is None
 
 
-def test_bad_final_layer_bias_warns():
+def test_bad_final_layer_bias_fails():
     model = mlp()
     with torch.no_grad():
         model[2].bias.copy_(torch.tensor([12.0, 0, 0, 0, 0]))
     init = check_loss_at_init(Setup.build(model, nn.CrossEntropyLoss(), batches()))
-    assert init.status == "warn" and "bias is large" in init.message
-    assert "initialise the final layer's bias to 0" in init.fix and init.numbers["ratio"] > 1.5
+    assert init.status == "fail" and "bias is large" in init.message and "more than 3x" in init.message
+    assert "initialise the final layer's bias to 0" in init.fix and init.numbers["ratio"] > FAIL_RATIO
+
+
+def test_a_loss_at_init_far_above_chance_fails_and_a_mild_one_warns():
+    # the issue's case: a final-layer bias of 25 on a 10-class classifier, ~9x chance
+    model = mlp(classes=10)
+    with torch.no_grad():
+        model[2].bias.zero_()[3] = 25.0
+    far = check_loss_at_init(Setup.build(model, nn.CrossEntropyLoss(), batches(classes=10)))
+    assert far.status == "fail", far
+    assert far.numbers["ratio"] > 8 and far.numbers["formula"] == "ln(10)"
+    assert far.fix == ("initialise the final layer's bias to 0, or to the log of the class priors "
+                       "(log of each class's share of the labels)")  # the fix text the warning had
+    with torch.no_grad():
+        model[2].bias[3] = 5.0  # ~2.2x chance: worth a look, not a failure
+    mild = check_loss_at_init(Setup.build(model, nn.CrossEntropyLoss(), batches(classes=10)))
+    assert mild.status == "warn", mild
+    assert WARN_RATIO < mild.numbers["ratio"] <= FAIL_RATIO and mild.fix == far.fix
 
 
 def test_softmax_before_cross_entropy_warns():
@@ -117,7 +134,9 @@ def test_regression_and_binary_chance_levels():
     assert init.status == "pass" and init.numbers["formula"] == "the targets' variance"
     assert abs(init.numbers["expected"] - float(y.var(unbiased=False))) < 1e-3
     far = check_loss_at_init(Setup.build(mlp(classes=1), nn.MSELoss(), [(x, y + 50)]))
-    assert far.status == "warn" and "targets' mean" in far.fix
+    assert far.status == "fail" and "targets' mean" in far.fix and far.numbers["ratio"] > FAIL_RATIO
+    mild = check_loss_at_init(Setup.build(mlp(classes=1), nn.MSELoss(), [(x, y + 2.5)]))
+    assert mild.status == "warn" and "targets' mean" in mild.fix, mild
     binary = Setup.build(mlp(classes=1), nn.BCEWithLogitsLoss(), [(x, (y > 0).float())])
     assert check_loss_at_init(binary).numbers["formula"] == "ln(2)"
     assert by_name(check_data(binary))["label range"].status == "pass"

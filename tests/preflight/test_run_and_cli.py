@@ -35,7 +35,8 @@ def test_run_preflight_writes_its_report_and_is_skipped_on_resume(tmp_path):
     acc.Reload()
     assert "preflight/text_summary" in acc.Tags()["tensors"]
     with savegame.Run(tmp_path, handle_signals=False) as run:
-        assert run.preflight(model, loss_fn, data) is None  # resumed: the setup was checked
+        again = run.preflight(model, loss_fn, data)  # resumed: not run again, the first report comes back
+        assert again.to_dict() == report.to_dict()
 
 
 def test_a_failed_preflight_stops_the_run_with_the_report_unless_told_to_continue(tmp_path):

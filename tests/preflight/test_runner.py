@@ -100,7 +100,8 @@ def test_planted_bugs_each_caught(fake_registry):
     with torch.no_grad():
         biased[2].bias.fill_(0).index_fill_(0, torch.tensor([0]), 15.0)
     report = savegame.preflight(biased, nn.CrossEntropyLoss(), batches())
-    assert report["loss at init"].status == "warn" and "bias" in report["loss at init"].fix
+    assert report["loss at init"].status == "fail" and "bias" in report["loss at init"].fix  # ~7x chance
+    assert not report.passed
     regression = [(x, x[:, 0]) for x, _ in batches()]                      # (B,) targets, (B, 1) outputs
     report = savegame.preflight(mlp(classes=1), nn.MSELoss(), regression)
     assert report["loss/target shapes"].status == "fail" and not report.passed

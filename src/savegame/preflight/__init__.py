@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from .budget import TIME_BUDGET, PreflightInterrupted
 from .report import CheckResult, PreflightReport
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
               quick: bool = False, keys: tuple[str, str] | None = None,
-              gradcheck: bool = False) -> PreflightReport:
+              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET) -> PreflightReport:
     """Check a training setup before training: data, loss at init, gradients, overfitting one batch...
 
     Args:
@@ -46,14 +47,24 @@ def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, opt
         quick: only the cheap checks (data, loss, gradients, parameters change), fewer steps.
         keys: ``(input_key, target_key)`` of dict batches.
         gradcheck: also run ``torch.autograd.gradcheck`` in float64 (slow).
+        time_budget: seconds each check that trains (overfit one batch, input-independent baseline,
+            determinism) may run, default 10; ``None`` for no limit. A check cut short says so in
+            its message ("cut short by the time budget after N steps / X s") and never fails for
+            lack of time: it warns where the steps it ran settle nothing.
 
     Returns:
         a :class:`PreflightReport`; ``report.passed`` is False when any check failed.
+
+    Raises:
+        PreflightInterrupted: on Ctrl-C (a ``KeyboardInterrupt``): the check that runs stops at the end
+            of its step (a second Ctrl-C: at once), whatever SIGINT handler was installed (a
+            ``savegame.Run``'s included, which is back afterwards); the model, the optimizer and the
+            random state are as they were.
     """
     from .runner import run_preflight  # torch loads here, not when savegame is imported
 
     return run_preflight(model, loss_fn, data, optimizer=optimizer, steps=steps, device=device, forward=forward,
-                         quick=quick, keys=keys, gradcheck=gradcheck)
+                         quick=quick, keys=keys, gradcheck=gradcheck, time_budget=time_budget)
 
 
-__all__ = ["preflight", "PreflightReport", "CheckResult"]
+__all__ = ["preflight", "PreflightReport", "CheckResult", "PreflightInterrupted", "TIME_BUDGET"]

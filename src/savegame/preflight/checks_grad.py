@@ -23,6 +23,7 @@ from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
 from ..checkpoint.rng import capture_rng, restore_rng
+from .budget import check_interrupt
 from .report import CheckResult
 from .setup import Setup, SetupError
 
@@ -259,6 +260,7 @@ def check_batch_independence(setup: Setup) -> CheckResult:
                            "(see the gradients check)")
     worst, leaks = 0.0, []
     for i in sorted({0, size // 2, size - 1}):
+        check_interrupt()
         (grad,) = torch.autograd.grad(out[i].sum(), x, retain_graph=True, allow_unused=True)
         if grad is None:
             continue
@@ -320,6 +322,7 @@ def check_gradcheck(setup: Setup, *, max_modules: int = 8) -> CheckResult:
     checked, failed, errors = [], [], []
     torch.manual_seed(0)  # the RNG is restored by @timed
     for mname, module in custom:
+        check_interrupt()
         if mname not in captured:
             continue
         args, kwargs = captured[mname]

@@ -10,6 +10,12 @@ and starts near chance (cs231n: "look for correct loss at chance performance").
 ('pass', 'ln(10)')
 >>> check_loss_target_shapes(setup).status
 'pass'
+>>> biased = torch.nn.Linear(4, 10)
+>>> with torch.no_grad():
+...     _ = biased.bias.zero_().index_fill_(0, torch.tensor([3]), 25.0)  # a bias of 25 on one class
+>>> init = check_loss_at_init(Setup.build(biased, torch.nn.CrossEntropyLoss(), data))
+>>> init.status, init.numbers["ratio"] > FAIL_RATIO
+('fail', True)
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from .setup import Setup, explain_error
 _ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
 _ELEMENTWISE_FUNCTIONS = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
                           F.binary_cross_entropy_with_logits)
-_TOLERANCE = 1.5  # a loss at init above 1.5x chance is worth a look (Karpathy: "verify loss @ init")
+# Karpathy's "verify loss @ init" and cs231n's "look for correct loss at chance performance":
+WARN_RATIO = 1.5  # a loss at init above 1.5x chance is worth a look (a warning)...
+FAIL_RATIO = 3.0  # ...and above 3x chance it fails: e.g. a final-layer bias of 25 on 10 classes is ~9.8x
 
 
 def check_loss_target_shapes(setup: Setup) -> CheckResult:
@@ -100,7 +108,8 @@ def check_loss_target_shapes(setup: Setup) -> CheckResult:
 
 def check_loss_at_init(setup: Setup) -> CheckResult:
     """The loss of the untrained model against chance: ln C for C-class cross-entropy, ln 2 for
-    binary cross-entropy, the predict-the-mean loss for regression."""
+    binary cross-entropy, the predict-the-mean loss for regression. Up to ``WARN_RATIO`` times
+    chance passes, up to ``FAIL_RATIO`` times warns, above fails."""
     name = "loss at init"
     model = setup.fresh_model()
     with torch.no_grad():
@@ -128,10 +137,13 @@ def check_loss_at_init(setup: Setup) -> CheckResult:
         return CheckResult(name, "warn", f"{said}, but the outputs are probabilities (each row sums to 1)",
                            fix="CrossEntropyLoss applies log-softmax itself: return logits (remove the final "
                                "softmax)", numbers=numbers)
-    if ratio <= _TOLERANCE:
+    if ratio <= WARN_RATIO:
         below = " (below chance: a pretrained model?)" if ratio < 0.5 else ""
         return CheckResult(name, "pass", said + below, numbers=numbers)
     cause, fix = _diagnose(model, pairs, kind)
+    if ratio > FAIL_RATIO:
+        return CheckResult(name, "fail", f"{said}: {ratio:.1f}x chance, more than {FAIL_RATIO:g}x; {cause}",
+                           fix=fix, numbers=numbers)
     return CheckResult(name, "warn", f"{said}: {ratio:.1f}x chance; {cause}", fix=fix, numbers=numbers)
 
 

@@ -7,6 +7,7 @@ bad input.
 
     savegame preflight                          # the demo
     savegame preflight mypkg.train:setup --quick --json
+    savegame preflight mypkg.train:setup --time-budget 60   # a big model: a minute per training check
 """
 
 from __future__ import annotations
@@ -30,7 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="only the cheap checks (a few seconds)")
     parser.add_argument("--gradcheck", action="store_true", help="also run gradcheck on custom modules")
     parser.add_argument("--steps", type=int, default=None, help="step budget of the training checks")
+    parser.add_argument("--time-budget", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                        help="seconds each training check may run (default 10; 'none': no limit)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _seconds(text: str) -> float | None:
+    if text.strip().lower() in ("none", "inf", "unlimited"):
+        return None
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 or 'none', got {text!r}")
+    return value
 
 
 def load_target(target: str) -> dict[str, Any]:
@@ -59,9 +71,10 @@ def run(args: argparse.Namespace, console: Any) -> int:
     from . import preflight
 
     setup = load_target(args.target)
-    options = {"quick": args.quick, "gradcheck": args.gradcheck, "steps": args.steps}
-    report = preflight(setup.pop("model"), setup.pop("loss_fn"), setup.pop("data"), **setup,
-                       **{k: v for k, v in options.items() if v})
+    options = {k: v for k, v in {"quick": args.quick, "gradcheck": args.gradcheck, "steps": args.steps}.items() if v}
+    if hasattr(args, "time_budget"):  # not given: preflight's default
+        options["time_budget"] = args.time_budget
+    report = preflight(setup.pop("model"), setup.pop("loss_fn"), setup.pop("data"), **{**setup, **options})
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -3,6 +3,10 @@
 A check that crashes is that check's failure; a setup that cannot be built is a failed "setup"
 check. Nothing raises out of ``preflight`` for bad user input, and the user's model, optimizer and
 random generators are as they were before.
+
+Ctrl-C is the one exception that leaves: it stops the check that runs at the end of its current
+step and raises :class:`~savegame.preflight.budget.PreflightInterrupted` (a ``KeyboardInterrupt``),
+after the random generators are restored (see ``budget.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.rng import capture_rng, restore_rng
+from .budget import TIME_BUDGET, PreflightInterrupted, check_interrupt, ctrl_c_stops_preflight
 from .report import CheckResult, PreflightReport
 from .setup import Setup, SetupError, explain_error
 
@@ -44,22 +49,33 @@ SEED = 0  # every check starts from this seed, so a report is the same run after
 def run_preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
               quick: bool = False, keys: tuple[str, str] | None = None,
-              gradcheck: bool = False) -> PreflightReport:
+              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET) -> PreflightReport:
     """The body of :func:`savegame.preflight` (see there); imports torch, so it loads on first use."""
     registry = [entry for entry in REGISTRY if entry[2] or not quick]
     if gradcheck:
         registry.append(GRADCHECK)
-    rng = capture_rng()
-    before = _fingerprint(model, optimizer)
+    started = time.perf_counter()
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # The checks provoke torch's warnings on purpose; their verdicts say it in words.
-            warnings.simplefilter("ignore")
-            results, images = _run(model, loss_fn, data, registry, optimizer=optimizer, steps=steps, device=device,
-                           forward=forward, quick=quick, keys=keys)
-    finally:
-        restore_rng(rng)
-    if _fingerprint(model, optimizer) != before:
+        with ctrl_c_stops_preflight():
+            rng = capture_rng()
+            before = _fingerprint(model, optimizer)
+            try:
+                with torch.enable_grad(), warnings.catch_warnings():
+                    # The checks provoke torch's warnings on purpose; their verdicts say it in words.
+                    warnings.simplefilter("ignore")
+                    results, images = _run(model, loss_fn, data, registry, optimizer=optimizer, steps=steps,
+                                           device=device, forward=forward, quick=quick, keys=keys,
+                                           time_budget=time_budget)
+            finally:
+                restore_rng(rng)
+            changed = _fingerprint(model, optimizer) != before
+    except PreflightInterrupted as stop:
+        where = f" in the check {stop.check!r}" if stop.check else ""
+        raise PreflightInterrupted(f"{stop.args[0] if stop.args else 'Ctrl-C during preflight'}: preflight "
+                                   f"stopped{where} after {time.perf_counter() - started:.1f} s; it works on "
+                                   "copies, so the model, the optimizer and the random state are as they were",
+                                   check=stop.check) from None
+    if changed:
         results.append(CheckResult("untouched", "fail", "preflight changed the model's or the optimizer's "
                                    "state, which it must never do", fix="report this as a savegame bug; "
                                    "reload the model before training"))
@@ -68,7 +84,11 @@ def run_preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *,
 
 def _run(model, loss_fn, data, registry, **options) -> tuple[list[CheckResult], torch.Tensor | None]:
     started = time.perf_counter()
-    setup, problem, loss_error = _build(model, loss_fn, data, **options)
+    try:
+        setup, problem, loss_error = _build(model, loss_fn, data, **options)
+    except PreflightInterrupted as stop:
+        stop.check = stop.check or "setup"
+        raise
     head = CheckResult("setup", "fail" if problem else "pass", problem[0] if problem else _describe(setup),
                        fix=problem[1] if problem else "", seconds=time.perf_counter() - started)
     results = [head]
@@ -79,7 +99,12 @@ def _run(model, loss_fn, data, registry, **options) -> tuple[list[CheckResult], 
             results.append(CheckResult(name, "skip", "not run: the loss cannot be computed on the first batch "
                                        "(see 'loss/target shapes')"))
         else:
-            results.extend(run_check(name, target, setup))
+            try:
+                check_interrupt()
+                results.extend(run_check(name, target, setup))
+            except PreflightInterrupted as stop:
+                stop.check = stop.check or name
+                raise
     return results, _images(setup)
 
 
@@ -183,7 +208,8 @@ def _describe(setup: Setup) -> str:
         optimizer = f"? ({explain_error(error)})"
     count = len(setup.batches)
     return (f"{count} batch{'es' if count > 1 else ''} on {setup.device}, optimizer {optimizer}, "
-            f"{setup.steps} steps" + (", quick" if setup.quick else ""))
+            f"{setup.steps} steps" + (f", {setup.time_budget:g} s per training check" if setup.time_budget is not None
+                                      else "") + (", quick" if setup.quick else ""))
 
 
 def _fingerprint(model: nn.Module, optimizer: Any) -> list:

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .budget import TIME_BUDGET, Budget, check_interrupt
+
 # Keys tried, in order, for the inputs and targets of a dict batch.
 INPUT_KEYS = ("input", "inputs", "x", "image", "images", "input_ids", "data", "features")
 TARGET_KEYS = ("target", "targets", "y", "label", "labels")
@@ -42,16 +44,23 @@ class Setup:
     optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
     forward: Callable[[nn.Module, Any], torch.Tensor] | None = None  # user's forward(model, batch) -> loss
     steps: int = 50                       # step budget of the training checks
+    time_budget: float | None = TIME_BUDGET  # seconds each training check may run (None: no limit)
     keys: tuple[str, str] | None = None   # (input key, target key) for dict batches
     quick: bool = False
 
     @classmethod
     def build(cls, model: nn.Module, loss_fn: Callable, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
-              keys: tuple[str, str] | None = None, quick: bool = False, max_batches: int = 2) -> "Setup":
+              keys: tuple[str, str] | None = None, quick: bool = False, max_batches: int = 2,
+              time_budget: float | None = TIME_BUDGET) -> "Setup":
         device = torch.device(device) if device is not None else _model_device(model)
+        if time_budget is not None and not time_budget >= 0:
+            raise SetupError(f"time_budget must be a number of seconds >= 0, or None for no limit; got {time_budget!r}")
         try:
-            batches = list(itertools.islice(iter(data), max_batches))
+            batches = []
+            for batch in itertools.islice(iter(data), max_batches):
+                batches.append(batch)
+                check_interrupt()  # a slow loader: Ctrl-C stops after this batch
         except Exception as error:  # noqa: BLE001 - the loader itself is broken: say so
             raise SetupError(f"reading the first batches of the data failed: {type(error).__name__}: {error}") from error
         if not batches:
@@ -59,7 +68,8 @@ class Setup:
                              "check the dataset length and drop_last")
         return cls(model=model, loss_fn=loss_fn, batches=[to_device(b, device) for b in batches],
                    device=device, optimizer_factory=_optimizer_factory(optimizer),
-                   forward=forward, steps=steps or (20 if quick else 50), keys=keys, quick=quick)
+                   forward=forward, steps=steps or (20 if quick else 50), keys=keys, quick=quick,
+                   time_budget=time_budget)
 
     # -- copies ---------------------------------------------------------------------------
     def fresh_model(self) -> nn.Module:
@@ -70,6 +80,10 @@ class Setup:
 
     def fresh_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return self.optimizer_factory([p for p in model.parameters() if p.requires_grad])
+
+    def budget(self) -> Budget:
+        """The clock of one training check: ``time_budget`` seconds from now; asked between steps."""
+        return Budget(self.time_budget)
 
     # -- batches --------------------------------------------------------------------------
     def split(self, batch: Any) -> tuple[Any, torch.Tensor]:
