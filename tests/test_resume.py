@@ -120,6 +120,16 @@ def test_worker_processes_resume_to_identical_parameters(tmp_path, kind):
     assert_same_bits(reference, train(tmp_path / "crashed", kind=kind, workers=2))
 
 
+@pytest.mark.parametrize("kind", ["persistent", "shuffle"])
+def test_worker_processes_resumed_at_an_epoch_boundary_end_identical(tmp_path, kind):
+    # A persistent-workers DataLoader draws its base seed from the global RNG once per process,
+    # when its iterator is made: the run never stopped made it in epoch 0, the resumed process
+    # makes it in epoch 1, just before the sampler draws that epoch's order.
+    reference = train(tmp_path / "ref", kind=kind, workers=2)
+    assert train(tmp_path / "crashed", kind=kind, workers=2, crash_at=13) is None  # last save: step 12
+    assert_same_bits(reference, train(tmp_path / "crashed", kind=kind, workers=2))
+
+
 def test_a_crash_right_after_an_epoch_boundary_resumes_at_the_next_epoch(tmp_path):
     reference = train(tmp_path / "ref")
     assert train(tmp_path / "crashed", crash_at=13) is None  # epoch 1 starts at step 13

@@ -72,6 +72,11 @@ class LoaderTracker:
         )
         self._replay = isinstance(loader, DataLoader) and isinstance(loader.dataset, IterableDataset)
         self._clone: DataLoader | None = None
+        # A persistent-workers DataLoader draws its base seed from the random state once per
+        # process, when it makes its iterator: in the run's first pass. A process that resumes
+        # later makes it in a later pass, so that draw is undone before the pass records its state.
+        self._undo_first_seed_draw = False
+        self._before_iterator: dict[str, Any] | None = None
         if isinstance(loader, DataLoader) and not self._stateful and not self._replay:
             self._clone = _positioned_copy(loader, self)
 
@@ -94,6 +99,7 @@ class LoaderTracker:
         """
         _restore_generators(self.loader, state.get("generators") or {})
         self.epoch = state["epoch"]
+        self._undo_first_seed_draw = state["epoch"] is not None
         if continue_pass:
             self._plan = ResumePlan(batches=state["batches"], done=state["done"],
                                     sampler_rng=state.get("sampler_rng"),
@@ -148,6 +154,9 @@ class LoaderTracker:
             return iterator
         if self._clone is not None:
             self._pending = plan
+            if self._undo_first_seed_draw and self._clone.persistent_workers and self._clone._iterator is None:
+                self._before_iterator = _capture_torch_rng(self.loader)
+            self._undo_first_seed_draw = False
             return iter(self._clone)
         return self._replay_iterator(plan)
 
@@ -171,6 +180,9 @@ class LoaderTracker:
         """Record the generators a fresh pass starts from; or set them back, skip the batches
         already done (index lists for a sampler, whole batches for a replay) and restore the
         run's saved random state."""
+        if self._before_iterator is not None:  # see _undo_first_seed_draw
+            _restore_torch_rng(self.loader, self._before_iterator)
+            self._before_iterator = None
         if plan is None:
             self._sampler_rng = _capture_torch_rng(self.loader)
             return start()
