@@ -23,7 +23,6 @@ import mmap
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +30,7 @@ import torch
 import xxhash
 
 from savegame.checkpoint.codec import SAFETENSORS_DTYPES
+from savegame.checkpoint.layout import FileInfo  # re-exported: size and hash of one file
 from savegame.errors import CheckpointCorruptError, FormatVersionError
 
 __all__ = ["FileInfo", "write_tensors", "read_tensors", "read_header", "hash_file"]
@@ -42,18 +42,6 @@ _HUGE = 8 << 20  # tensors this large get their own huge-page backed memory (see
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit
 _CODES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
 _HASH = "xxh3_128"
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """Size in bytes and content hash (``"xxh3_128:<hex>"``) of one file.
-
-    >>> FileInfo(size=8, hash="xxh3_128:00").size
-    8
-    """
-
-    size: int
-    hash: str
 
 
 def _check_little_endian() -> None:

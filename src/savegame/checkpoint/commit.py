@@ -1,0 +1,221 @@
+"""Writing one checkpoint folder with a commit protocol: snapshot, then persist.
+
+Everything is first written into ``step-000480.tmp-<pid>-<random>``, fsynced and renamed into
+place, and ``COMMIT`` is written last, so a crash at any moment leaves either a complete
+checkpoint or an ignored temp folder (``layout.remove_stale_temps`` cleans it up).
+
+>>> import tempfile, torch
+>>> from pathlib import Path
+>>> info = write_checkpoint(Path(tempfile.mkdtemp()) / "step-000480", {"w": torch.ones(2)}, step=480, epoch=3)
+>>> info.step, sorted(p.name for p in info.path.iterdir())
+(480, ['COMMIT', 'manifest.json', 'tensors.safetensors'])
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import xxhash
+
+from savegame.checkpoint import codec
+from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, VERSION, CheckpointInfo, FileInfo,
+                                        fsync_dir, is_committed, metrics_to_json, savegame_version)
+from savegame.checkpoint.safetensors_io import write_tensors
+from savegame.errors import SaveFailedError
+
+_DISK_PROBLEMS = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EIO: "the disk reported an I/O error",
+    errno.EEXIST: "a part of the path is a file, not a folder",  # only mkdir of the parent can raise it
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A state ready to persist: its JSON tree and host-memory tensors, safe to pass to a thread.
+
+    >>> import torch
+    >>> sorted(snapshot({"w": torch.ones(1)}).tensors)
+    ['w']
+    """
+
+    tree: Any
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+
+
+def snapshot(state: Any, *, copy: bool = True) -> Snapshot:
+    """Encode ``state`` and copy its tensors to host memory (the part of a save that must run on
+    the training thread). ``copy=False`` skips copying CPU tensors, for a save that persists at
+    once on the same thread. Raises ``NotSerializableError`` naming the key path.
+
+    >>> import torch
+    >>> w = torch.zeros(1); snap = snapshot({"w": w}); _ = w.add_(1)
+    >>> snap.tensors["w"]
+    tensor([0.])
+    """
+    tree, tensors = codec.encode(state, copy=copy)
+    return Snapshot(tree=tree, tensors=tensors)
+
+
+def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Metrics as ``{str: float}``; a 0-d tensor is read here (a device sync, once per real save)."""
+    out = {}
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str):
+            raise TypeError(f"Metric names must be str, but got {key!r}.")
+        if isinstance(value, torch.Tensor) and value.numel() != 1 or isinstance(value, (str, bytes, bool)):
+            ok = False
+        else:
+            try:
+                value, ok = float(value), True
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise TypeError(f"Metric {key!r} must be a number (float, int, 0-d tensor or numpy scalar), "
+                            f"but got {type(value).__name__} {str(value)[:80]}; pass float(...) of it.")
+        out[key] = value
+    return out
+
+
+def write_small(path: Path, data: bytes) -> FileInfo:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return FileInfo(size=len(data), hash=f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}")
+
+
+def _aside(path: Path, kind: str) -> Path:
+    return path.with_name(f"{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _check_target(path: Path, overwrite: bool) -> bool:
+    """True if an old folder is in the way (to be moved aside); raises if it must not be."""
+    if not os.path.lexists(path):
+        return False
+    if not path.is_dir():
+        raise FileExistsError(f"Cannot save a checkpoint to {path}: a file of that name exists. "
+                              "Choose another path or remove the file.")
+    if is_committed(path) and not overwrite:
+        raise FileExistsError(f"{path} already holds a committed checkpoint. Pass overwrite=True to "
+                              "replace it (the new one is committed before the old one is removed).")
+    if not is_committed(path) and not set(os.listdir(path)) <= {TENSORS, MANIFEST}:
+        raise FileExistsError(f"Cannot save a checkpoint to {path}: the folder exists and is not a "
+                              "savegame checkpoint. Choose another path or empty the folder.")
+    return True  # committed with overwrite, or the leftover of a save interrupted before COMMIT
+
+
+def persist(
+    snap: Snapshot, path: str | os.PathLike, *, step: int, epoch: int,
+    metrics: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None, overwrite: bool = False,
+) -> CheckpointInfo:
+    """Write a snapshot as the committed checkpoint folder ``path`` (temp folder, fsync, rename,
+    ``COMMIT``). Any disk failure removes the temp folder and raises ``SaveFailedError``; earlier
+    checkpoints are never touched.
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "step-000010"
+    >>> persist(snapshot({"w": torch.ones(1)}), path, step=10, epoch=1, metrics={"loss": 0.5}).metrics
+    {'loss': 0.5}
+    """
+    path = Path(path)
+    for name, value in (("step", step), ("epoch", epoch)):
+        if type(value) is not int or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, but got {name}={value!r}.")
+    plain = plain_metrics(metrics)
+    info_tree, info_tensors = codec.encode(dict(info or {}))  # fail before touching the disk
+    if info_tensors:
+        raise TypeError(f"info must hold plain values, not tensors (found {sorted(info_tensors)}); "
+                        "put tensors in the state instead.")
+    replace = _check_target(path, overwrite)
+    temp, old, committed = _aside(path, "tmp"), None, False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.mkdir()
+        tensor_file = write_tensors(temp / TENSORS, snap.tensors, metadata={"format": FORMAT})
+        manifest = {
+            "format": FORMAT, "version": VERSION, "step": step, "epoch": epoch, "metrics": metrics_to_json(plain),
+            "created": time.time(), "savegame_version": savegame_version(),
+            "torch_version": torch.__version__, "info": info_tree,
+            "files": {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash}},
+            "state": snap.tree,
+        }
+        data = json.dumps(manifest, allow_nan=False, ensure_ascii=False, indent=1).encode("utf-8")
+        manifest_file = write_small(temp / MANIFEST, data)
+        fsync_dir(temp)
+        if replace:
+            old = _aside(path, "old")
+            os.rename(path, old)
+        os.rename(temp, path)
+        fsync_dir(path.parent)
+        commit = json.dumps({MANIFEST: {"size": manifest_file.size, "hash": manifest_file.hash}})
+        commit_size = write_small(path / COMMIT, commit.encode()).size
+        committed = True
+        fsync_dir(path)
+    except BaseException as e:
+        if not committed:
+            _undo(path, temp, old)
+        if isinstance(e, OSError) and not committed:
+            raise _save_failed(e, path) from e
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # the new checkpoint is committed; the old is garbage
+    return CheckpointInfo(path=path, step=step, epoch=epoch, metrics=plain, created=manifest["created"],
+                          size=tensor_file.size + manifest_file.size + commit_size)
+
+
+def _undo(path: Path, temp: Path, old: Path | None) -> None:
+    shutil.rmtree(temp, ignore_errors=True)
+    if old is not None:
+        if os.path.lexists(path) and not is_committed(path):
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.rename(old, path)  # put the previous checkpoint back where it was
+        except OSError:
+            pass
+
+
+def _save_failed(e: OSError, path: Path) -> SaveFailedError:
+    problem = _DISK_PROBLEMS.get(e.errno, e.strerror or type(e).__name__)
+    detail = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    # OSError(errno, message) keeps .errno for callers and prints as "[Errno 28] message".
+    return SaveFailedError(
+        e.errno, f"Could not save checkpoint {path}: {problem} ({detail}). Previous checkpoints are intact "
+        "and the partial save was removed. Fix: free disk space, check permissions, or save elsewhere."
+    )
+
+
+def write_checkpoint(
+    path: str | os.PathLike, state: Any, *, step: int, epoch: int, metrics: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None, overwrite: bool = False,
+) -> CheckpointInfo:
+    """Save ``state`` as the committed checkpoint folder ``path``: ``snapshot`` then ``persist``.
+
+    The tensors are written straight from their memory (no host copy), since the save finishes
+    before this returns.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> write_checkpoint(Path(tempfile.mkdtemp()) / "ckpt", {"lr": 0.1}, step=0, epoch=0).step
+    0
+    """
+    return persist(snapshot(state, copy=False), path, step=step, epoch=epoch, metrics=metrics,
+                   info=info, overwrite=overwrite)
+
+
