@@ -262,9 +262,9 @@ def test_a_resume_from_another_folders_checkpoint_does_not_apply_its_log_offsets
 
 # -- OnImprovement and a failed save -------------------------------------------------------------
 def test_a_failed_save_does_not_move_on_improvements_best(tmp_path, monkeypatch):
-    import savegame.run as run_module
+    import savegame.checkpointer as checkpointer
 
-    real = run_module.write_checkpoint
+    real = checkpointer.persist
     fail = {"next": False}
 
     def flaky(*args, **kwargs):
@@ -273,7 +273,7 @@ def test_a_failed_save_does_not_move_on_improvements_best(tmp_path, monkeypatch)
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "write_checkpoint", flaky)
+    monkeypatch.setattr(checkpointer, "persist", flaky)
     net = torch.nn.Linear(2, 1)
     with savegame.Run(tmp_path, handle_signals=False, save=savegame.OnImprovement("loss/val")) as run:
         run.track(model=net)

@@ -27,12 +27,14 @@ _EXPORTS = {
     ".log.writer": ["SummaryWriter"],
     ".preflight": ["PreflightReport"],
     ".run": ["Run"],
+    ".hooks": ["Hook"],
+    ".folder": ["RunFolder"],
     ".doctor": ["Doctor", "DoctorWarning", "Diagnosis", "diagnose", "load_runs"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "Run", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "DoctorWarning", "Diagnosis", "diagnose",
+    "Run", "Hook", "RunFolder", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "DoctorWarning", "Diagnosis", "diagnose",
     "load_runs",
     "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
@@ -72,4 +74,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io import export_weights, import_weights, load, save
     from .log.writer import SummaryWriter
     from .preflight import PreflightReport
+    from .folder import RunFolder
+    from .hooks import Hook
     from .run import Run

@@ -155,9 +155,17 @@ def test_validation_logged_batch_by_batch_is_one_point_per_epoch_for_the_doctor(
                 with torch.no_grad():
                     for xb, yb in zip(xv.split(16), yv.split(16)):  # 8 batches, mean per epoch
                         run.log("loss/val", nn.functional.mse_loss(net(xb), yb), reduce="mean", every_step=False)
-    live = run._doctor
+    live = doctor_hook(run).live
     assert live._series["loss/val/epoch_mean"][0] == [8, 16, 24]
     assert run.doctor.tags["val_loss"] == "loss/val/epoch_mean"
+
+
+def doctor_hook(run):
+    """The live doctor is one of the run's hooks."""
+    from savegame.doctor.hook import DoctorHook
+
+    [hook] = [h for h in run.hooks if isinstance(h, DoctorHook)]
+    return hook
 
 
 def test_an_ema_tracked_first_does_not_break_the_signals(tmp_path):
@@ -166,7 +174,8 @@ def test_an_ema_tracked_first_does_not_break_the_signals(tmp_path):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with savegame.Run(tmp_path / "run", doctor=Doctor(every=1)) as run:
         run.track(ema=ema, model=net, optimizer=opt)
-        assert run._signals is not None and run._signals._params[0] is net[0].weight
+        signals = doctor_hook(run).signals
+        assert signals is not None and signals._params[0] is net[0].weight
     with pytest.raises(ValueError, match="every"):
         Doctor(every=True)
 
@@ -182,7 +191,7 @@ def test_after_a_stop_a_loop_of_ones_own_gets_no_more_batches_and_the_stop_is_sa
         for xb in run.iterate(batches):
             seen += 1
             if run.step == 7:
-                run._request_stop("test stop (overfitting)", True)
+                run.request_stop("test stop (overfitting)", save=True)
     run.finish()
     assert seen == 7 and run.step == 7
     info = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -1,0 +1,117 @@
+"""Choosing the checkpoint a run resumes from, falling back past damaged ones, and what a resume
+says about a changed config.
+
+>>> kept_hyperparameters({"lr": [0.1, 0.5]}, [{"lr": 0.1, "momentum": 0.9}])
+{'lr': 0.1}
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint.layout import CheckpointInfo, metrics_from_json, quarantine
+from .checkpoint.store import read_checkpoint
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
+
+RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
+
+
+@dataclass
+class Chosen:
+    """The checkpoint to resume from (None: start fresh), its state, and what changes on disk
+    once the run begins: ``superseded`` (an explicit resume's newer checkpoints)."""
+
+    checkpoint: CheckpointInfo | None = None
+    state: dict[str, Any] | None = None
+    remaining: list[CheckpointInfo] = field(default_factory=list)  # the checkpoints a resume may use
+    superseded: list[CheckpointInfo] = field(default_factory=list)
+
+
+def choose(run_dir: Path, checkpoints: list[CheckpointInfo], resume: str | int | Path) -> Chosen:
+    """Read the checkpoint ``resume`` names: ``"auto"`` (the newest that verifies; a damaged one
+    is renamed ``*.corrupt`` and the previous one tried), ``"never"``, a step or a path."""
+    checkpoints = list(checkpoints)
+    if resume == "never":
+        if checkpoints:
+            raise FileExistsError(
+                f"{run_dir} already holds checkpoints ({checkpoints[-1].path.name} is the "
+                "newest) and resume='never' would mix two runs in one folder. Use a new folder, "
+                "delete this one, or resume='auto'.")
+        return Chosen()
+    if isinstance(resume, int) and not isinstance(resume, bool):
+        matches = [c for c in checkpoints if c.step == resume]
+        if not matches:
+            raise CheckpointNotFoundError(f"{run_dir} has no committed checkpoint at step {resume}; it has "
+                                          f"steps {[c.step for c in checkpoints]}")
+        return _explicit(matches[0].path, checkpoints)
+    if resume != "auto":
+        return _explicit(Path(resume), checkpoints)
+    while checkpoints:
+        newest = checkpoints[-1]
+        try:
+            state, info = _read(newest.path)
+        except CheckpointCorruptError as error:
+            moved = quarantine(newest.path)
+            checkpoints.pop()
+            warnings.warn(f"checkpoint {newest.path} is damaged ({error}); moved it to {moved} and "
+                          "falling back to the previous one", stacklevel=4)
+            continue
+        return Chosen(checkpoint=info, state=state, remaining=checkpoints)
+    return Chosen()
+
+
+def _explicit(path: Path, checkpoints: list[CheckpointInfo]) -> Chosen:
+    """An explicit resume from step S starts a new timeline at S: the folder's checkpoints after
+    S belong to the old one; they are renamed ``*.superseded`` once the run begins."""
+    state, info = _read(path)
+    newer = [c for c in checkpoints if c.step > info.step]
+    return Chosen(checkpoint=info, state=state, remaining=[c for c in checkpoints if c not in newer],
+                  superseded=newer)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], CheckpointInfo]:
+    state, manifest = read_checkpoint(path, verify=True)
+    if RESERVED not in state:
+        raise FormatVersionError(
+            f"{path} was written by savegame.save(), not by a Run; load it with "
+            "savegame.load(path, into={...}) instead of resuming from it")
+    return state, CheckpointInfo(path=path, step=manifest["step"], epoch=manifest["epoch"],
+                                 metrics=metrics_from_json(manifest.get("metrics", {})),
+                                 created=manifest.get("created", 0.0), size=0)
+
+
+def kept_hyperparameters(changes: dict[str, list[Any]], param_groups: Any) -> dict[str, Any]:
+    """The changed config keys that name a hyperparameter of a restored optimizer (``lr``,
+    ``weight_decay`` ...) whose restored value differs from the new config: ``{key: value in use}``."""
+    if not changes or not isinstance(param_groups, list):
+        return {}
+    kept = {}
+    for key, (_, new) in changes.items():
+        field_name = key.rsplit(".", 1)[-1]
+        used = [g[field_name] for g in param_groups if isinstance(g, dict) and field_name in g]
+        if used and any(u != new for u in used):
+            kept[key] = used[0] if len(set(map(repr, used))) == 1 else used
+    return kept
+
+
+def earlier_preflight(run_dir: Path, resumed_step: int) -> Any:
+    """On resume: the report of the preflight that ran when the run started (``preflight.json``),
+    or a report with one skipped check, so that ``print(run.preflight(...))`` says what happened."""
+    import json
+
+    from .messages import notice
+    from .preflight.report import CheckResult, PreflightReport
+
+    try:
+        saved = json.loads((run_dir / "preflight.json").read_text())
+        report = PreflightReport([CheckResult(**check) for check in saved["checks"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return PreflightReport([CheckResult(
+            "preflight", "skip", f"skipped: the run resumed from step {resumed_step}; preflight runs once, "
+            "when a run starts")])
+    notice(f"preflight skipped on resume; returning its report from when the run started "
+           f"({run_dir / 'preflight.json'})")
+    return report
