@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import replace_file
 from .errors import FormatVersionError
 
 RUN_FILE = "run.json"
@@ -78,13 +79,7 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 def write_json_atomic(path: Path, value: Any, *, allow_nan: bool = True) -> None:
     """Replace the JSON file ``path`` atomically (temp file, fsync, rename)."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data = json.dumps(value, indent=2, allow_nan=allow_nan, default=jsonable).encode()
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    replace_file(path, json.dumps(value, indent=2, allow_nan=allow_nan, default=jsonable))
 
 
 def jsonable(value: Any) -> Any:

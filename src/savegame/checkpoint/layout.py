@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import xxhash
 
+from savegame.atomic import fsync_folder as fsync_dir
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
 
 FORMAT = "savegame.checkpoint"
@@ -84,21 +85,11 @@ def metrics_from_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in metrics.items()}
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def savegame_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """This savegame's version (one source: ``savegame.__version__``)."""
+    from savegame import __version__
 
-    try:
-        return version("savegame")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def is_committed(path: str | os.PathLike) -> bool:

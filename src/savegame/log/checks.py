@@ -13,13 +13,10 @@ ValueError: add_image('x'): dataformats='CHW' expects a 3-d array (channel, heig
 
 from __future__ import annotations
 
-import importlib
 import numbers
 from typing import Any
 
 import numpy as np
-
-from ..errors import MissingDependencyError
 
 _AXES = {"N": "batch", "C": "channel", "H": "height", "W": "width"}
 
@@ -93,12 +90,3 @@ def check_same_length(method: str, tag: str, **arrays: Any) -> None:
     lengths = {name: len(a) for name, a in arrays.items() if a is not None}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"{method}({tag!r}): these must be equally long, got lengths {lengths}")
-
-
-def require(module: str, feature: str, install: str) -> Any:
-    """Import an optional package, or raise an error that says what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise MissingDependencyError(f"{feature} needs the optional package {module.split('.')[0]} "
-                                     f"({error}); install it with: pip install {install}") from None

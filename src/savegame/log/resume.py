@@ -28,6 +28,7 @@ import os
 import time
 from pathlib import Path
 
+from ..atomic import replace_file
 from .eventfile import is_our_event_file
 
 DISCARDED = "discarded-logs"
@@ -105,9 +106,7 @@ def cut_back_embeddings(run_dir: Path, keep: int, *, aside: Path) -> None:
     if keep == 0:
         config_path.unlink()
         return
-    temp = config_path.with_name(config_path.name + ".tmp")
-    temp.write_text(text_format.MessageToString(trimmed))
-    os.replace(temp, config_path)
+    replace_file(config_path, text_format.MessageToString(trimmed))
 
 
 def _move_tail(path: Path, keep: int, target: Path) -> None:

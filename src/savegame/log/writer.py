@@ -50,7 +50,8 @@ from typing import Any, Callable
 from ..errors import LogWriteError, WriterClosedError
 from . import lifecycle
 from .checks import (check_audio, check_histogram, check_image, check_same_length, check_step, check_tag,
-                     check_walltime, require)
+                     check_walltime)
+from ..optional import require
 from .convert import (default_bins, embedding_folder_name, maybe_numpy, summary_event, to_list,
                       to_numpy, to_tensor)
 from .eventfile import subfolder
