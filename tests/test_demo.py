@@ -1,7 +1,9 @@
-"""``savegame demo``: trains, saves, reports, and resumes after Ctrl-C."""
+"""``savegame demo``: trains, saves, reports, and resumes after Ctrl-C; its loop uses only the
+public API."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -15,8 +17,10 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 'savegame[demo]'")
 
+import savegame  # noqa: E402
 from savegame import demo  # noqa: E402
 from savegame.checkpoint.store import list_checkpoints  # noqa: E402
+from savegame.examples import digits  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +68,7 @@ def assert_demo_logged_everything(folder: Path) -> None:
 
 
 def test_rerunning_a_finished_demo_shows_the_summary_and_fresh_starts_over(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(demo.CONFIG, "width", 8)  # speed: the model's size does not matter here
+    monkeypatch.setitem(digits.CONFIG, "width", 8)  # speed: the model's size does not matter here
     folder = tmp_path / "digits"
     demo.main(["--epochs", "1", "--dir", str(folder)])
     capsys.readouterr()
@@ -144,7 +148,7 @@ def test_a_missing_package_stops_the_demo_before_training_and_names_the_extra(tm
 
 
 def test_a_missing_package_does_not_cost_a_fresh_run_its_folder(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(demo.CONFIG, "width", 8)
+    monkeypatch.setitem(digits.CONFIG, "width", 8)
     folder = tmp_path / "digits"
     assert demo.main(["--epochs", "1", "--dir", str(folder)]) == 0
     capsys.readouterr()
@@ -152,3 +156,18 @@ def test_a_missing_package_does_not_cost_a_fresh_run_its_folder(tmp_path, capsys
     assert demo.main(["--epochs", "1", "--dir", str(folder), "--fresh"]) == 2
     assert "pip install 'savegame[demo]'" in capsys.readouterr().err
     assert (folder / "run.json").is_file()  # --fresh deleted nothing: it could not have trained anyway
+
+
+def test_the_demo_loop_uses_only_the_public_api():
+    """What a user's script can write: ``import savegame`` and the names of ``savegame.__all__``."""
+    tree = ast.parse(Path(digits.__file__).read_text())
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not node.module.startswith("savegame"), ast.unparse(node)
+        elif isinstance(node, ast.Import):
+            assert all(a.name == "savegame" or not a.name.startswith("savegame") for a in node.names), \
+                ast.unparse(node)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "savegame":
+            used.add(node.attr)
+    assert used and used <= set(savegame.__all__), used - set(savegame.__all__)

@@ -48,7 +48,7 @@ def _seconds(text: str) -> float | None:
 def load_target(target: str) -> dict[str, Any]:
     """``{"model": ..., "loss_fn": ..., "data": ..., **options}`` from ``demo`` or ``module:function``."""
     if target == "demo":
-        from ..demo import preflight_setup
+        from ..examples.digits import preflight_setup
         return preflight_setup()
     module_name, _, function_name = target.partition(":")
     if not module_name or not function_name:
