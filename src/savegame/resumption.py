@@ -7,6 +7,9 @@ says about a changed config.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +17,9 @@ from typing import Any
 
 from .checkpoint.layout import CheckpointInfo, metrics_from_json, quarantine
 from .checkpoint.store import read_checkpoint
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
+from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
+from .folder import RunFolder
+from .runinfo import config_as_json, config_changes, new_run_info
 
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
 
@@ -115,3 +120,65 @@ def earlier_preflight(run_dir: Path, resumed_step: int) -> Any:
     notice(f"preflight skipped on resume; returning its report from when the run started "
            f"({run_dir / 'preflight.json'})")
     return report
+
+
+def open_run_info(folder: RunFolder, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``run.json`` for a process that opens the run now, and what its config changed: a new one,
+    or the existing one marked running by this pid and host, the change named key by key (a
+    warning, and ``config_history``)."""
+    try:
+        info = folder.read_info()
+    except FileNotFoundError:
+        return new_run_info(folder.path.name, config=config), {}
+    changes = config_changes(info.get("config") or {}, config)
+    if changes:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        warnings.warn(
+            f"{folder.path}/run.json: the config changed since the last process ({listed}); run.json "
+            "records the new values and the change. State restored from the checkpoint (the "
+            "optimizer's lr, the schedule ...) keeps its saved values unless you set them again "
+            "after run.track()", stacklevel=5)
+        info.setdefault("config_history", []).append({"time": time.time(), "step": None, "changed": changes})
+    if info.get("status") == "stopped":
+        best = info.get("best") or {}
+        hint = f" To start again from the best checkpoint: Run(..., resume={best['step']})." if best.get("step") else ""
+        warnings.warn(f"{folder.path} was stopped early: {info.get('message')} Resuming from its newest "
+                      f"checkpoint.{hint}", stacklevel=5)
+    info["config"] = config_as_json(config)
+    info["status"], info["message"] = "running", None
+    # this process owns the run now: `savegame ls` judges liveness by this pid on this host
+    info["pid"], info["host"] = os.getpid(), socket.gethostname()
+    return info, changes
+
+
+def restore_object(checkpoint: Path, state: dict[str, Any] | None, name: str, obj: Any, *,
+                   restored: set[str]) -> None:
+    """Load ``state[name]`` into ``obj`` (all mismatches listed) and delete it from ``state``."""
+    from .io import load_into
+
+    if state is None:
+        raise RuntimeError(
+            f"run.track({name}=...) after the loop started: a resumed run restores tracked objects "
+            "from its checkpoint before the first epochs()/iterate(), and has released that state "
+            "since. Call run.track() before the loop.")
+    if name not in state:
+        saved = sorted({*(k for k in state if k not in (RESERVED, "extras")), *restored})
+        raise StateMismatchError(
+            f"checkpoint {checkpoint} has no state for {name!r}; it holds {saved}. Track the same "
+            "objects as the run that saved it, or start a new run folder (or resume='never' in an empty one).")
+    load_into(str(checkpoint), state, {name: obj}, strict=True)
+    del state[name]
+
+
+def note_kept_hyperparameters(info: dict[str, Any], changes: dict[str, list[Any]], name: str, obj: Any,
+                              checkpoint: Path) -> None:
+    """A changed config value that a restored optimizer does not follow: say so, and record what
+    the run really uses in ``config_history[-1]["kept_from_checkpoint"]``."""
+    kept = kept_hyperparameters(changes, getattr(obj, "param_groups", None))
+    if not kept:
+        return
+    info["config_history"][-1].setdefault("kept_from_checkpoint", {}).update(
+        {f"{name}.{k}": v for k, v in config_as_json(kept).items()})
+    listed = ", ".join(f"{key}={value!r} (config: {changes[key][1]!r})" for key, value in kept.items())
+    warnings.warn(f"the restored {name} goes on with {listed} from {checkpoint}; to use the new value, set "
+                  f"it after run.track(), e.g. for g in {name}.param_groups: g[...] = ...", stacklevel=5)

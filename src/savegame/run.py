@@ -22,7 +22,6 @@ same command continues from the newest valid checkpoint exactly where the last p
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import warnings
@@ -34,10 +33,9 @@ from .checkpoint.layout import CheckpointInfo, quarantine
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
-from .errors import StateMismatchError
 from .folder import RunFolder
 from .hooks import Hook, check_hooks
-from .io import load_into, object_kind
+from .io import object_kind
 from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .messages import notice, rerun_command
@@ -45,8 +43,9 @@ from .preemption import PreemptionGuard
 from .preflight.budget import PreflightInterrupted
 from .progress import Progress, position
 from .ranking import best_checkpoint, best_record
-from .resumption import RESERVED, choose, earlier_preflight, kept_hyperparameters
-from .runinfo import config_as_json, config_changes, hparams_from_config, new_run_info
+from .resumption import (RESERVED, choose, earlier_preflight, note_kept_hyperparameters, open_run_info,
+                         restore_object)
+from .runinfo import hparams_from_config
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis, Doctor
@@ -113,7 +112,7 @@ class Run:
             self.folder.checkpoint_root.mkdir(exist_ok=True)
             self.folder.clean_temps(include_live=True)
             self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed)
-            self._info = self._open_run_info()
+            self._info, self._config_changes = open_run_info(self.folder, self.config)
             self._chosen = choose(self.dir, self._saver.checkpoints, resume)
             self._saver.checkpoints = self._chosen.remaining
             if self._chosen.checkpoint is not None:
@@ -426,32 +425,6 @@ class Run:
             getattr(hook, method)(self, *args, **kwargs)
 
     # -- resuming ----------------------------------------------------------------------------
-    def _open_run_info(self) -> dict[str, Any]:
-        try:
-            info = self.folder.read_info()
-        except FileNotFoundError:
-            return new_run_info(self.dir.name, config=self.config)
-        self._config_changes = config_changes(info.get("config") or {}, self.config)
-        if self._config_changes:
-            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in self._config_changes.items())
-            warnings.warn(
-                f"{self.dir}/run.json: the config changed since the last process ({listed}); run.json "
-                "records the new values and the change. State restored from the checkpoint (the "
-                "optimizer's lr, the schedule ...) keeps its saved values unless you set them again "
-                "after run.track()", stacklevel=4)
-            info.setdefault("config_history", []).append(
-                {"time": time.time(), "step": None, "changed": self._config_changes})
-        if info.get("status") == "stopped":
-            best = info.get("best") or {}
-            hint = f" To start again from the best checkpoint: Run(..., resume={best['step']})." if best.get("step") else ""
-            warnings.warn(f"{self.dir} was stopped early: {info.get('message')} Resuming from its newest "
-                          f"checkpoint.{hint}", stacklevel=4)
-        info["config"] = config_as_json(self.config)
-        info["status"], info["message"] = "running", None
-        # this process owns the run now: `savegame ls` judges liveness by this pid on this host
-        info["pid"], info["host"] = os.getpid(), socket.gethostname()
-        return info
-
     def _apply_run_state(self, checkpoint: CheckpointInfo, state: dict[str, Any]) -> None:
         self.resumed_from, self._resume_state = checkpoint, state
         run_state = state[RESERVED]
@@ -467,30 +440,9 @@ class Run:
         if name in self._restored:
             raise ValueError(f"run.track({name}=...): {name!r} is tracked already and was restored from "
                              f"{self.resumed_from.path}; track each object once")
-        if self._resume_state is None:
-            raise RuntimeError(
-                f"run.track({name}=...) after the loop started: a resumed run restores tracked objects "
-                "from its checkpoint before the first epochs()/iterate(), and has released that state "
-                "since. Call run.track() before the loop.")
-        if name not in self._resume_state:
-            saved = sorted({*(k for k in self._resume_state if k not in (RESERVED, "extras")), *self._restored})
-            raise StateMismatchError(
-                f"checkpoint {self.resumed_from.path} has no state for {name!r}; it holds "
-                f"{saved}. Track the same objects as the run that saved it, or start a new "
-                "run folder (or resume='never' in an empty one).")
-        load_into(str(self.resumed_from.path), self._resume_state, {name: obj}, strict=True)
-        del self._resume_state[name]
+        restore_object(self.resumed_from.path, self._resume_state, name, obj, restored=self._restored)
         self._restored.add(name)
-        kept = kept_hyperparameters(self._config_changes, getattr(obj, "param_groups", None))
-        if kept:  # a changed config value that a restored optimizer does not follow: say so, record it
-            self._info["config_history"][-1].setdefault("kept_from_checkpoint", {}).update(
-                {f"{name}.{k}": v for k, v in config_as_json(kept).items()})
-            listed = ", ".join(f"{key}={value!r} (config: {self._config_changes[key][1]!r})"
-                               for key, value in kept.items())
-            warnings.warn(
-                f"the restored {name} goes on with {listed} from {self.resumed_from.path}; to use the new "
-                f"value, set it after run.track(), e.g. for g in {name}.param_groups: g[...] = ...",
-                stacklevel=3)
+        note_kept_hyperparameters(self._info, self._config_changes, name, obj, self.resumed_from.path)
 
     def _begin(self) -> None:
         """Start the run for real, once: the first epochs(), iterate(), save(), log(), writer use,
