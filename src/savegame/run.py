@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .checkpoint.layout import CheckpointInfo, quarantine
-from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy
+from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
 from .folder import RunFolder
@@ -513,14 +513,5 @@ def _doctor_hook(doctor: Any) -> list[Hook]:
 
 
 def _best_metric(policy: Any) -> tuple[str, str] | None:
-    ranking = getattr(policy, "ranking", None)
-    if callable(ranking):  # KeepPolicy.ranking(): how a policy says whether it ranks "best"
-        return ranking()
-    metric = getattr(policy, "metric", None)
-    if isinstance(metric, str):
-        return metric, getattr(policy, "mode", "min")
-    for child in getattr(policy, "policies", ()) or ():
-        found = _best_metric(child)
-        if found:
-            return found
-    return None
+    """How the keep policy ranks "best" (``KeepPolicy.ranking()``), or None: it ranks nothing."""
+    return ranking_of(policy)

@@ -24,6 +24,7 @@ from savegame.checkpoint.policy import (
     KeepBest,
     KeepEvery,
     KeepLast,
+    KeepPolicy,
     MetricNotFoundError,
     Never,
     OnImprovement,
@@ -31,6 +32,7 @@ from savegame.checkpoint.policy import (
     SavePolicy,
     When,
     plan_deletions,
+    ranking_of,
 )
 
 
@@ -352,6 +354,81 @@ def test_plan_deletions_spares_the_newest_and_the_protected_and_lists_oldest_fir
     gone = plan_deletions(cps, KeepBest(1, "loss"), protected=[20])
     assert [c.step for c in gone] == [10, 30, 40]
     assert plan_deletions([], KeepLast(1)) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Which policy ranks "best": KeepPolicy.ranking()
+# --------------------------------------------------------------------------------------------
+
+def test_keep_best_and_the_keep_factory_rank_by_their_metric_and_the_others_rank_nothing():
+    assert KeepBest(2, "acc", mode="max").ranking() == ("acc", "max")
+    assert Keep(last=2, best=1, metric="loss/val").ranking() == ("loss/val", "min")
+    assert Keep(last=1, metric="acc", mode="max", every_epochs=5).ranking() == ("acc", "max")
+    for policy in (KeepLast(3), KeepAll(), KeepEvery(steps=100), Keep(last=3), KeepLast(1) | KeepAll()):
+        assert policy.ranking() is None and ranking_of(policy) is None
+
+
+def test_a_union_ranks_by_its_first_member_that_ranks():
+    assert (KeepLast(1) | KeepBest(1, "a") | KeepBest(1, "b", mode="max")).ranking() == ("a", "min")
+    assert KeepAny(KeepAll(), KeepAny(KeepEvery(epochs=1), KeepBest(1, "b", mode="max"))).ranking() == ("b", "max")
+
+
+class KeepBestLate(KeepPolicy):
+    """A user's policy: the best by loss/val among the checkpoints from step 100 on."""
+
+    def keep(self, checkpoints):
+        return KeepBest(1, "loss/val").keep([c for c in checkpoints if c.step >= 100])
+
+    def ranking(self):
+        return ("loss/val", "min")
+
+
+class KeepAboveThreshold(KeepPolicy):
+    """A user's policy with a ``metric`` attribute that is no ranking: it says so."""
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def keep(self, checkpoints):
+        return {c.step for c in checkpoints if c.metrics.get(self.metric, 0) > 0.9}
+
+    def ranking(self):
+        return None
+
+
+class OldStyle(KeepPolicy):
+    """A user's policy written before ranking() existed: its metric/mode attributes rank, as they did."""
+
+    metric, mode = "acc", "max"
+
+    def keep(self, checkpoints):
+        return set()
+
+
+def test_a_user_policy_takes_part_in_best_through_ranking_or_says_it_does_not():
+    assert ranking_of(KeepBestLate()) == ("loss/val", "min")
+    assert (KeepLast(2) | KeepBestLate()).ranking() == ("loss/val", "min")
+    assert ranking_of(KeepAboveThreshold("acc")) is None
+    assert (KeepAboveThreshold("acc") | KeepBest(1, "loss")).ranking() == ("loss", "min")
+    assert OldStyle().ranking() == ("acc", "max") and (KeepLast(1) | OldStyle()).ranking() == ("acc", "max")
+
+
+def test_ranking_of_reads_duck_typed_policies_and_rejects_a_malformed_ranking():
+    class Duck:  # no KeepPolicy: only keep() and the attributes savegame read before ranking()
+        metric, mode = "loss", "max"
+
+        def keep(self, checkpoints):
+            return set()
+
+    assert ranking_of(Duck()) == ("loss", "max")
+    assert ranking_of(object()) is None
+
+    class Bad(KeepBestLate):
+        def ranking(self):
+            return ("loss/val", "lowest")
+
+    with pytest.raises(ValueError, match=r"ranking\(\) must return None or \(metric, mode\).*'lowest'"):
+        ranking_of(Bad())
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""preflight(): the registry, bad input turned into failed checks, and the user's objects untouched."""
+"""preflight(): the registry, the user's checks, bad input turned into failed checks, and the user's
+objects untouched."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 import savegame
-from savegame.preflight import runner
+from savegame.preflight import Check, CheckNotAvailable, FunctionCheck, runner
 from savegame.preflight.report import CheckResult
 
 DATA_AND_LOSS = ["data", "input scale", "label range", "class balance", "loss/target shapes", "loss at init"]
@@ -29,7 +31,7 @@ def batches(n=2, size=64, classes=5):
 def fake_registry(monkeypatch):
     """Only the data and loss checks, plus whatever a test appends: keeps these tests fast and
     independent of the gradient and training checks."""
-    registry = [entry for entry in runner.REGISTRY if entry[0] in ("data", "loss/target shapes", "loss at init")]
+    registry = [check for check in runner.REGISTRY if check.name in ("data", "loss/target shapes", "loss at init")]
     monkeypatch.setattr(runner, "REGISTRY", registry)
     return registry
 
@@ -53,8 +55,9 @@ def test_quick_and_gradcheck_select_entries(monkeypatch):
     def check(name):
         return lambda setup: seen.append(name) or CheckResult(name, "pass", "ok")
 
-    monkeypatch.setattr(runner, "REGISTRY", [("cheap", check("cheap"), True), ("slow", check("slow"), False)])
-    monkeypatch.setattr(runner, "GRADCHECK", ("gradcheck", check("gradcheck"), True))
+    monkeypatch.setattr(runner, "REGISTRY", [FunctionCheck("cheap", check("cheap")),
+                                             FunctionCheck("slow", check("slow"), cheap=False)])
+    monkeypatch.setattr(runner, "GRADCHECK", FunctionCheck("gradcheck", check("gradcheck")))
     savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), quick=True)
     assert seen == ["cheap"]
     seen.clear()
@@ -66,8 +69,8 @@ def test_missing_module_is_skipped_and_a_crash_is_a_failure(fake_registry):
     def crashes(setup):
         return [1, 2][5]
 
-    fake_registry += [("later", "savegame.preflight.checks_not_written_yet:check_later", True),
-                      ("crashy", crashes, True), ("garbage", lambda setup: 42, True)]
+    fake_registry += [FunctionCheck("later", "savegame.preflight.checks_not_written_yet:check_later"),
+                      FunctionCheck("crashy", crashes), FunctionCheck("garbage", lambda setup: 42)]
     report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches())
     assert report["later"].status == "skip" and "not available" in report["later"].message
     assert report["crashy"].status == "fail"
@@ -196,7 +199,7 @@ def test_a_check_that_touches_the_model_is_reported(fake_registry):
             setup.model[0].weight.add_(1.0)
         return CheckResult("vandal", "pass", "")
 
-    fake_registry.append(("vandal", vandal, True))
+    fake_registry.append(FunctionCheck("vandal", vandal))
     assert savegame.preflight(model, nn.CrossEntropyLoss(), batches())["untouched"].status == "fail"
 
 
@@ -211,3 +214,139 @@ def test_report_carries_an_image_grid_for_image_inputs(fake_registry):
     report = savegame.preflight(model, nn.CrossEntropyLoss(), [(torch.rand(10, 3, 8, 8), torch.arange(10) % 4)])
     assert report.images.shape == (10, 3, 8, 8)
     assert savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches()).images is None
+
+
+# -- checks of the user's own: preflight(..., checks=[...]) ------------------------------------
+
+class TargetsVary(Check):
+    """A user's check: fails when every target is the same."""
+
+    name, needs_loss = "targets vary", False
+
+    def __init__(self, seen=None):
+        self.seen = seen
+
+    def run(self, setup):
+        y = torch.cat([setup.split(batch)[1].float() for batch in setup.batches])
+        if self.seen is not None:
+            self.seen.append(self.name)
+        if y.min() == y.max():
+            return CheckResult(self.name, "fail", f"every target is {float(y[0]):g}", fix="check the labels")
+        return CheckResult(self.name, "pass", f"{len(y.unique())} distinct targets")
+
+
+class Slow(Check):
+    name, cheap = "slow user check", False
+
+    def run(self, setup):
+        return [CheckResult("slow a", "pass", "ok"), CheckResult("slow b", "warn", "hm", fix="look")]
+
+
+def test_user_checks_run_after_the_builtin_ones_in_their_order(fake_registry):
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), checks=[TargetsVary(), Slow()])
+    names = [c.name for c in report.checks]
+    assert names[:7] == ["setup"] + DATA_AND_LOSS
+    assert names[7:] == ["targets vary", "slow a", "slow b"]
+    assert report["targets vary"].status == "pass" and report["slow b"].status == "warn" and report.passed
+    assert report["targets vary"].seconds > 0
+    constant = [(x, torch.zeros_like(y)) for x, y in batches()]
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), constant, checks=[TargetsVary()])
+    assert not report.passed and report["targets vary"].message == "every target is 0"
+
+
+def test_quick_leaves_out_the_user_checks_that_are_not_cheap(fake_registry):
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), quick=True, checks=[Slow(), TargetsVary()])
+    assert [c.name for c in report.checks][-1] == "targets vary"
+    assert "slow a" not in [c.name for c in report.checks]
+
+
+def test_a_user_check_that_crashes_is_its_own_failure_naming_it(fake_registry):
+    class Broken(Check):
+        name = "my broken check"
+
+        def run(self, setup):
+            return {}["missing"]
+
+    def returns_nothing(setup):
+        return None
+
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(),
+                                checks=[Broken(), FunctionCheck("nothing", returns_nothing), TargetsVary()])
+    broken = report["my broken check"]
+    assert broken.status == "fail" and broken.message.startswith("the check crashed: KeyError")
+    assert "fix the check 'my broken check'" in broken.fix and "test_runner.py" in broken.fix
+    assert "savegame bug" not in broken.fix
+    nothing = report["nothing"]
+    assert nothing.status == "fail" and "returned NoneType" in nothing.message
+    assert "FunctionCheck.run(setup) return a CheckResult" in nothing.fix
+    assert report["targets vary"].status == "pass"  # the checks after it still ran
+
+
+def test_a_user_check_can_say_it_is_not_available_and_is_skipped(fake_registry):
+    class NeedsSklearn(Check):
+        name = "sklearn probe"
+
+        def run(self, setup):
+            raise CheckNotAvailable("not available: pip install scikit-learn")
+
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), checks=[NeedsSklearn()])
+    assert report["sklearn probe"].status == "skip" and "scikit-learn" in report["sklearn probe"].message
+
+
+def test_user_checks_are_skipped_like_builtin_ones_when_the_setup_or_the_loss_fails(fake_registry):
+    seen = []
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), [], checks=[TargetsVary(seen)])
+    assert report["targets vary"].status == "skip" and "setup failed" in report["targets vary"].message
+    x, y = batches(n=1)[0]
+    y[5] = 9  # out of range: the loss cannot be computed
+
+    class NeedsLoss(Check):
+        name = "needs the loss"
+
+        def run(self, setup):
+            seen.append(self.name)
+            return CheckResult(self.name, "pass", "ran")
+
+    report = savegame.preflight(mlp(), nn.CrossEntropyLoss(), [(x, y)], checks=[TargetsVary(seen), NeedsLoss()])
+    assert report["needs the loss"].status == "skip" and "loss cannot be computed" in report["needs the loss"].message
+    assert report["targets vary"].status == "pass" and seen == ["targets vary"]
+
+
+def test_a_user_check_that_touches_the_model_is_reported(fake_registry):
+    class Vandal(Check):
+        name = "vandal"
+
+        def run(self, setup):
+            with torch.no_grad():
+                setup.model[0].bias.zero_()
+            return CheckResult(self.name, "pass", "")
+
+    assert savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), checks=[Vandal()])["untouched"].status == "fail"
+
+
+@pytest.mark.parametrize("checks, error, words", [
+    (TargetsVary(), TypeError, "wrap one check in a list"),
+    ([lambda setup: None], TypeError, "FunctionCheck('its name', function)"),
+    (["data"], TypeError, "not a savegame.preflight.Check"),
+    ([FunctionCheck("", lambda s: None)], ValueError, "needs a name"),
+    ([FunctionCheck("loss at init", lambda s: None)], ValueError, "named 'loss at init', like another check"),
+    ([FunctionCheck("setup", lambda s: None)], ValueError, "like another check"),
+    ([TargetsVary(), TargetsVary()], ValueError, "entry 1 is named 'targets vary'"),
+])
+def test_a_malformed_checks_list_raises_before_anything_runs(checks, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        savegame.preflight(mlp(), nn.CrossEntropyLoss(), batches(), checks=checks)
+
+
+def test_user_checks_go_through_run_preflight_too(tmp_path, fake_registry):
+    with savegame.Run(tmp_path / "run") as run:
+        report = run.preflight(mlp(), nn.CrossEntropyLoss(), batches(), checks=[TargetsVary()])
+    assert report["targets vary"].status == "pass"
+    saved = json.loads((tmp_path / "run" / "preflight.json").read_text())
+    assert "targets vary" in [c["name"] for c in saved["checks"]]
+
+
+def test_every_builtin_check_follows_the_check_protocol():
+    for check in [*runner.REGISTRY, runner.GRADCHECK]:
+        assert isinstance(check, Check) and check.name and callable(check.load())
+    assert len({c.name for c in runner.REGISTRY}) == len(runner.REGISTRY)

@@ -10,12 +10,17 @@ verdict with evidence and suggestions, sample cheap training signals, draw plots
 >>> [run] = load_runs(logdir)
 >>> diagnose(run).verdict
 'diverged'
+
+A verdict or finding of your own is a :class:`Verdict` or :class:`FindingRule` (``_base.py``)
+passed as ``diagnose(run, rules=[...])`` or ``Doctor(rules=[...])``.
 """
 
+from ._base import Curves, FindingRule, Verdict
 from .curves import LogdirError, RunData, Series, load_runs, read_run
-from .diagnosis import VERDICTS, Diagnosis, Finding, Marks
+from .diagnosis import Diagnosis, Finding, Marks
 from .live import Doctor, DoctorWarning
-from .rules import diagnose
+from .rules import diagnose, measure
+from .verdicts import VERDICTS
 
-__all__ = ["Diagnosis", "Doctor", "DoctorWarning", "Finding", "LogdirError", "Marks", "RunData", "Series",
-           "VERDICTS", "diagnose", "load_runs", "read_run"]
+__all__ = ["Curves", "Diagnosis", "Doctor", "DoctorWarning", "Finding", "FindingRule", "LogdirError", "Marks",
+           "RunData", "Series", "VERDICTS", "Verdict", "diagnose", "load_runs", "measure", "read_run"]

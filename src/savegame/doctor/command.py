@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .curves import LogdirError, RunData, folder_name, load_runs, root_labels
 from .diagnosis import Diagnosis
-
-VERDICT_STYLE = {"healthy": "green", "still_improving": "cyan", "overfitting": "yellow",
-                 "underfitting": "yellow", "plateau": "yellow", "lr_too_low": "yellow",
-                 "lr_too_high": "red", "diverged": "bold red"}
 
 
 def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +39,11 @@ def _add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-tag", default=None, metavar="TAG", help="the validation-loss tag (default: guessed)")
 
 
-def diagnose_path(path: str | Path, *, train_tag: str | None = None,
-                  val_tag: str | None = None) -> tuple[list[RunData], list[Diagnosis]]:
-    """Every run under ``path`` and its diagnosis; a folder without event files gives one
-    "cannot judge" diagnosis for the folder itself."""
+def diagnose_path(path: str | Path, *, train_tag: str | None = None, val_tag: str | None = None,
+                  rules: Sequence[Any] = ()) -> tuple[list[RunData], list[Diagnosis]]:
+    """Every run under ``path`` and its diagnosis (``rules``: verdicts and findings of your own,
+    as for :func:`diagnose`); a folder without event files gives one "cannot judge" diagnosis
+    for the folder itself."""
     from .rules import diagnose
 
     runs = load_runs(path)
@@ -54,7 +51,7 @@ def diagnose_path(path: str | Path, *, train_tag: str | None = None,
         name = folder_name(path)
         empty = RunData(name=name, path=Path(path))
         return [empty], [Diagnosis(run=name, cannot_judge=f"no TensorBoard event files under {path}")]
-    return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag) for run in runs]
+    return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag, rules=rules) for run in runs]
 
 
 def run_doctor(args: argparse.Namespace, console: Any) -> int:
@@ -109,6 +106,8 @@ def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from .verdicts import terminal_style  # the verdict table's style, a user's verdict's included
+
     grid = Table(title=escape(title), title_justify="left", box=None, header_style="bold", pad_edge=False)
     for name, kwargs in (("run", {"max_width": 40}), ("verdict", {}), ("conf.", {"justify": "right"}),
                          ("evidence", {})):
@@ -118,7 +117,7 @@ def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
         if not d.judged:
             grid.add_row(Text(d.run), Text("cannot judge", style="dim"), "", Text(d.cannot_judge or ""))
         else:
-            style = VERDICT_STYLE.get(d.verdict, "")
+            style = terminal_style(d)
             grid.add_row(Text(d.run), Text(d.verdict, style=style), f"{d.confidence:.0%}",
                          Text(d.evidence[0] if d.evidence else ""))
         lines = [f"  evidence: {e}" for e in d.evidence[1:]] + [f"  do: {s}" for s in d.suggestions]

@@ -176,7 +176,7 @@ def best_checkpoint(run: RunData) -> dict[str, Any] | None:
     folder = Path(run.path) / "checkpoints"
     if isinstance(found["checkpoint"], str) and (folder / found["checkpoint"]).is_dir():
         return found  # the common case: no need to read every manifest (nor to import torch)
-    from ..checkpoint.store import list_checkpoints
+    from ..checkpoint.layout import list_checkpoints
     from ..ranking import best_checkpoint as rank, metric_value
 
     kept = list_checkpoints(folder)

@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-VERDICTS = ("healthy", "overfitting", "underfitting", "diverged", "plateau", "lr_too_high",
-            "lr_too_low", "still_improving")
-"""Every primary verdict (rules.py tries them in its own order: diverged first, healthy last)."""
+if TYPE_CHECKING:
+    from ._base import Verdict
 
 
 @dataclass
@@ -51,8 +50,11 @@ class Marks:
 
 @dataclass
 class Diagnosis:
-    """One run's diagnosis. ``verdict`` is one of :data:`VERDICTS`, or None with
-    ``cannot_judge`` saying why. ``tags`` names the series it read (train_loss, val_loss, ...).
+    """One run's diagnosis. ``verdict`` is the name of a verdict (one of
+    :data:`~savegame.doctor.verdicts.VERDICTS`, or of a user's ``Verdict``), or None with
+    ``cannot_judge`` saying why; ``verdict_info`` is that :class:`~savegame.doctor.Verdict`
+    (colours, alarm...; not in :meth:`to_dict`). ``tags`` names the series it read (train_loss,
+    val_loss, ...).
 
     ``best_checkpoint`` is the run's best checkpoint, the one ``savegame export RUN --best``
     writes: ``{"step", "metric", "mode", "value", "checkpoint"}`` from a savegame run's
@@ -69,6 +71,7 @@ class Diagnosis:
     tags: dict[str, str] = field(default_factory=dict)
     cannot_judge: str | None = None
     best_checkpoint: dict[str, Any] | None = None
+    verdict_info: Verdict | None = field(default=None, repr=False, compare=False)
 
     @property
     def judged(self) -> bool:
@@ -84,7 +87,8 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready (NaN/inf become None): run, verdict, confidence, evidence,
         suggestions, findings, marks, tags, cannot_judge, best_checkpoint."""
-        data = asdict(self)
+        data = asdict(replace(self, verdict_info=None))
+        del data["verdict_info"]  # code (a rule), not data: the JSON names the verdict
         data["confidence"] = round(self.confidence, 3)
         return json_safe(data)
 

@@ -36,17 +36,13 @@ import numpy as np
 
 from .diagnosis import Diagnosis
 from .plot import best_of, require_matplotlib
+from .verdicts import badge_colour
 
 if TYPE_CHECKING:
     from .curves import RunData, Series
 
 __all__ = ["write_report", "render_report"]
 
-BADGE = {  # verdict -> background colour of its badge: red for broken, amber for wasteful, green for fine
-    "healthy": "#2e7d32", "still_improving": "#00897b", "overfitting": "#ef6c00",
-    "underfitting": "#f9a825", "plateau": "#6d6d6d", "lr_too_high": "#c62828",
-    "lr_too_low": "#6a1b9a", "diverged": "#b71c1c", None: "#455a64",
-}
 FIGURE_DPI = 90
 
 _CSS = """
@@ -105,7 +101,7 @@ def _anchor(index: int) -> str:
 
 
 def _verdict(diagnosis: Diagnosis) -> str:
-    colour = BADGE.get(diagnosis.verdict, BADGE[None])
+    colour = badge_colour(diagnosis)  # the verdict table's (verdicts.py), a user's verdict's included
     text = _e(diagnosis.verdict) if diagnosis.judged else "cannot judge"
     return f'<span class="badge" style="background:{colour}">{text}</span>'
 
@@ -246,7 +242,7 @@ def _kept(run: RunData) -> list[Any]:
     """The kept checkpoints of a savegame run (``CheckpointInfo``), [] for any other."""
     if run.info is None or run.path is None:
         return []
-    from ..checkpoint.store import list_checkpoints
+    from ..checkpoint.layout import list_checkpoints
 
     return list_checkpoints(Path(run.path) / "checkpoints")
 

@@ -21,18 +21,20 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ._base import FindingRule, Verdict
 from .curves import RunData, Series, _run_info, read_run
 from .diagnosis import Diagnosis
 from .tags import _role
+from .verdicts import BUILTIN, is_alarm, verdict_table
 
 
 MAX_KEPT = 200_000  # points kept per tag in memory before the older half is averaged in pairs
 MIN_VALIDATIONS = 5  # before this many validations, only "diverged" warns or stops
-ALARMS = ("overfitting", "underfitting", "diverged", "plateau", "lr_too_high", "lr_too_low")  # warned about
+ALARMS = tuple(v.name for v in BUILTIN if v.alarm)  # the built-in verdicts warned about (Verdict.alarm)
 
 
 class DoctorWarning(UserWarning):
@@ -50,6 +52,9 @@ class Doctor:
         overfit_patience: stop once the validation loss has been this many validations past its
             minimum while the verdict is overfitting; None never stops for overfitting.
         train_tag / val_tag: the tags of the losses, when the names are not recognizable.
+        rules: verdicts and finding rules of your own (:class:`~savegame.doctor.Verdict`,
+            :class:`~savegame.doctor.FindingRule`), judged with the built-in ones; a verdict of
+            yours with ``alarm=True`` is warned about like the built-in alarms.
     """
 
     every: int = 50
@@ -57,8 +62,11 @@ class Doctor:
     overfit_patience: int | None = None
     train_tag: str | None = None
     val_tag: str | None = None
+    rules: Sequence[Verdict | FindingRule] = ()
 
     def __post_init__(self) -> None:
+        verdict_table(self.rules)  # a malformed list fails here, not at the first validation
+        self.rules = tuple(self.rules)
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
             raise ValueError(f"Doctor(every=...) must be an int >= 0 (0: no signals), but got {self.every!r}")
         if self.overfit_patience is not None and (isinstance(self.overfit_patience, bool)
@@ -146,7 +154,7 @@ class LiveDoctor:
         # run.json as of the last save: the suggestions name the run's best checkpoint so far
         run = RunData(name=self.dir.name, path=self.dir, scalars=self._as_series(), info=_run_info(self.dir))
         diagnosis = diagnose(run, train_tag=self._known(self.config.train_tag),
-                             val_tag=self._known(self.config.val_tag))
+                             val_tag=self._known(self.config.val_tag), rules=self.config.rules)
         self.last = diagnosis
         early = self._validations(diagnosis) < MIN_VALIDATIONS and diagnosis.verdict != "diverged"
         # One noisy validation can look like a turn; an alarm (but divergence) must hold twice in a row.
@@ -155,7 +163,7 @@ class LiveDoctor:
         if early:  # two points make no trend: only a divergence is worth an alarm this soon
             new = []
         else:
-            new = [f"verdict:{diagnosis.verdict}"] if diagnosis.verdict in ALARMS and confirmed else []
+            new = [f"verdict:{diagnosis.verdict}"] if is_alarm(diagnosis) and confirmed else []
             new += [f"finding:{f.kind}" for f in diagnosis.findings if f.severity == "warn"]
         new = [key for key in new if key not in self._seen]
         if new:

@@ -16,12 +16,16 @@ batch, ...) and says pass, warn or fail for each, with the likely fix.
 >>> report = preflight(model, torch.nn.CrossEntropyLoss(), bad, quick=True)
 >>> report.passed, report["label range"].status
 (False, 'fail')
+
+Checks of your own subclass :class:`Check` (``_base.py``) and run after the built-in ones:
+``preflight(..., checks=[MyCheck()])``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from ._base import Check, CheckNotAvailable, FunctionCheck
 from .budget import TIME_BUDGET, PreflightInterrupted
 from .report import CheckResult, PreflightReport
 
@@ -32,7 +36,8 @@ if TYPE_CHECKING:
 def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
               quick: bool = False, keys: tuple[str, str] | None = None,
-              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET) -> PreflightReport:
+              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET,
+              checks: Sequence[Check] = ()) -> PreflightReport:
     """Check a training setup before training: data, loss at init, gradients, overfitting one batch...
 
     Args:
@@ -51,20 +56,45 @@ def preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, opt
             determinism) may run, default 10; ``None`` for no limit. A check cut short says so in
             its message ("cut short by the time budget after N steps / X s") and never fails for
             lack of time: it warns where the steps it ran settle nothing.
+        checks: checks of your own (:class:`Check` objects; :class:`FunctionCheck` wraps a
+            function), run after the built-in ones, in this order, under the same rules: seeded,
+            timed, on copies, skipped when the setup failed (or, with ``needs_loss``, when the loss
+            cannot be computed), left out under ``quick=True`` unless ``cheap``; one that raises is
+            its own failed result, named after it. The built-in checks always run.
 
     Returns:
         a :class:`PreflightReport`; ``report.passed`` is False when any check failed.
 
     Raises:
+        TypeError, ValueError: ``checks`` holds something that is not a :class:`Check`, or a name
+            that another check has (before anything runs).
         PreflightInterrupted: on Ctrl-C (a ``KeyboardInterrupt``): the check that runs stops at the end
             of its step (a second Ctrl-C: at once), whatever SIGINT handler was installed (a
             ``savegame.Run``'s included, which is back afterwards); the model, the optimizer and the
             random state are as they were.
+
+    A check of your own (it runs after the built-in ones; ``quick=True`` keeps only cheap ones):
+
+    >>> import torch
+    >>> class NoConstantTargets(Check):
+    ...     name, needs_loss = "targets vary", False    # it only reads the data
+    ...     def run(self, setup):
+    ...         y = torch.cat([setup.split(batch)[1].float() for batch in setup.batches])
+    ...         if y.min() == y.max():
+    ...             return CheckResult(self.name, "fail", f"every target is {float(y[0]):g}",
+    ...                                fix="check the labels: a constant target teaches nothing")
+    ...         return CheckResult(self.name, "pass", f"{len(y.unique())} distinct targets")
+    >>> data = [(torch.randn(32, 4), torch.zeros(32, dtype=torch.long))]
+    >>> report = preflight(torch.nn.Linear(4, 3), torch.nn.CrossEntropyLoss(), data, quick=True,
+    ...                    checks=[NoConstantTargets()])
+    >>> report.checks[-1].name, report["targets vary"].status, report["targets vary"].message
+    ('targets vary', 'fail', 'every target is 0')
     """
     from .runner import run_preflight  # torch loads here, not when savegame is imported
 
     return run_preflight(model, loss_fn, data, optimizer=optimizer, steps=steps, device=device, forward=forward,
-                         quick=quick, keys=keys, gradcheck=gradcheck, time_budget=time_budget)
+                         quick=quick, keys=keys, gradcheck=gradcheck, time_budget=time_budget, checks=checks)
 
 
-__all__ = ["preflight", "PreflightReport", "CheckResult", "PreflightInterrupted", "TIME_BUDGET"]
+__all__ = ["preflight", "PreflightReport", "CheckResult", "PreflightInterrupted", "TIME_BUDGET",
+           "Check", "FunctionCheck", "CheckNotAvailable"]

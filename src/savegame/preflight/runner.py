@@ -1,8 +1,11 @@
 """``preflight``: run every check on copies of the user's objects and gather the verdicts.
 
-A check that crashes is that check's failure; a setup that cannot be built is a failed "setup"
-check. Nothing raises out of ``preflight`` for bad user input, and the user's model, optimizer and
-random generators are as they were before.
+Every check is a :class:`~savegame.preflight._base.Check`: the built-in ones are the
+:data:`REGISTRY` (in the order they run and are reported; adding one is one entry there), the
+user's ``checks=`` run after them. A check that crashes is that check's failure; a setup that
+cannot be built is a failed "setup" check. Nothing raises out of ``preflight`` for bad user input
+(a malformed ``checks=`` list is a programming error: ``TypeError`` / ``ValueError`` before
+anything runs), and the user's model, optimizer and random generators are as they were before.
 
 Ctrl-C is the one exception that leaves: it stops the check that runs at the end of its current
 step and raises :class:`~savegame.preflight.budget.PreflightInterrupted` (a ``KeyboardInterrupt``),
@@ -11,49 +14,52 @@ after the random generators are restored (see ``budget.py``).
 
 from __future__ import annotations
 
-import importlib
 import random
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..checkpoint.rng import capture_rng, restore_rng
+from ._base import Check, CheckNotAvailable, FunctionCheck, _LoadError, check_list
 from .budget import TIME_BUDGET, PreflightInterrupted, check_interrupt, ctrl_c_stops_preflight
 from .report import CheckResult, PreflightReport
 from .setup import Setup, SetupError, explain_error
 
-# (name, "module:function", runs in quick mode), in the order they run and are reported.
-REGISTRY: list[tuple[str, str, bool]] = [
-    ("data", "savegame.preflight.checks_data:check_data", True),
-    ("loss/target shapes", "savegame.preflight.checks_loss:check_loss_target_shapes", True),
-    ("loss at init", "savegame.preflight.checks_loss:check_loss_at_init", True),
-    ("gradients", "savegame.preflight.checks_grad:check_gradients", True),
-    ("parameters change", "savegame.preflight.checks_grad:check_parameters_change", True),
-    ("batch independence", "savegame.preflight.checks_grad:check_batch_independence", False),
-    ("overfit one batch", "savegame.preflight.checks_train:check_overfit_one_batch", False),
-    ("input-independent baseline", "savegame.preflight.checks_train:check_input_independent_baseline", False),
-    ("determinism", "savegame.preflight.checks_train:check_determinism", False),
+_CHECKS = "savegame.preflight.checks_"
+# The built-in checks, in the order they run and are reported. "data" and "loss/target shapes"
+# still say something useful when the loss cannot be computed on the first batch.
+REGISTRY: list[Check] = [
+    FunctionCheck("data", _CHECKS + "data:check_data", needs_loss=False),
+    FunctionCheck("loss/target shapes", _CHECKS + "loss:check_loss_target_shapes", needs_loss=False),
+    FunctionCheck("loss at init", _CHECKS + "loss:check_loss_at_init"),
+    FunctionCheck("gradients", _CHECKS + "grad:check_gradients"),
+    FunctionCheck("parameters change", _CHECKS + "grad:check_parameters_change"),
+    FunctionCheck("batch independence", _CHECKS + "grad:check_batch_independence", cheap=False),
+    FunctionCheck("overfit one batch", _CHECKS + "overfit:check_overfit_one_batch", cheap=False),
+    FunctionCheck("input-independent baseline", _CHECKS + "baseline:check_input_independent_baseline", cheap=False),
+    FunctionCheck("determinism", _CHECKS + "determinism:check_determinism", cheap=False),
 ]
 # Opt-in (gradcheck=True): float64 numerical gradients are slow.
-GRADCHECK = ("gradcheck", "savegame.preflight.checks_grad:check_gradcheck", True)
-# Checks that still say something useful when the loss cannot be computed on the first batch.
-WITHOUT_LOSS = {"data", "loss/target shapes"}
+GRADCHECK: Check = FunctionCheck("gradcheck", _CHECKS + "grad:check_gradcheck")
+RESERVED = ("setup", "untouched")  # the names of the runner's own results
 SEED = 0  # every check starts from this seed, so a report is the same run after run
 
 
 def run_preflight(model: nn.Module, loss_fn: Callable | None, data: Iterable, *, optimizer: Any = None,
               steps: int | None = None, device: Any = None, forward: Callable | None = None,
               quick: bool = False, keys: tuple[str, str] | None = None,
-              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET) -> PreflightReport:
+              gradcheck: bool = False, time_budget: float | None = TIME_BUDGET,
+              checks: Sequence[Check] = ()) -> PreflightReport:
     """The body of :func:`savegame.preflight` (see there); imports torch, so it loads on first use."""
-    registry = [entry for entry in REGISTRY if entry[2] or not quick]
-    if gradcheck:
-        registry.append(GRADCHECK)
+    builtin = [*REGISTRY, *([GRADCHECK] if gradcheck else [])]
+    user = check_list(checks, taken=[*RESERVED, *(c.name for c in builtin)])
+    # (check, whether savegame wrote it): a crash of a built-in check is savegame's bug, not the user's
+    registry = [(c, mine) for mine, group in ((True, builtin), (False, user)) for c in group if c.cheap or not quick]
     started = time.perf_counter()
     try:
         with ctrl_c_stops_preflight():
@@ -92,18 +98,18 @@ def _run(model, loss_fn, data, registry, **options) -> tuple[list[CheckResult], 
     head = CheckResult("setup", "fail" if problem else "pass", problem[0] if problem else _describe(setup),
                        fix=problem[1] if problem else "", seconds=time.perf_counter() - started)
     results = [head]
-    for name, target, _ in registry:
+    for check, builtin in registry:
         if problem:
-            results.append(CheckResult(name, "skip", "not run: the setup failed"))
-        elif loss_error and name not in WITHOUT_LOSS:
-            results.append(CheckResult(name, "skip", "not run: the loss cannot be computed on the first batch "
-                                       "(see 'loss/target shapes')"))
+            results.append(CheckResult(check.name, "skip", "not run: the setup failed"))
+        elif loss_error and check.needs_loss:
+            results.append(CheckResult(check.name, "skip", "not run: the loss cannot be computed on the first "
+                                       "batch (see 'loss/target shapes')"))
         else:
             try:
                 check_interrupt()
-                results.extend(run_check(name, target, setup))
+                results.extend(run_check(check, setup, builtin=builtin))
             except PreflightInterrupted as stop:
-                stop.check = stop.check or name
+                stop.check = stop.check or check.name
                 raise
     return results, _images(setup)
 
@@ -151,48 +157,40 @@ def _build(model, loss_fn, data, **options) -> tuple[Setup | None, tuple[str, st
     return setup, None, None
 
 
-def run_check(name: str, target: str | Callable, setup: Setup) -> list[CheckResult]:
-    """Run one check (``"module:function"`` or a callable), seeded and timed; a crash is its failure."""
+def run_check(check: Check, setup: Setup, *, builtin: bool = True) -> list[CheckResult]:
+    """Run one check, seeded and timed; a crash is its failure, named after it (``builtin``: a
+    crash is savegame's bug, else the fix points at the user's check)."""
     started = time.perf_counter()
     try:
-        check = _resolve(target)
-    except ModuleNotFoundError as error:
-        module = target.split(":")[0] if isinstance(target, str) else ""
-        if error.name and module.startswith(error.name):
-            return [CheckResult(name, "skip", f"not available: {module} is not installed")]
-        return [_crash(name, error, started, "loading the check failed")]
-    except Exception as error:  # noqa: BLE001
-        return [_crash(name, error, started, "loading the check failed")]
-    try:
         _seed()
-        found = check(setup)
+        found = check.run(setup)
+    except CheckNotAvailable as why:
+        return [CheckResult(check.name, "skip", str(why))]
+    except _LoadError as failed:
+        return [_crash(check.name, failed.error, started, "loading the check failed", builtin)]
     except Exception as error:  # noqa: BLE001 - one check's crash must not sink the report
-        return [_crash(name, error, started, "the check crashed")]
+        return [_crash(check.name, error, started, "the check crashed", builtin)]
     results = list(found) if isinstance(found, (list, tuple)) else [found]
     if not results or not all(isinstance(r, CheckResult) for r in results):
-        return [CheckResult(name, "fail", f"the check returned {type(found).__name__}, not CheckResult",
-                            fix="report this as a savegame bug", seconds=time.perf_counter() - started)]
+        fix = ("report this as a savegame bug" if builtin else
+               f"make {type(check).__name__}.run(setup) return a CheckResult or a list of them")
+        return [CheckResult(check.name, "fail", f"the check returned {type(found).__name__}, not CheckResult",
+                            fix=fix, seconds=time.perf_counter() - started)]
     share = (time.perf_counter() - started) / len(results)
     for result in results:
         result.seconds = share
     return results
 
 
-def _crash(name: str, error: BaseException, started: float, what: str) -> CheckResult:
+def _crash(name: str, error: BaseException, started: float, what: str, builtin: bool = True) -> CheckResult:
     frames = traceback.extract_tb(error.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-    return CheckResult(name, "fail", f"{what}: {explain_error(error)}",
-                       fix="run the model and the loss on one batch by hand to see the full traceback; "
-                           "if they run, report this as a savegame bug",
+    fix = ("run the model and the loss on one batch by hand to see the full traceback; if they run, report "
+           "this as a savegame bug" if builtin else
+           f"fix the check {name!r}" + (f" ({where})" if where else "") + ": it raised the error above")
+    return CheckResult(name, "fail", f"{what}: {explain_error(error)}", fix=fix,
                        numbers={"error": type(error).__name__, "where": where},
                        seconds=time.perf_counter() - started)
-
-
-def _resolve(target: str | Callable) -> Callable:
-    if callable(target):
-        return target
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def _seed() -> None:
