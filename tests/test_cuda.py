@@ -71,7 +71,7 @@ def test_checkpoints_hold_every_cuda_device_rng_state_and_the_tensor_devices(tmp
 
 
 def test_logging_cuda_values_every_step_adds_no_device_synchronization(tmp_path):
-    from savegame.log.reader import read_scalars
+    from tb_read import read_scalars
 
     net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 1)).cuda()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 
 SCRIPT = Path(__file__).parent / "fixtures" / "train_script.py"
 

@@ -14,7 +14,7 @@ import torch
 
 import savegame
 from savegame.checkpoint.store import list_checkpoints, read_manifest
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 
 
 def train(path, *, epochs=4, batches=3, stop_after=None, lr=0.1, config=None, **kwargs):

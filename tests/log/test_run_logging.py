@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from torch.utils.data import DataLoader, TensorDataset
 
 import savegame
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 from savegame.log.resume import DISCARDED, event_files
 
 pytestmark = pytest.mark.filterwarnings("ignore:resuming inside an epoch")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from savegame.checkpoint.store import list_checkpoints
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 from tbserver import LOADERS, tensorboard
 
 SCRIPT = Path(__file__).parents[1] / "fixtures" / "train_script.py"

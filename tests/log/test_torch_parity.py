@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from torch.utils.tensorboard import SummaryWriter as TorchWriter
 
 import savegame
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 
 BOTH = pytest.mark.parametrize("Writer", [TorchWriter, savegame.SummaryWriter], ids=["torch", "savegame"])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import savegame
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 from readback import load_logdir
 
 

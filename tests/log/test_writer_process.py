@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import savegame
-from savegame.log.reader import read_scalars
+from tb_read import read_scalars
 
 LOG_1000 = """
 import sys, time

@@ -1,4 +1,5 @@
-"""Read scalar curves back from any TensorBoard run folder, with tensorboard's own loader.
+"""The tests' oracle for curves: scalar series read back with TensorBoard's own loader, not with
+savegame's reader (``savegame.doctor.eventscan``), so a test compares us with TensorBoard.
 
 >>> import tempfile
 >>> from savegame import SummaryWriter
