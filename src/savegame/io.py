@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from savegame.checkpoint import store
+from savegame.checkpoint.restore import CheckpointReader, load_planned, plan_load
 from savegame.checkpoint.safetensors_io import read_tensors, write_tensors
 from savegame.errors import CheckpointCorruptError, FormatVersionError, StateMismatchError
 
@@ -93,62 +94,10 @@ def save(
     )
 
 
-def _module_problems(name: str, saved: Any, module: nn.Module) -> tuple[list[str], dict]:
-    """Every key/shape difference between ``saved`` and ``module``, and the loadable subset."""
-    if not isinstance(saved, Mapping):
-        return [f"'{name}' was saved as a {type(saved).__name__}, not a module's state_dict"], {}
-    want = module.state_dict()
-    missing = [k for k in want if k not in saved]
-    unexpected = [k for k in saved if k not in want]
-    shapes, fits = [], {}
-    for key in want:
-        if key not in saved:
-            continue
-        a, b = saved[key], want[key]
-        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
-            shapes.append(f"{key}: saved {tuple(a.shape)}, model {tuple(b.shape)}")
-        else:
-            fits[key] = a
-    problems = []
-    if missing:
-        problems.append(f"'{name}' missing keys (in the model, not saved): {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"'{name}' unexpected keys (saved, not in the model): {', '.join(unexpected)}")
-    if shapes:
-        problems.append(f"'{name}' shape mismatches: {'; '.join(shapes)}")
-    return problems, fits
-
-
 def load_into(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool) -> None:
     """Check everything first, then load: a mismatch leaves every object untouched."""
-    problems, plan = [], []
-    for name, obj in into.items():
-        if not callable(getattr(obj, "load_state_dict", None)):
-            raise TypeError(f"into[{name!r}] is a {type(obj).__name__}, which has no load_state_dict().")
-        if name not in state:
-            problems.append(f"'{name}' is not in the checkpoint (it holds: {', '.join(map(str, state))})")
-            continue
-        if isinstance(obj, nn.Module):
-            found, fits = _module_problems(name, state[name], obj)
-            problems += found
-            plan.append((name, obj, state[name] if strict or not found else fits))
-        else:
-            plan.append((name, obj, state[name]))
-    if problems and strict:
-        raise StateMismatchError(
-            f"{source} does not fit the objects it is loaded into:\n  " + "\n  ".join(problems) +
-            "\nFix: build the objects exactly as when saving, or pass strict=False to load only what matches."
-        )
-    if problems:
-        warnings.warn(f"Loading {source} with strict=False skipped:\n  " + "\n  ".join(problems), stacklevel=3)
-    for name, obj, sub in plan:
-        try:
-            if isinstance(obj, nn.Module):
-                obj.load_state_dict(sub, strict=strict)
-            else:
-                obj.load_state_dict(sub)
-        except (ValueError, KeyError, RuntimeError, TypeError) as e:
-            raise StateMismatchError(f"Loading '{name}' from {source} failed: {e}") from e
+    for name, obj, keys in plan_load(source, state, into, strict=strict, stacklevel=3):
+        load_planned(source, name, obj, state[name], keys, strict=strict)
 
 
 def _run_folder_error(path: Path) -> FormatVersionError:
@@ -171,6 +120,12 @@ def load(
     listed in one :class:`StateMismatchError`. ``strict=False`` loads what matches and warns.
     Tensors come back on the CPU unless ``map_location`` names a device.
 
+    Each tensor is read once, straight into the parameters, buffers and existing optimizer state
+    of ``into`` where it fits (see ``checkpoint/restore.py``); the returned dict's entries for
+    those objects share that memory. A checkpoint found damaged after some of that memory was
+    overwritten raises ``PartiallyRestoredError`` (a ``CheckpointCorruptError``): its ``loaded``
+    objects are half-loaded; load them from another checkpoint or rebuild them.
+
     >>> import tempfile, torch
     >>> from pathlib import Path
     >>> path = save(Path(tempfile.mkdtemp()) / "c", {"opt_step": 7}).path
@@ -182,12 +137,18 @@ def load(
         (path / "run.json").exists() or (path / "checkpoints").is_dir()
     ):
         raise _run_folder_error(path)
-    state, _ = store.read_checkpoint(path, verify=True, map_location=map_location)
-    if into:
-        if not isinstance(state, Mapping):
-            raise StateMismatchError(f"{path} holds a {type(state).__name__}, not a dict to load into objects.")
-        load_into(str(path), state, into, strict=strict)
-    return state
+    if map_location is not None:  # tensors go to a device, then load_state_dict copies them
+        state, _ = store.read_checkpoint(path, verify=True, map_location=map_location)
+        if into:
+            if not isinstance(state, Mapping):
+                raise StateMismatchError(f"{path} holds a {type(state).__name__}, not a dict to load into objects.")
+            load_into(str(path), state, into, strict=strict)
+        return state
+    with CheckpointReader(path) as reader:
+        if reader.keys is not None:
+            return reader.restore_into(into or {}, strict=strict, also=reader.keys)
+        reader.restore_into(into or {})  # raises if into names objects: the saved state is no dict
+        return reader.read()
 
 
 def _find_state_dict(obj: Any, path: Path, key: str | None) -> dict[str, torch.Tensor]:

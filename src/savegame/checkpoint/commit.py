@@ -153,7 +153,10 @@ def persist(
             "format": FORMAT, "version": VERSION, "step": step, "epoch": epoch, "metrics": metrics_to_json(plain),
             "created": time.time(), "savegame_version": savegame_version(),
             "torch_version": torch.__version__, "info": info_tree,
-            "files": {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash}},
+            # tensor_hashes: per-piece hashes, so a restore verifies each tensor as it reads it
+            # (older readers ignore the key; the whole-file hash stays for them and for verify)
+            "files": {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash,
+                                "tensor_hashes": tensor_file.tensor_hashes}},
             "state": snap.tree,
         }
         data = json.dumps(manifest, allow_nan=False, ensure_ascii=False, indent=1).encode("utf-8")
