@@ -192,15 +192,32 @@ def test_stale_temp_folders_are_cleaned_even_when_they_carry_our_own_pid(tmp_pat
     assert sorted(p.name for p in root.iterdir()) == ["step-000003"]
 
 
-def test_the_resume_state_is_released_once_restored(tmp_path):
+def test_the_resume_reads_tensors_straight_into_the_tracked_objects_and_closes_the_checkpoint(tmp_path):
     train(tmp_path, epochs=1)
+    net = torch.nn.Linear(2, 1)
     run = savegame.Run(tmp_path, handle_signals=False)
     with run:
-        weight = weakref.ref(run._resume_state["model"]["weight"])
-        run.track(model=torch.nn.Linear(2, 1), optimizer=torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1))
-        assert weight() is None  # the checkpoint's copy of the weights is gone
+        reader = run._chosen.reader
+        run.track(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+        assert reader._kept == {}  # no copy of the checkpoint's tensors stays beside the model
         list(run.epochs(1))
-        assert run._resume_state is None
+        assert run._chosen.reader is None  # closed when the loop started
+
+
+def test_a_damaged_tensor_found_while_restoring_falls_back_to_the_previous_checkpoint(tmp_path):
+    train(tmp_path, epochs=2, save=savegame.EveryEpochs(1), keep=savegame.KeepAll())  # steps 3 and 6
+    older = {k: v.clone() for k, v in savegame.load(tmp_path / "checkpoints" / "step-000003")["model"].items()}
+    tensors = tmp_path / "checkpoints" / "step-000006" / "tensors.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0xFF  # a flipped byte in the last tensor's data: the header and the manifest are fine
+    tensors.write_bytes(bytes(data))
+    net = torch.nn.Linear(2, 1)
+    with pytest.warns(UserWarning, match="step-000006 is damaged"):
+        with savegame.Run(tmp_path, handle_signals=False) as run:
+            run.track(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
+            assert run.step == 3 and run.resumed_from.step == 3
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in older.items())
+    assert (tmp_path / "checkpoints" / "step-000006.corrupt").is_dir()
 
 
 # -- a preemption inside save(metrics=...) -------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint.layout import CheckpointInfo, metrics_from_json, quarantine
-from .checkpoint.store import read_checkpoint
+from .checkpoint.restore import CheckpointReader
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
 from .folder import RunFolder
 from .runinfo import config_as_json, config_changes, new_run_info
@@ -26,11 +26,13 @@ RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tr
 
 @dataclass
 class Chosen:
-    """The checkpoint to resume from (None: start fresh), its state, and what changes on disk
-    once the run begins: ``superseded`` (an explicit resume's newer checkpoints)."""
+    """The checkpoint to resume from (None: start fresh), the run's own state in it (``_savegame``
+    and ``extras``), the reader that restores the tracked objects from it, and what changes on
+    disk once the run begins: ``superseded`` (an explicit resume's newer checkpoints)."""
 
     checkpoint: CheckpointInfo | None = None
     state: dict[str, Any] | None = None
+    reader: CheckpointReader | None = None
     remaining: list[CheckpointInfo] = field(default_factory=list)  # the checkpoints a resume may use
     superseded: list[CheckpointInfo] = field(default_factory=list)
 
@@ -57,35 +59,52 @@ def choose(run_dir: Path, checkpoints: list[CheckpointInfo], resume: str | int |
     while checkpoints:
         newest = checkpoints[-1]
         try:
-            state, info = _read(newest.path)
+            reader, state, info = _open(newest.path)
         except CheckpointCorruptError as error:
-            moved = quarantine(newest.path)
+            set_aside(newest.path, error)
             checkpoints.pop()
-            warnings.warn(f"checkpoint {newest.path} is damaged ({error}); moved it to {moved} and "
-                          "falling back to the previous one", stacklevel=4)
             continue
-        return Chosen(checkpoint=info, state=state, remaining=checkpoints)
+        return Chosen(checkpoint=info, state=state, reader=reader, remaining=checkpoints)
     return Chosen()
+
+
+def set_aside(path: Path, error: BaseException) -> None:
+    """A damaged checkpoint: rename it ``*.corrupt`` (kept for inspection) and say so."""
+    moved = quarantine(path)
+    warnings.warn(f"checkpoint {path} is damaged ({error}); moved it to {moved} and "
+                  "falling back to the previous one", stacklevel=5)
 
 
 def _explicit(path: Path, checkpoints: list[CheckpointInfo]) -> Chosen:
     """An explicit resume from step S starts a new timeline at S: the folder's checkpoints after
     S belong to the old one; they are renamed ``*.superseded`` once the run begins."""
-    state, info = _read(path)
+    reader, state, info = _open(path)
     newer = [c for c in checkpoints if c.step > info.step]
-    return Chosen(checkpoint=info, state=state, remaining=[c for c in checkpoints if c not in newer],
+    return Chosen(checkpoint=info, state=state, reader=reader, remaining=[c for c in checkpoints if c not in newer],
                   superseded=newer)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], CheckpointInfo]:
-    state, manifest = read_checkpoint(path, verify=True)
-    if RESERVED not in state:
-        raise FormatVersionError(
-            f"{path} was written by savegame.save(), not by a Run; load it with "
-            "savegame.load(path, into={...}) instead of resuming from it")
-    return state, CheckpointInfo(path=path, step=manifest["step"], epoch=manifest["epoch"],
-                                 metrics=metrics_from_json(manifest.get("metrics", {})),
-                                 created=manifest.get("created", 0.0), size=0)
+def _open(path: Path) -> tuple[CheckpointReader, dict[str, Any], CheckpointInfo]:
+    """Open ``path`` for restoring and read the run's own state from it. The tracked objects'
+    tensors are read later, straight into them, by ``reader.restore_into`` (a checkpoint of the
+    older format, with one hash for its whole file, is read and verified whole here)."""
+    if not Path(path).exists():
+        raise CheckpointNotFoundError(f"No checkpoint at {path}: the path does not exist.")
+    reader = CheckpointReader(path)
+    try:
+        keys = reader.keys or []
+        if RESERVED not in keys:
+            raise FormatVersionError(
+                f"{path} was written by savegame.save(), not by a Run; load it with "
+                "savegame.load(path, into={...}) instead of resuming from it")
+        state = reader.read([k for k in (RESERVED, "extras") if k in keys])
+    except BaseException:
+        reader.close()
+        raise
+    manifest = reader.manifest
+    return reader, state, CheckpointInfo(path=Path(path), step=manifest["step"], epoch=manifest["epoch"],
+                                         metrics=metrics_from_json(manifest.get("metrics", {})),
+                                         created=manifest.get("created", 0.0), size=0)
 
 
 def kept_hyperparameters(changes: dict[str, list[Any]], param_groups: Any) -> dict[str, Any]:
@@ -151,23 +170,22 @@ def open_run_info(folder: RunFolder, config: dict[str, Any]) -> tuple[dict[str, 
     return info, changes
 
 
-def restore_object(checkpoint: Path, state: dict[str, Any] | None, name: str, obj: Any, *,
-                   restored: set[str]) -> None:
-    """Load ``state[name]`` into ``obj`` (all mismatches listed) and delete it from ``state``."""
-    from .io import load_into
-
-    if state is None:
+def restore_object(chosen: Chosen, name: str, obj: Any, *, restored: set[str]) -> None:
+    """Load ``name`` from the chosen checkpoint into ``obj`` (all mismatches listed first).
+    Raises :class:`CheckpointCorruptError` (a ``PartiallyRestoredError`` when some of ``obj`` was
+    overwritten already): the caller falls back to the previous checkpoint."""
+    if chosen.reader is None:
         raise RuntimeError(
             f"run.track({name}=...) after the loop started: a resumed run restores tracked objects "
-            "from its checkpoint before the first epochs()/iterate(), and has released that state "
-            "since. Call run.track() before the loop.")
-    if name not in state:
-        saved = sorted({*(k for k in state if k not in (RESERVED, "extras")), *restored})
+            "from its checkpoint before the first epochs()/iterate(), and has released it since. "
+            "Call run.track() before the loop.")
+    saved = [k for k in chosen.reader.keys or [] if k not in (RESERVED, "extras")]
+    if name not in saved:
         raise StateMismatchError(
-            f"checkpoint {checkpoint} has no state for {name!r}; it holds {saved}. Track the same "
-            "objects as the run that saved it, or start a new run folder (or resume='never' in an empty one).")
-    load_into(str(checkpoint), state, {name: obj}, strict=True)
-    del state[name]
+            f"checkpoint {chosen.checkpoint.path} has no state for {name!r}; it holds {sorted(saved)}. Track "
+            "the same objects as the run that saved it, or start a new run folder (or resume='never' in an "
+            "empty one).")
+    chosen.reader.restore_into({name: obj}, strict=True)
 
 
 def note_kept_hyperparameters(info: dict[str, Any], changes: dict[str, list[Any]], name: str, obj: Any,

@@ -33,6 +33,7 @@ from .checkpoint.layout import CheckpointInfo, quarantine
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
+from .errors import CheckpointCorruptError
 from .folder import RunFolder
 from .hooks import Hook, check_hooks
 from .io import object_kind
@@ -44,7 +45,7 @@ from .preflight.budget import PreflightInterrupted
 from .progress import Progress, position
 from .ranking import best_checkpoint, best_record
 from .resumption import (RESERVED, choose, earlier_preflight, note_kept_hyperparameters, open_run_info,
-                         restore_object)
+                         restore_object, set_aside)
 from .runinfo import hparams_from_config
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Run:
         self._restored: set[str] = set()  # tracked objects whose state came from the checkpoint
         self._begun = False
         self._config_changes: dict[str, list[Any]] = {}  # what changed since the last process
-        self._resume_state: dict[str, Any] | None = None
+        self._resume_mode = resume
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = self.folder.lock()
@@ -119,6 +120,9 @@ class Run:
                 self._apply_run_state(self._chosen.checkpoint, self._chosen.state)
             self.folder.write_info(self._info)
         except BaseException:
+            chosen = getattr(self, "_chosen", None)
+            if chosen is not None and chosen.reader is not None:
+                chosen.reader.close()
             self._lock.release()
             raise
         self._guard = PreemptionGuard()
@@ -310,6 +314,9 @@ class Run:
         if stopped:
             status, message = "stopped", self._stop_reason
         self._guard.uninstall()
+        if self._chosen.reader is not None:  # a run that never started its loop
+            self._chosen.reader.close()
+            self._chosen.reader = None
         try:
             if status != "failed":
                 self._begin()  # the block ended cleanly: the resume checked out (a failed one changes no file)
@@ -426,7 +433,7 @@ class Run:
 
     # -- resuming ----------------------------------------------------------------------------
     def _apply_run_state(self, checkpoint: CheckpointInfo, state: dict[str, Any]) -> None:
-        self.resumed_from, self._resume_state = checkpoint, state
+        self.resumed_from = checkpoint
         run_state = state[RESERVED]
         self.progress.load_state_dict(run_state)
         self.extras = dict(state.get("extras") or {})
@@ -435,14 +442,43 @@ class Run:
         self._last_save_epochs_done = self.progress.start_epoch
 
     def _restore(self, name: str, obj: Any) -> None:
-        """Load ``name``'s state from the checkpoint into ``obj``, then drop it from memory (a
-        large model's tensors would otherwise stay alive beside the model for the whole run)."""
+        """Read ``name``'s tensors from the checkpoint straight into ``obj``, verified as they
+        arrive. A damaged checkpoint found here (perhaps after part of ``obj`` was overwritten)
+        is set aside, and every object tracked so far is restored again from the previous one."""
         if name in self._restored:
             raise ValueError(f"run.track({name}=...): {name!r} is tracked already and was restored from "
                              f"{self.resumed_from.path}; track each object once")
-        restore_object(self.resumed_from.path, self._resume_state, name, obj, restored=self._restored)
+        try:
+            restore_object(self._chosen, name, obj, restored=self._restored)
+        except CheckpointCorruptError as error:
+            self._fall_back(error, {**{n: self._objects[n] for n in self._restored}, name: obj})
         self._restored.add(name)
         note_kept_hyperparameters(self._info, self._config_changes, name, obj, self.resumed_from.path)
+
+    def _fall_back(self, error: CheckpointCorruptError, objects: dict[str, Any]) -> None:
+        """The checkpoint being restored is damaged: with resume="auto", set it aside and restore
+        every object from the previous checkpoint (a strict restore overwrites all of their state);
+        else, or with none left, raise: the objects may be half-loaded and must not be trained."""
+        damaged = self._chosen.checkpoint.path
+        self._chosen.reader.close()
+        if self._resume_mode != "auto" or self._begun:
+            raise CheckpointCorruptError(
+                f"{damaged} turned out damaged while restoring {', '.join(objects)} ({error}); they may be "
+                "half-loaded. Start the process again: resume='auto' falls back to an earlier checkpoint.") from error
+        set_aside(damaged, error)
+        earlier = [c for c in self._chosen.remaining if c.path != damaged]
+        self._chosen = choose(self.dir, earlier, "auto")
+        self._saver.checkpoints = self._chosen.remaining
+        if self._chosen.checkpoint is None:
+            raise CheckpointCorruptError(
+                f"{damaged} was the last checkpoint and it is damaged ({error}); {', '.join(objects)} may be "
+                "half-loaded. Nothing on disk was lost; start again (resume='never' in a new folder).") from error
+        self._apply_run_state(self._chosen.checkpoint, self._chosen.state)
+        try:
+            for name, obj in objects.items():
+                restore_object(self._chosen, name, obj, restored=self._restored)
+        except CheckpointCorruptError as again:
+            self._fall_back(again, objects)
 
     def _begin(self) -> None:
         """Start the run for real, once: the first epochs(), iterate(), save(), log(), writer use,
@@ -476,15 +512,16 @@ class Run:
             notice(f"resumed {self.dir} from step {self.step} ({position(self._chosen.state[RESERVED])})")
         if self.config and not self._logs.has_history:
             self.writer.add_hparams(hparams_from_config(self.config), {})
-        self._chosen.state = None  # what a resume still needs is in _resume_state
         self._call("on_start")
         for name, obj in self._objects.items():
             self._call("on_track", name, obj)
 
     def _start_loop(self) -> None:
-        """The loop starts: every object is tracked, so the rest of the resume state can go."""
+        """The loop starts: every object is tracked, so the checkpoint can be closed."""
         self._begin()
-        self._resume_state = None
+        if self._chosen.reader is not None:
+            self._chosen.reader.close()
+            self._chosen.reader = None
 
 
 class _Stopped(Exception):
