@@ -15,7 +15,8 @@ from tb_read import read_scalars
 from tbserver import LOADERS, tensorboard
 
 SCRIPT = Path(__file__).parents[1] / "fixtures" / "train_script.py"
-ARGS = ["--epochs", "4", "--width", "768", "--every", "15"]
+# --sleep: the run must last long enough to be caught between a checkpoint and the next one
+ARGS = ["--epochs", "4", "--width", "768", "--every", "15", "--sleep", "0.02"]
 
 
 def command(run_dir):
