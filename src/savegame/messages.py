@@ -39,9 +39,6 @@ class _Stderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at each message (a progress bar that redirects it, as
     rich's does, then shows the line above the bar instead of through it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property  # type: ignore[override]
     def stream(self):  # noqa: D102
         return sys.stderr

@@ -350,7 +350,7 @@ class Run:
     def best(self) -> CheckpointInfo | None:
         """The best kept checkpoint by the keep policy's metric (None without one), ranked as
         :mod:`savegame.ranking` defines it; ``run.json``'s ``best`` and the CLI name the same one."""
-        metric = _best_metric(self.keep_policy)
+        metric = ranking_of(self.keep_policy)
         return best_checkpoint(self.checkpoints, *metric) if metric is not None else None
 
     # -- saving ------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ class Run:
         saved = self._info.setdefault("saved_steps", [])  # for the report: what the keep policy dropped
         saved[:] = [s for s in saved if s < info.step][-(MAX_SAVED_STEPS - 1):] + [info.step]
         self._last_save_step, self._last_save_time = info.step, time.monotonic()
-        metric = _best_metric(self.keep_policy)
+        metric = ranking_of(self.keep_policy)
         if metric is not None:  # how "best" is ranked, and the best kept checkpoint
             self._info["ranking"] = {"metric": metric[0], "mode": metric[1]}
             self._info["best"] = best_record(self.checkpoints, *metric)
@@ -547,8 +547,3 @@ def _doctor_hook(doctor: Any) -> list[Hook]:
     if not isinstance(doctor, Doctor):
         raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
     return [DoctorHook(doctor)]
-
-
-def _best_metric(policy: Any) -> tuple[str, str] | None:
-    """How the keep policy ranks "best" (``KeepPolicy.ranking()``), or None: it ranks nothing."""
-    return ranking_of(policy)

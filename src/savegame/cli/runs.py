@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint.layout import CheckpointInfo
-from ..folder import RunFolder
+from ..folder import CHECKPOINTS, RunFolder
 from ..runinfo import is_run_dir, read_run_info
 from ._common import RUN_HINT, CliError, folder_arg
-
-CHECKPOINTS = "checkpoints"
 
 
 def run_dir(path: str) -> Path:
