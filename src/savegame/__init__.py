@@ -20,8 +20,8 @@ _EXPORTS = {
                            "KeepAll", "KeepAny", "KeepBest", "KeepEvery", "KeepLast", "Never", "OnImprovement",
                            "When"],
     ".checkpoint.store": ["CheckpointInfo"],
-    ".errors": ["CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError",
-                "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
+    ".errors": ["CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
+                "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
                 "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError"],
     ".io": ["export_weights", "import_weights", "load", "save"],
     ".log.writer": ["SummaryWriter"],
@@ -39,8 +39,8 @@ __all__ = [
     "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
-    "CheckpointCorruptError", "CheckpointNotFoundError", "FormatVersionError", "MetricNotFoundError",
-    "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
+    "CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
+    "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
     "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
 ]
 
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .checkpoint.store import CheckpointInfo
     from .doctor import Diagnosis, Doctor, DoctorWarning, diagnose, load_runs
     from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, LogWriteError,
-                         MetricNotFoundError, MissingDependencyError, NotSerializableError, PreflightFailedError,
+                         MetricNotFoundError, PartiallyRestoredError, MissingDependencyError, NotSerializableError, PreflightFailedError,
                          RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
     from .io import export_weights, import_weights, load, save
     from .log.writer import SummaryWriter

@@ -11,6 +11,8 @@ True
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SavegameError(Exception):
     """Base of every error savegame raises on purpose."""
@@ -22,6 +24,16 @@ class CheckpointNotFoundError(SavegameError, FileNotFoundError):
 
 class CheckpointCorruptError(SavegameError, ValueError):
     """A checkpoint's files are truncated, altered or missing: their hash or size does not match."""
+
+
+class PartiallyRestoredError(CheckpointCorruptError):
+    """The checkpoint turned out damaged (or unreadable) after part of it was read straight into
+    the objects: those named in ``loaded`` are half-loaded and must be restored again from
+    another checkpoint, or rebuilt. ``tensors`` lists the key paths whose memory changed."""
+
+    def __init__(self, message: str, *, path: Path, loaded: tuple[str, ...], tensors: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.path, self.loaded, self.tensors = path, loaded, tensors
 
 
 class FormatVersionError(SavegameError, ValueError):

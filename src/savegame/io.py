@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from savegame.checkpoint import store
-from savegame.checkpoint.restore import CheckpointReader, load_planned, plan_load
-from savegame.checkpoint.safetensors_io import read_tensors, write_tensors
+from savegame.checkpoint.restore import CheckpointReader
+from savegame.checkpoint.restore_plan import load_planned, plan_load
+from savegame.checkpoint.tensor_read import read_tensors
+from savegame.checkpoint.tensor_write import write_tensors
 from savegame.errors import CheckpointCorruptError, FormatVersionError, StateMismatchError
 
 __all__ = ["save", "load", "import_weights", "export_weights"]

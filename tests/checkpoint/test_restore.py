@@ -12,7 +12,7 @@ import xxhash
 from torch import nn
 
 from savegame.checkpoint import restore as restore_module
-from savegame.checkpoint import safetensors_io
+from savegame.checkpoint import tensor_read
 from savegame.checkpoint.restore import CheckpointReader, PartiallyRestoredError, restore_into
 from savegame.checkpoint.safetensors_io import TensorFile, hash_tensors
 from savegame.checkpoint.store import (COMMIT, MANIFEST, TENSORS, read_checkpoint, verify_checkpoint,
@@ -160,8 +160,8 @@ def test_tensors_are_read_straight_into_parameters_buffers_and_existing_optimize
     memory = {name: t.data_ptr() for name, t in model.state_dict().items()}
     state_tensors = {(id(p), key): t for p, s in opt.state.items() for key, t in s.items()}
     fresh = []
-    real_empty = safetensors_io._empty
-    monkeypatch.setattr(safetensors_io, "_empty", lambda shape, dtype: fresh.append(shape) or real_empty(shape, dtype))
+    real_empty = tensor_read._empty
+    monkeypatch.setattr(tensor_read, "_empty", lambda shape, dtype: fresh.append(shape) or real_empty(shape, dtype))
     restore_into(saved, objects)
     assert {name: t.data_ptr() for name, t in model.state_dict().items()} == memory
     assert {(id(p), key): t for p, s in opt.state.items() for key, t in s.items()} == state_tensors  # same objects
@@ -389,9 +389,9 @@ def test_states_that_are_not_dicts_load_whole_and_refuse_objects(tmp_path):
 
 
 def test_parallel_readers_restore_the_same_bits(saved, monkeypatch):
-    monkeypatch.setattr(safetensors_io, "_PARALLEL", 0)
-    monkeypatch.setattr(safetensors_io, "_READ_CHUNK", 200)
-    monkeypatch.setattr(safetensors_io, "_READERS", 3)
+    monkeypatch.setattr(tensor_read, "_PARALLEL", 0)
+    monkeypatch.setattr(tensor_read, "_READ_CHUNK", 200)
+    monkeypatch.setattr(tensor_read, "_READERS", 3)
     for kind in FORMATS:
         set_format(saved, kind)
         old, new = build(1, steps=1), build(2, steps=1)

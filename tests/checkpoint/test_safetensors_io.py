@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from savegame.checkpoint import safetensors_io
+from savegame.checkpoint import tensor_read, tensor_write
 from savegame.checkpoint.codec import SAFETENSORS_DTYPES
 from savegame.checkpoint.safetensors_io import FileInfo, hash_file, read_header, read_tensors, write_tensors
 from savegame.errors import CheckpointCorruptError, FormatVersionError
@@ -56,8 +56,8 @@ def test_library_files_load_with_our_reader(tmp_path, tensors):
 
 
 def test_large_tensors_round_trip_across_chunks_and_huge_pages(tmp_path, monkeypatch):
-    monkeypatch.setattr(safetensors_io, "_CHUNK", 1 << 20)  # many write chunks
-    monkeypatch.setattr(safetensors_io, "_READ_CHUNK", 3 << 20)  # uneven read chunks
+    monkeypatch.setattr(tensor_write, "_CHUNK", 1 << 20)  # many write chunks
+    monkeypatch.setattr(tensor_read, "_READ_CHUNK", 3 << 20)  # uneven read chunks
     big = {"a": torch.randn(5 << 20), "b": torch.randint(0, 9, (3 << 20,), dtype=torch.int16), "c": torch.ones(1)}
     path = tmp_path / "big.safetensors"
     info = write_tensors(path, big)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from savegame.checkpoint import safetensors_io
+from savegame.checkpoint import tensor_read, tensor_write
 from savegame.checkpoint.safetensors_io import FileInfo, TensorFile, hash_file, hash_tensors, write_tensors
 from savegame.errors import CheckpointCorruptError
 
@@ -17,10 +17,10 @@ MODES = ["pieces", "file-hash"]
 @pytest.fixture
 def small_units(monkeypatch):
     """Pieces, chunks and the parallel threshold shrunk so tiny files exercise every path."""
-    monkeypatch.setattr(safetensors_io, "_CHUNK", 1024)  # write: a piece hash per KiB of each tensor
-    monkeypatch.setattr(safetensors_io, "_READ_CHUNK", 700)  # read: chunks straddle pieces
-    monkeypatch.setattr(safetensors_io, "_PARALLEL", 0)
-    monkeypatch.setattr(safetensors_io, "_READERS", 3)
+    monkeypatch.setattr(tensor_write, "_CHUNK", 1024)  # write: a piece hash per KiB of each tensor
+    monkeypatch.setattr(tensor_read, "_READ_CHUNK", 700)  # read: chunks straddle pieces
+    monkeypatch.setattr(tensor_read, "_PARALLEL", 0)
+    monkeypatch.setattr(tensor_read, "_READERS", 3)
 
 
 @pytest.fixture
@@ -54,8 +54,8 @@ def test_written_piece_hashes_are_what_hash_tensors_finds_and_the_info_equals_ha
 @pytest.mark.parametrize("readers", [1, 3])
 def test_reads_into_given_and_fresh_tensors_give_the_safetensors_librarys_bits(tmp_path, tensors, small_units,
                                                                               monkeypatch, mode, readers):
-    monkeypatch.setattr(safetensors_io, "_READERS", readers)
-    monkeypatch.setattr(safetensors_io, "_MAX_IOV", 4)  # many small tensors: several chunks
+    monkeypatch.setattr(tensor_read, "_READERS", readers)
+    monkeypatch.setattr(tensor_read, "_MAX_IOV", 4)  # many small tensors: several chunks
     path = tmp_path / "t.safetensors"
     info = write_tensors(path, tensors)
     mine = {"big": torch.zeros(3000), "bias3": torch.zeros(5), "flags": torch.zeros(33, dtype=torch.bool)}
@@ -74,7 +74,7 @@ def test_reads_into_given_and_fresh_tensors_give_the_safetensors_librarys_bits(t
 @pytest.mark.parametrize("readers", [1, 3])
 def test_a_damaged_piece_names_its_tensor_and_the_given_memory_it_reached(tmp_path, tensors, small_units,
                                                                          monkeypatch, readers):
-    monkeypatch.setattr(safetensors_io, "_READERS", readers)
+    monkeypatch.setattr(tensor_read, "_READERS", readers)
     path = tmp_path / "t.safetensors"
     info = write_tensors(path, tensors)
     data = bytearray(path.read_bytes())
@@ -93,7 +93,7 @@ def test_a_damaged_piece_names_its_tensor_and_the_given_memory_it_reached(tmp_pa
 @pytest.mark.parametrize("readers", [1, 3])
 def test_a_damaged_file_with_only_its_hash_is_found_once_read_whole(tmp_path, tensors, small_units, monkeypatch,
                                                                    readers):
-    monkeypatch.setattr(safetensors_io, "_READERS", readers)
+    monkeypatch.setattr(tensor_read, "_READERS", readers)
     path = tmp_path / "t.safetensors"
     info = write_tensors(path, tensors)
     data = bytearray(path.read_bytes())
@@ -141,10 +141,10 @@ def test_short_reads_are_resumed_and_a_file_that_shrinks_is_truncated(tmp_path, 
     def stingy(fd, buffers, offset):  # the kernel may return fewer bytes than asked
         return real(fd, [memoryview(buffers[0])[:7]], offset)
 
-    monkeypatch.setattr(safetensors_io.os, "preadv", stingy)
+    monkeypatch.setattr(tensor_read.os, "preadv", stingy)
     with open_file(path, info, "pieces") as f:
         assert all(same(t, tensors[name]) for name, t in f.read(dict.fromkeys(f.names)).items())
-    monkeypatch.setattr(safetensors_io.os, "preadv", lambda fd, buffers, offset: 0)
+    monkeypatch.setattr(tensor_read.os, "preadv", lambda fd, buffers, offset: 0)
     with open_file(path, info, "pieces") as f, pytest.raises(CheckpointCorruptError, match="truncated"):
         f.read({"big": None})
 

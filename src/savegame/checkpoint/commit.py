@@ -29,7 +29,7 @@ import xxhash
 from savegame.checkpoint import codec
 from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, VERSION, CheckpointInfo, FileInfo,
                                         fsync_dir, is_committed, metrics_to_json, savegame_version)
-from savegame.checkpoint.safetensors_io import write_tensors
+from savegame.checkpoint.tensor_write import write_tensors
 from savegame.errors import SaveFailedError
 
 _DISK_PROBLEMS = {

@@ -26,7 +26,9 @@ from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, SET_ASIDE, TEN
                                         FileInfo, checkpoint_dirname, delete_checkpoint, is_committed,
                                         list_checkpoints, metrics_from_json, metrics_to_json, quarantine,
                                         read_manifest, remove_stale_temps)
-from savegame.checkpoint.safetensors_io import hash_file, read_header, read_tensors
+from savegame.checkpoint.tensor_format import read_header
+from savegame.checkpoint.tensor_hash import hash_file
+from savegame.checkpoint.tensor_read import read_tensors
 from savegame.errors import CheckpointCorruptError
 
 __all__ = [
