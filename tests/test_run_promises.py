@@ -197,11 +197,11 @@ def test_the_resume_reads_tensors_straight_into_the_tracked_objects_and_closes_t
     net = torch.nn.Linear(2, 1)
     run = savegame.Run(tmp_path, handle_signals=False)
     with run:
-        reader = run._chosen.reader
+        reader = run._resumption.chosen.reader
         run.track(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
         assert reader._kept == {}  # no copy of the checkpoint's tensors stays beside the model
         list(run.epochs(1))
-        assert run._chosen.reader is None  # closed when the loop started
+        assert run._resumption.chosen.reader is None  # closed when the loop started
 
 
 def test_a_damaged_tensor_found_while_restoring_falls_back_to_the_previous_checkpoint(tmp_path):

@@ -28,6 +28,7 @@ from .lock import RunLock
 from .runinfo import RUN_FILE, read_run_info, write_run_info
 
 CHECKPOINTS = "checkpoints"
+MAX_SAVED_STEPS = 10_000  # run.json lists at most this many saved steps (the newest)
 
 
 class RunFolder:
@@ -52,6 +53,25 @@ class RunFolder:
     def write_info(self, info: dict[str, Any]) -> None:
         """Replace ``run.json`` atomically (temp file, fsync, rename)."""
         write_run_info(self.path, info)
+
+    def record_save(self, info: dict[str, Any], step: int, checkpoints: Sequence[CheckpointInfo],
+                    ranks_by: tuple[str, str] | None) -> None:
+        """A checkpoint of ``step`` committed (and retention ran): note it in ``info``'s
+        ``saved_steps`` (the report shows what the keep policy dropped), record how "best" ranks
+        and the best kept checkpoint, and write ``run.json``.
+
+        >>> import tempfile
+        >>> folder, info = RunFolder(tempfile.mkdtemp()), {"saved_steps": [5, 10]}
+        >>> folder.record_save(info, 7, [], ("loss", "min"))  # a resume from step 5 saved 7
+        >>> info["saved_steps"], info["ranking"]
+        ([5, 7], {'metric': 'loss', 'mode': 'min'})
+        """
+        saved = info.setdefault("saved_steps", [])
+        saved[:] = [s for s in saved if s < step][-(MAX_SAVED_STEPS - 1):] + [step]
+        if ranks_by is not None:
+            info["ranking"] = {"metric": ranks_by[0], "mode": ranks_by[1]}
+            info["best"] = ranking.best_record(checkpoints, *ranks_by)
+        self.write_info(info)
 
     def lock(self) -> RunLock:
         """The folder's lock (one writing process per run); call ``acquire()`` on it."""

@@ -68,6 +68,77 @@ def choose(run_dir: Path, checkpoints: list[CheckpointInfo], resume: str | int |
     return Chosen()
 
 
+class Resumption:
+    """The resume side of a Run: the chosen checkpoint, the tracked objects restored from it so
+    far, and the fall-back past a checkpoint that turns out damaged while restoring.
+
+    >>> import tempfile
+    >>> resumption = Resumption(Path(tempfile.mkdtemp()), [], "auto")
+    >>> resumption.chosen.checkpoint is None, resumption.restored
+    (True, set())
+    """
+
+    def __init__(self, run_dir: Path, checkpoints: list[CheckpointInfo], mode: str | int | Path) -> None:
+        self.run_dir, self.mode = run_dir, mode
+        self.chosen = choose(run_dir, checkpoints, mode)
+        self.restored: set[str] = set()  # tracked objects whose state came from the checkpoint
+
+    def restore(self, name: str, obj: Any, tracked: dict[str, Any], *, may_fall_back: bool) -> bool:
+        """Read ``name``'s tensors from the checkpoint straight into ``obj``, verified as they
+        arrive. A damaged checkpoint found here (perhaps after part of ``obj`` was overwritten)
+        is set aside and every object restored so far (``tracked``) is restored again from the
+        previous one. Returns True when that happened: the run's own state must be read again
+        from ``chosen``."""
+        if name in self.restored:
+            raise ValueError(f"run.track({name}=...): {name!r} is tracked already and was restored from "
+                             f"{self.chosen.checkpoint.path}; track each object once")
+        fell_back = False
+        try:
+            restore_object(self.chosen, name, obj, restored=self.restored)
+        except CheckpointCorruptError as error:
+            self._fall_back(error, {**{n: tracked[n] for n in self.restored}, name: obj}, may_fall_back)
+            fell_back = True
+        self.restored.add(name)
+        return fell_back
+
+    def _fall_back(self, error: CheckpointCorruptError, objects: dict[str, Any], may_fall_back: bool) -> None:
+        """With resume="auto" (before the run began), set the damaged checkpoint aside and restore
+        every object from the previous one (a strict restore overwrites all of their state);
+        else, or with none left, raise: the objects may be half-loaded and must not be trained."""
+        damaged = self.chosen.checkpoint.path
+        self.close()
+        if self.mode != "auto" or not may_fall_back:
+            raise CheckpointCorruptError(
+                f"{damaged} turned out damaged while restoring {', '.join(objects)} ({error}); they may be "
+                "half-loaded. Start the process again: resume='auto' falls back to an earlier checkpoint.") from error
+        set_aside(damaged, error)
+        self.chosen = choose(self.run_dir, [c for c in self.chosen.remaining if c.path != damaged], "auto")
+        if self.chosen.checkpoint is None:
+            raise CheckpointCorruptError(
+                f"{damaged} was the last checkpoint and it is damaged ({error}); {', '.join(objects)} may be "
+                "half-loaded. Nothing on disk was lost; start again (resume='never' in a new folder).") from error
+        try:
+            for tracked_name, obj in objects.items():
+                restore_object(self.chosen, tracked_name, obj, restored=self.restored)
+        except CheckpointCorruptError as again:
+            self._fall_back(again, objects, may_fall_back)
+
+    def close(self) -> None:
+        """Release the checkpoint (the loop started: every object is tracked)."""
+        if self.chosen.reader is not None:
+            self.chosen.reader.close()
+            self.chosen.reader = None
+
+
+def check_resume_argument(resume: Any) -> None:
+    """``Run(resume=...)`` takes "auto", "never", a step number or a checkpoint path."""
+    if resume in ("auto", "never") or isinstance(resume, (Path, int)) and not isinstance(resume, bool):
+        return
+    if isinstance(resume, str) and resume:
+        return  # a checkpoint path given as a string
+    raise ValueError(f"resume must be 'auto', 'never', a step number or a checkpoint path, but got {resume!r}")
+
+
 def set_aside(path: Path, error: BaseException) -> None:
     """A damaged checkpoint: rename it ``*.corrupt`` (kept for inspection) and say so."""
     moved = quarantine(path)

@@ -26,14 +26,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .checkpoint.layout import CheckpointInfo, quarantine
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
-from .errors import CheckpointCorruptError
 from .folder import RunFolder
 from .hooks import Hook, check_hooks
 from .io import object_kind
@@ -43,16 +41,15 @@ from .messages import notice, rerun_command
 from .preemption import PreemptionGuard
 from .preflight.budget import PreflightInterrupted
 from .progress import Progress, position
-from .ranking import best_checkpoint, best_record
-from .resumption import (RESERVED, choose, earlier_preflight, note_kept_hyperparameters, open_run_info,
-                         restore_object, set_aside)
+from .save_timing import NO_METRICS, SaveTiming
+from .ranking import best_checkpoint
+from .resumption import (RESERVED, Resumption, check_resume_argument, earlier_preflight,
+                         note_kept_hyperparameters, open_run_info)
 from .runinfo import hparams_from_config
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis, Doctor
 
-_NO_METRICS: Mapping[str, float] = MappingProxyType({})
-MAX_SAVED_STEPS = 10_000  # run.json lists at most this many saved steps (the newest)
 
 
 class Run:
@@ -82,27 +79,21 @@ class Run:
                  save: SavePolicy | None = None, keep: KeepPolicy | None = None,
                  resume: str | int | Path = "auto", handle_signals: bool = True,
                  doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = ()) -> None:
-        _check_resume_argument(resume)
+        check_resume_argument(resume)
         self.dir = Path(dir)
         self.folder = RunFolder(self.dir)
         self.config = dict(config or {})
-        self.save_policy = save if save is not None else Always()
+        self.saves = SaveTiming(save if save is not None else Always())
         self.keep_policy = keep if keep is not None else Keep(last=3)
-        self.hooks: list[Hook] = check_hooks(hooks) + _doctor_hook(doctor)
+        self.hooks: list[Hook] = check_hooks(hooks) + _doctor_hooks(doctor)
         self.extras: dict[str, Any] = {}  # the user's own resumable values, saved with each checkpoint
         self.progress = Progress()
         self.resumed_from: CheckpointInfo | None = None
         self._objects: dict[str, Any] = {}
-        self._last_save_step: int | None = None
-        self._last_save_epochs_done: int | None = None
-        self._last_save_time: float | None = None
         self._finished = False
         self._stop_reason: str | None = None  # request_stop(): end the loops, mark "stopped"
         self._stop_saves = False  # whether the stop saves the current state (not a diverged one)
-        self._restored: set[str] = set()  # tracked objects whose state came from the checkpoint
         self._begun = False
-        self._config_changes: dict[str, list[Any]] = {}  # what changed since the last process
-        self._resume_mode = resume
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = self.folder.lock()
@@ -114,15 +105,12 @@ class Run:
             self.folder.clean_temps(include_live=True)
             self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed)
             self._info, self._config_changes = open_run_info(self.folder, self.config)
-            self._chosen = choose(self.dir, self._saver.checkpoints, resume)
-            self._saver.checkpoints = self._chosen.remaining
-            if self._chosen.checkpoint is not None:
-                self._apply_run_state(self._chosen.checkpoint, self._chosen.state)
+            self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
+            self._apply_run_state()
             self.folder.write_info(self._info)
         except BaseException:
-            chosen = getattr(self, "_chosen", None)
-            if chosen is not None and chosen.reader is not None:
-                chosen.reader.close()
+            if getattr(self, "_resumption", None) is not None:
+                self._resumption.close()
             self._lock.release()
             raise
         self._guard = PreemptionGuard()
@@ -297,9 +285,9 @@ class Run:
         A preemption (SIGTERM, Ctrl-C) that arrived during the step saves here, with these metrics.
         """
         self._begin()
-        context = self._context(plain_metrics(metrics) if metrics else _NO_METRICS)
+        context = self.saves.context(self.progress, plain_metrics(metrics) if metrics else NO_METRICS)
         preempted = self._guard.requested
-        decided = self.save_policy.should_save(context) or force or self._stop_saves
+        decided = self.saves.policy.should_save(context) or force or self._stop_saves
         info = self._write(context) if decided or (preempted and self._saved_this_step() is None) else None
         if preempted:
             self._check_preemption()  # the step is saved now, with its metrics: exit
@@ -314,9 +302,7 @@ class Run:
         if stopped:
             status, message = "stopped", self._stop_reason
         self._guard.uninstall()
-        if self._chosen.reader is not None:  # a run that never started its loop
-            self._chosen.reader.close()
-            self._chosen.reader = None
+        self._resumption.close()  # a run that never started its loop still holds the checkpoint
         try:
             if status != "failed":
                 self._begin()  # the block ended cleanly: the resume checked out (a failed one changes no file)
@@ -355,15 +341,11 @@ class Run:
 
     # -- saving ------------------------------------------------------------------------------
     def _write(self, context: SaveContext) -> CheckpointInfo:
-        # The save policy hears of the save before its state is stored with it (OnImprovement's
-        # best is this value now); if the write fails, the policy goes back to where it was.
-        before = self.save_policy.state_dict()
-        self.save_policy.saved(context)
-        try:
+        with self.saves.saving(context):
             state = {name: obj.state_dict() for name, obj in self._objects.items()}
             state["extras"] = self.extras
             state[RESERVED] = {**self.progress.state_dict(), "config": self.config,
-                               "save_policy": self.save_policy.state_dict(), "log": self._logs.state_dict()}
+                               "save_policy": self.saves.policy.state_dict(), "log": self._logs.state_dict()}
             objects = {name: {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "kind": object_kind(obj)}
                        for name, obj in self._objects.items()}
             # The checkpoint this process resumed from is protected only until a newer one has
@@ -373,22 +355,12 @@ class Run:
             self._saver.protected = {resumed.step} if resumed is not None and self.step <= resumed.step else set()
             handle = self._saver.save(state, step=self.step, epoch=self.epoch, metrics=context.metrics,
                                       info={"objects": objects})
-        except BaseException:
-            self.save_policy.load_state_dict(before)
-            raise
-        self._last_save_epochs_done = context.epochs_done
         return handle.result()
 
     def _committed(self, info: CheckpointInfo) -> None:
         """The checkpointer committed ``info`` and applied retention: record it in run.json."""
-        saved = self._info.setdefault("saved_steps", [])  # for the report: what the keep policy dropped
-        saved[:] = [s for s in saved if s < info.step][-(MAX_SAVED_STEPS - 1):] + [info.step]
-        self._last_save_step, self._last_save_time = info.step, time.monotonic()
-        metric = ranking_of(self.keep_policy)
-        if metric is not None:  # how "best" is ranked, and the best kept checkpoint
-            self._info["ranking"] = {"metric": metric[0], "mode": metric[1]}
-            self._info["best"] = best_record(self.checkpoints, *metric)
-        self.folder.write_info(self._info)
+        self.saves.committed(info.step)
+        self.folder.record_save(self._info, info.step, self.checkpoints, ranking_of(self.keep_policy))
         self._call("on_save", info)
 
     def _before_batch(self) -> None:
@@ -399,19 +371,14 @@ class Run:
     def _stop_now(self) -> None:
         """A stop was requested: save this step (unless saved already, or asked not to) and say why."""
         if self._stop_saves and self._saved_this_step() is None:
-            self._write(self._context())
+            self._write(self.saves.context(self.progress))
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
         self.folder.write_info(self._info)
-
-    def _context(self, metrics: Mapping[str, float] = _NO_METRICS) -> SaveContext:
-        return SaveContext(step=self.step, epoch=self.epoch, epochs_done=self.progress.epochs_done(),
-                           now=time.monotonic(), metrics=metrics, last_save_step=self._last_save_step,
-                           last_save_epochs_done=self._last_save_epochs_done, last_save_time=self._last_save_time)
 
     def _saved_this_step(self) -> CheckpointInfo | None:
         """The checkpoint of the current step if this process already saved it, else None."""
         newest = self.checkpoints[-1] if self.checkpoints else None
-        if newest is not None and newest.step == self.step and self._last_save_step == self.step:
+        if newest is not None and newest.step == self.step and self.saves.last_step == self.step:
             return newest
         return None
 
@@ -419,7 +386,7 @@ class Run:
         if not self._guard.requested:
             return
         signal_name = self._guard.signal_name
-        info = self._saved_this_step() or self._write(self._context())
+        info = self._saved_this_step() or self._write(self.saves.context(self.progress))
         message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
                    f"{info.path}. To resume, run the same command again: {rerun_command()}")
         self._info["status"], self._info["message"] = "preempted", message
@@ -432,53 +399,23 @@ class Run:
             getattr(hook, method)(self, *args, **kwargs)
 
     # -- resuming ----------------------------------------------------------------------------
-    def _apply_run_state(self, checkpoint: CheckpointInfo, state: dict[str, Any]) -> None:
-        self.resumed_from = checkpoint
-        run_state = state[RESERVED]
+    def _apply_run_state(self) -> None:
+        """The run's own state in the chosen checkpoint: steps, epochs, loader positions, extras,
+        the save policy's memory (nothing when starting fresh)."""
+        chosen = self._resumption.chosen
+        self._saver.checkpoints = chosen.remaining
+        self.resumed_from = chosen.checkpoint
+        if chosen.checkpoint is None:
+            return
+        run_state = chosen.state[RESERVED]
         self.progress.load_state_dict(run_state)
-        self.extras = dict(state.get("extras") or {})
-        self.save_policy.load_state_dict(run_state.get("save_policy") or {})
-        self._last_save_step = self.step
-        self._last_save_epochs_done = self.progress.start_epoch
+        self.extras = dict(chosen.state.get("extras") or {})
+        self.saves.resumed(self.progress, run_state.get("save_policy") or {})
 
     def _restore(self, name: str, obj: Any) -> None:
-        """Read ``name``'s tensors from the checkpoint straight into ``obj``, verified as they
-        arrive. A damaged checkpoint found here (perhaps after part of ``obj`` was overwritten)
-        is set aside, and every object tracked so far is restored again from the previous one."""
-        if name in self._restored:
-            raise ValueError(f"run.track({name}=...): {name!r} is tracked already and was restored from "
-                             f"{self.resumed_from.path}; track each object once")
-        try:
-            restore_object(self._chosen, name, obj, restored=self._restored)
-        except CheckpointCorruptError as error:
-            self._fall_back(error, {**{n: self._objects[n] for n in self._restored}, name: obj})
-        self._restored.add(name)
+        if self._resumption.restore(name, obj, self._objects, may_fall_back=not self._begun):
+            self._apply_run_state()  # it fell back to an earlier checkpoint
         note_kept_hyperparameters(self._info, self._config_changes, name, obj, self.resumed_from.path)
-
-    def _fall_back(self, error: CheckpointCorruptError, objects: dict[str, Any]) -> None:
-        """The checkpoint being restored is damaged: with resume="auto", set it aside and restore
-        every object from the previous checkpoint (a strict restore overwrites all of their state);
-        else, or with none left, raise: the objects may be half-loaded and must not be trained."""
-        damaged = self._chosen.checkpoint.path
-        self._chosen.reader.close()
-        if self._resume_mode != "auto" or self._begun:
-            raise CheckpointCorruptError(
-                f"{damaged} turned out damaged while restoring {', '.join(objects)} ({error}); they may be "
-                "half-loaded. Start the process again: resume='auto' falls back to an earlier checkpoint.") from error
-        set_aside(damaged, error)
-        earlier = [c for c in self._chosen.remaining if c.path != damaged]
-        self._chosen = choose(self.dir, earlier, "auto")
-        self._saver.checkpoints = self._chosen.remaining
-        if self._chosen.checkpoint is None:
-            raise CheckpointCorruptError(
-                f"{damaged} was the last checkpoint and it is damaged ({error}); {', '.join(objects)} may be "
-                "half-loaded. Nothing on disk was lost; start again (resume='never' in a new folder).") from error
-        self._apply_run_state(self._chosen.checkpoint, self._chosen.state)
-        try:
-            for name, obj in objects.items():
-                restore_object(self._chosen, name, obj, restored=self._restored)
-        except CheckpointCorruptError as again:
-            self._fall_back(again, objects)
 
     def _begin(self) -> None:
         """Start the run for real, once: the first epochs(), iterate(), save(), log(), writer use,
@@ -490,8 +427,8 @@ class Run:
         if self._begun:
             return
         self._begun = True
-        resumed = self.resumed_from
-        superseded = self._chosen.superseded
+        resumed, chosen = self.resumed_from, self._resumption.chosen
+        superseded = chosen.superseded
         for checkpoint in superseded:
             quarantine(checkpoint.path, "superseded")
         if superseded:
@@ -500,7 +437,7 @@ class Run:
                           "kept, but no longer resumed from", stacklevel=4)
         # A checkpoint in another folder (resume=path) records that folder's event files, not ours.
         own = resumed is not None and resumed.path.resolve().parent.parent == self.dir.resolve()
-        saved_log = (self._chosen.state[RESERVED].get("log") or {}) if own else {}
+        saved_log = (chosen.state[RESERVED].get("log") or {}) if own else {}
         self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
                             epoch_finished=self.progress.start_epoch > self.epoch)
         if resumed is not None:
@@ -509,7 +446,7 @@ class Run:
             if self._config_changes:
                 self._info["config_history"][-1]["step"] = self.step
             self.folder.write_info(self._info)
-            notice(f"resumed {self.dir} from step {self.step} ({position(self._chosen.state[RESERVED])})")
+            notice(f"resumed {self.dir} from step {self.step} ({position(chosen.state[RESERVED])})")
         if self.config and not self._logs.has_history:
             self.writer.add_hparams(hparams_from_config(self.config), {})
         self._call("on_start")
@@ -519,31 +456,16 @@ class Run:
     def _start_loop(self) -> None:
         """The loop starts: every object is tracked, so the checkpoint can be closed."""
         self._begin()
-        if self._chosen.reader is not None:
-            self._chosen.reader.close()
-            self._chosen.reader = None
+        self._resumption.close()
 
 
 class _Stopped(Exception):
     """Raised before a batch is fetched once the run was asked to stop."""
 
 
-def _check_resume_argument(resume: Any) -> None:
-    if resume in ("auto", "never") or isinstance(resume, (Path, int)) and not isinstance(resume, bool):
-        return
-    if isinstance(resume, str) and resume:
-        return  # a checkpoint path given as a string
-    raise ValueError(f"resume must be 'auto', 'never', a step number or a checkpoint path, but got {resume!r}")
-
-
-def _doctor_hook(doctor: Any) -> list[Hook]:
+def _doctor_hooks(doctor: Any) -> list[Hook]:
     if doctor is False or doctor is None:
         return []
-    from .doctor.hook import DoctorHook
-    from .doctor.live import Doctor
+    from .doctor.hook import doctor_hooks  # the doctor's modules load only for runs that use it
 
-    if doctor is True:
-        doctor = Doctor()
-    if not isinstance(doctor, Doctor):
-        raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
-    return [DoctorHook(doctor)]
+    return doctor_hooks(doctor)

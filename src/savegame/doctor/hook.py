@@ -78,3 +78,14 @@ class DoctorHook(Hook):
 
         self.signals = Signals(model, optimizer, every=self.config.every, step=lambda: run.step,
                                log=lambda values, step: run.log(values, step=step))
+
+
+def doctor_hooks(doctor: Any) -> list[Hook]:
+    """``Run(doctor=...)`` as hooks: a ``DoctorHook`` for True or a ``Doctor``, none for False."""
+    if doctor is False or doctor is None:
+        return []
+    if doctor is True:
+        doctor = Doctor()
+    if not isinstance(doctor, Doctor):
+        raise TypeError(f"Run(doctor=...) takes True, False or a savegame.Doctor(...), but got {doctor!r}")
+    return [DoctorHook(doctor)]
