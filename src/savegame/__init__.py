@@ -69,8 +69,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .checkpoint.store import CheckpointInfo
     from .doctor import Diagnosis, Doctor, DoctorWarning, diagnose, load_runs
     from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, LogWriteError,
-                         MetricNotFoundError, PartiallyRestoredError, MissingDependencyError, NotSerializableError, PreflightFailedError,
-                         RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
+                         MetricNotFoundError, MissingDependencyError, NotSerializableError, PartiallyRestoredError,
+                         PreflightFailedError, RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
     from .io import export_weights, import_weights, load, save
     from .log.writer import SummaryWriter
     from .preflight import PreflightReport

@@ -12,20 +12,39 @@ half of either, and a crash keeps one of them.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def replace_file(path: str | os.PathLike, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8) atomically and durably."""
-    path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as temp:
         with open(temp, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Write the new file to the path this yields (and fsync it); when the block ends, it replaces
+    ``path`` and the rename is made durable. If the block raises, ``path`` is untouched and the
+    temp file is gone. For files written by a writer of their own (an exported safetensors file).
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.bin"
+    >>> with replacing(path) as temp:
+    ...     _ = temp.write_bytes(b"weights")
+    >>> path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+    (b'weights', ['model.bin'])
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield temp
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

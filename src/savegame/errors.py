@@ -84,3 +84,13 @@ class PreflightFailedError(SavegameError, RuntimeError):
     def __init__(self, report) -> None:
         super().__init__(f"{report}\nFix the failing checks, or pass continue_on_failure=True to train anyway.")
         self.report = report
+
+
+class PreflightInterrupted(KeyboardInterrupt):  # not a SavegameError: Ctrl-C, by its nature
+    """Ctrl-C during preflight: it stopped between two steps of a check. Preflight works on copies
+    and restores every random generator, so the model, the optimizer and the random state are as
+    they were before the call. A ``KeyboardInterrupt``: ``except KeyboardInterrupt`` catches it."""
+
+    def __init__(self, message: str = "Ctrl-C during preflight", check: str | None = None) -> None:
+        super().__init__(message)
+        self.check = check

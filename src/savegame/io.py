@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from savegame.atomic import replacing
 from savegame.checkpoint import store
 from savegame.checkpoint.restore import CheckpointReader
 from savegame.checkpoint.restore_plan import load_planned, plan_load
@@ -257,12 +258,7 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     skipped = [k for k in state[key] if k not in weights]
     if skipped:
         warnings.warn(f"export_weights: {skipped} under {key!r} are not tensors and were left out.", stacklevel=2)
-    temp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
     metadata = {"format": "pt", "source": str(checkpoint_path), "key": key, "step": str(manifest["step"])}
-    try:
+    with replacing(out_path) as temp:  # readers never see a half-written export
         write_tensors(temp, weights, metadata=metadata)
-        os.replace(temp, out_path)  # readers never see a half-written export
-    finally:
-        if temp.exists():
-            temp.unlink()
     return out_path

@@ -123,6 +123,17 @@ class Resumption:
         except CheckpointCorruptError as again:
             self._fall_back(again, objects, may_fall_back)
 
+    def supersede(self) -> None:
+        """The run begins from an explicit resume: rename the folder's newer checkpoints
+        ``*.superseded`` (kept, never resumed from again) and say so."""
+        superseded = self.chosen.superseded
+        for checkpoint in superseded:
+            quarantine(checkpoint.path, "superseded")
+        if superseded:
+            warnings.warn(f"resuming {self.run_dir} from step {self.chosen.checkpoint.step}: its later checkpoints "
+                          f"(steps {[c.step for c in superseded]}) are renamed *.superseded; they are "
+                          "kept, but no longer resumed from", stacklevel=5)
+
     def close(self) -> None:
         """Release the checkpoint (the loop started: every object is tracked)."""
         if self.chosen.reader is not None:
@@ -190,26 +201,6 @@ def kept_hyperparameters(changes: dict[str, list[Any]], param_groups: Any) -> di
         if used and any(u != new for u in used):
             kept[key] = used[0] if len(set(map(repr, used))) == 1 else used
     return kept
-
-
-def earlier_preflight(run_dir: Path, resumed_step: int) -> Any:
-    """On resume: the report of the preflight that ran when the run started (``preflight.json``),
-    or a report with one skipped check, so that ``print(run.preflight(...))`` says what happened."""
-    import json
-
-    from .messages import notice
-    from .preflight.report import CheckResult, PreflightReport
-
-    try:
-        saved = json.loads((run_dir / "preflight.json").read_text())
-        report = PreflightReport([CheckResult(**check) for check in saved["checks"]])
-    except (OSError, ValueError, KeyError, TypeError):
-        return PreflightReport([CheckResult(
-            "preflight", "skip", f"skipped: the run resumed from step {resumed_step}; preflight runs once, "
-            "when a run starts")])
-    notice(f"preflight skipped on resume; returning its report from when the run started "
-           f"({run_dir / 'preflight.json'})")
-    return report
 
 
 def open_run_info(folder: RunFolder, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:

@@ -21,14 +21,11 @@ same command continues from the newest valid checkpoint exactly where the last p
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from .checkpoint.layout import CheckpointInfo, quarantine
+from .checkpoint.layout import CheckpointInfo
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
@@ -39,13 +36,11 @@ from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .messages import notice, rerun_command
 from .preemption import PreemptionGuard
-from .preflight.budget import PreflightInterrupted
 from .progress import Progress, position
-from .save_timing import NO_METRICS, SaveTiming
 from .ranking import best_checkpoint
-from .resumption import (RESERVED, Resumption, check_resume_argument, earlier_preflight,
-                         note_kept_hyperparameters, open_run_info)
-from .runinfo import hparams_from_config
+from .resumption import RESERVED, Resumption, check_resume_argument, note_kept_hyperparameters, open_run_info
+from .runinfo import hparams_from_config, record_resume, status_on_exit
+from .save_timing import NO_METRICS, SaveTiming
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis, Doctor
@@ -181,21 +176,13 @@ class Run:
         :class:`~savegame.errors.PreflightFailedError` holding the report, unless
         ``continue_on_failure``. ``options`` go to ``savegame.preflight`` (``quick=True`` ...).
         """
+        from .preflight.in_run import earlier_preflight, preflight_in_run
+
         if self.resumed_from is not None:
             return earlier_preflight(self.dir, self.resumed_from.step)
-        from .errors import PreflightFailedError
-        from .preflight import preflight
-        from .runinfo import write_json_atomic
-
         self._begin()
-        report = preflight(model, loss_fn, data, **options)
-        write_json_atomic(self.dir / "preflight.json", report.to_dict())
-        self.writer.add_text("preflight", report.to_markdown(), self.step)
-        if report.images is not None:
-            self.writer.add_images("preflight/first_batch", report.images, self.step)
-        if not report.passed and not continue_on_failure:
-            raise PreflightFailedError(report)
-        return report
+        return preflight_in_run(self.dir, self.writer, self.step, model, loss_fn, data,
+                                continue_on_failure=continue_on_failure, options=options)
 
     @property
     def writer(self) -> SummaryWriter:
@@ -323,14 +310,8 @@ class Run:
     def __exit__(self, kind, error, traceback) -> None:
         if kind is SystemExit and self._info["status"] == "preempted":
             self.finish("preempted", self._info["message"])
-        elif kind is None or (kind is SystemExit and error.code in (0, None)):
-            self.finish("finished")  # the block ended, or the script chose to exit cleanly
-        elif kind is not None and issubclass(kind, PreflightInterrupted):
-            self.finish("failed", f"stopped by Ctrl-C during preflight, before training; nothing was saved ({error})")
-        elif kind is KeyboardInterrupt:
-            self.finish("failed", "aborted by a second Ctrl-C, without saving")
         else:
-            self.finish("failed", f"{kind.__name__}: {error}")
+            self.finish(*status_on_exit(kind, error))
 
     @property
     def best(self) -> CheckpointInfo | None:
@@ -428,23 +409,14 @@ class Run:
             return
         self._begun = True
         resumed, chosen = self.resumed_from, self._resumption.chosen
-        superseded = chosen.superseded
-        for checkpoint in superseded:
-            quarantine(checkpoint.path, "superseded")
-        if superseded:
-            warnings.warn(f"resuming {self.dir} from step {resumed.step}: its later checkpoints "
-                          f"(steps {[c.step for c in superseded]}) are renamed *.superseded; they are "
-                          "kept, but no longer resumed from", stacklevel=4)
+        self._resumption.supersede()
         # A checkpoint in another folder (resume=path) records that folder's event files, not ours.
         own = resumed is not None and resumed.path.resolve().parent.parent == self.dir.resolve()
         saved_log = (chosen.state[RESERVED].get("log") or {}) if own else {}
         self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
                             epoch_finished=self.progress.start_epoch > self.epoch)
         if resumed is not None:
-            self._info["resumes"].append({"time": time.time(), "from_step": self.step,
-                                          "from_checkpoint": resumed.path.name, "pid": os.getpid()})
-            if self._config_changes:
-                self._info["config_history"][-1]["step"] = self.step
+            record_resume(self._info, self.step, resumed.path.name, config_changed=bool(self._config_changes))
             self.folder.write_info(self._info)
             notice(f"resumed {self.dir} from step {self.step} ({position(chosen.state[RESERVED])})")
         if self.config and not self._logs.has_history:

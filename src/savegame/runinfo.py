@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .atomic import replace_file
-from .errors import FormatVersionError
+from .errors import FormatVersionError, PreflightInterrupted
 
 RUN_FILE = "run.json"
 FORMAT = "savegame.run"
@@ -43,6 +43,30 @@ def new_run_info(name: str, *, config: dict[str, Any] | None) -> dict[str, Any]:
         "python_version": platform.python_version(), "host": socket.gethostname(),
         "pid": os.getpid(), "resumes": [], "best": None, "message": None,
     }
+
+
+def status_on_exit(kind: type[BaseException] | None, error: BaseException | None) -> tuple[str, str | None]:
+    """The status a ``with Run(...)`` block ends with, and why, from what ended it.
+
+    >>> status_on_exit(None, None), status_on_exit(ValueError, ValueError("bad lr"))
+    (('finished', None), ('failed', 'ValueError: bad lr'))
+    """
+    if kind is None or (kind is SystemExit and error.code in (0, None)):
+        return "finished", None  # the block ended, or the script chose to exit cleanly
+    if issubclass(kind, PreflightInterrupted):
+        return "failed", f"stopped by Ctrl-C during preflight, before training; nothing was saved ({error})"
+    if kind is KeyboardInterrupt:
+        return "failed", "aborted by a second Ctrl-C, without saving"
+    return "failed", f"{kind.__name__}: {error}"
+
+
+def record_resume(info: dict[str, Any], step: int, checkpoint: str, *, config_changed: bool) -> None:
+    """A process resumed the run from ``checkpoint`` at ``step``: add it to ``info["resumes"]``
+    (and date the config change this process brought, if any)."""
+    info["resumes"].append({"time": time.time(), "from_step": step, "from_checkpoint": checkpoint,
+                            "pid": os.getpid()})
+    if config_changed:
+        info["config_history"][-1]["step"] = step
 
 
 def is_run_dir(path: Path) -> bool:

@@ -105,7 +105,7 @@ def test_save_plot_refuses_mismatched_lists(tmp_path):
 def test_missing_matplotlib_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import of it raises ImportError
     run, diagnosis = overfitting_run()
-    with pytest.raises(MissingDependencyError, match=r"plots needs matplotlib.*pip install matplotlib"):
+    with pytest.raises(MissingDependencyError, match=r"plots needs the optional package matplotlib.*pip install matplotlib"):
         run_figure(run, diagnosis)
 
 

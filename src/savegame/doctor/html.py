@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from ..atomic import replace_file
 from .diagnosis import Diagnosis
 from .plot import best_of, require_matplotlib
 from .verdicts import badge_colour
@@ -301,10 +302,5 @@ def write_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], path: 
     text = render_report(runs, diagnoses, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # a reader (a browser refreshing) never sees half a page
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_file(path, text)  # a reader (a browser refreshing) never sees half a page
     return path

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ..optional import require
 from .diagnosis import Diagnosis
 from .plot_panels import (BAD, MAX_POINTS, _draw_accuracy, _draw_checkpoints, _draw_losses, _draw_marks,
                           _draw_signals, _has_accuracy, _has_signals, best_of, downsample)
@@ -48,14 +48,8 @@ def require_matplotlib(feature: str = "savegame doctor's plots") -> None:
     """Import the parts of matplotlib the figures use, or raise :class:`MissingDependencyError`
     naming ``feature`` and what to install: a clear one-line error before any work is done, never a
     bare ``ModuleNotFoundError`` halfway through (``savegame report``, ``doctor --plot``, the demo)."""
-    import importlib
-
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise MissingDependencyError(f"{feature} needs matplotlib, which could not be imported ({error}); "
-                                         "install it with: pip install matplotlib") from None
+        require(module, feature, "matplotlib")
 
 
 def _figure_class() -> type:

@@ -31,17 +31,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
 
+from ..errors import PreflightInterrupted
+
 TIME_BUDGET = 10.0  # default seconds each check that trains may run (preflight(time_budget=...))
-
-
-class PreflightInterrupted(KeyboardInterrupt):
-    """Ctrl-C during preflight: it stopped between two steps of a check. Preflight works on copies
-    and restores every random generator, so the model, the optimizer and the random state are as
-    they were before the call. A ``KeyboardInterrupt``: ``except KeyboardInterrupt`` catches it."""
-
-    def __init__(self, message: str = "Ctrl-C during preflight", check: str | None = None) -> None:
-        super().__init__(message)
-        self.check = check
 
 
 class _CtrlC:
