@@ -6,10 +6,13 @@ out and rose while training loss kept falling) · **lr_too_low** (a slow, almost
 that is still going) · **underfitting** (converged, but train and validation loss both stayed
 high and close) · **still_improving** (converging, not there yet) · otherwise **healthy**.
 
-Each is ``rule(diagnosis, curves) -> bool`` (the :class:`~savegame.doctor._base.Verdict`
-protocol): it fills the confidence, the evidence, the marks and the suggestions that depend on
-the run, and holds or not; ``verdicts.py`` gives each its place in the order, its colours and its
-fixed suggestions. Training signals (``doctor/...`` tags, see ``signals.py``) back the
+Each verdict is in ONE place, here: its rule ``rule(diagnosis, curves) -> bool`` (it fills the
+confidence, the evidence, the marks and the suggestions that depend on the run, and holds or
+not) and, right below it, its :class:`~savegame.doctor._base.Verdict` row (its place in the order,
+whether the live doctor warns, its colours, what it means, its fixed suggestions), gathered in
+:data:`BUILTIN`. Everything else (the rules engine, the terminal table, the report, the live
+doctor, ``--json``, ``verdicts.py``) reads that tuple; ``test_user_rules.py`` checks that
+docs/doctor.md describes every verdict in it. Training signals (``doctor/...`` tags, see ``signals.py``) back the
 learning-rate and plateau verdicts when a run has them. Every threshold is a named constant below.
 
 >>> import numpy as np
@@ -30,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import Curves
+from ._base import Curves, Verdict
 from .curves import RunData, Series
 from .diagnosis import Diagnosis
 from .features import CurveFeatures
 from .signals_read import DEAD_RELU, VANISHING
 
 __all__ = ["diverged", "plateau", "lr_too_high", "overfitting", "lr_too_low", "underfitting", "still_improving",
-           "healthy"]
+           "healthy", "BUILTIN", "HEALTHY", "OVERFITTING", "UNDERFITTING", "DIVERGED", "PLATEAU", "LR_TOO_HIGH",
+           "LR_TOO_LOW", "STILL_IMPROVING"]
 
 MIN_POINTS = 5             # fewer finite points than this: cannot judge a trend
 CONVERGED_POINTS = 30      # "stuck" verdicts (plateau, underfitting) need at least this many points
@@ -101,6 +105,13 @@ def diverged(d: Diagnosis, c: Curves) -> bool:
     return True
 
 
+DIVERGED = Verdict(
+    name="diverged", rule=diverged, order=100, alarm=True, colour="#b71c1c", style="bold red",
+    description="the loss became NaN/inf, or climbed far above its minimum back to where it started",
+    suggestions=("clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step()",
+                 "look for log(0), division by zero or a too-small eps; with AMP keep the GradScaler"))
+
+
 def overfitting(d: Diagnosis, c: Curves) -> bool:
     v = c.val
     if v is None or c.val_series is None or v.points < MIN_POINTS - 1:
@@ -122,6 +133,15 @@ def overfitting(d: Diagnosis, c: Curves) -> bool:
         d.marks.gap_step, d.marks.gap = int(c.val_series.steps[-1]), v.end - t.end
     d.suggestions.append(_keep_suggestion(d, c.run, "validation"))
     return True
+
+
+OVERFITTING = Verdict(
+    name="overfitting", rule=overfitting, order=400, alarm=True, colour="#ef6c00", style="yellow",
+    description="the validation loss bottomed out and rose while the training loss kept falling",
+    suggestions=("stop earlier: Run(..., doctor=Doctor(overfit_patience=5)) stops and saves once it is past the "
+                 "minimum",
+                 "regularize: weight decay (AdamW weight_decay=0.05), dropout, data augmentation; or get more "
+                 "data / use a smaller model"))
 
 
 def lr_too_high(d: Diagnosis, c: Curves) -> bool:
@@ -146,6 +166,13 @@ def lr_too_high(d: Diagnosis, c: Curves) -> bool:
     if val_noisy:
         d.evidence.append(f"the validation loss jumps {v.noise:.0%} from one evaluation to the next")
     return _learning_rate_verdict(d, c)
+
+
+LR_TOO_HIGH = Verdict(
+    name="lr_too_high", rule=lr_too_high, order=300, alarm=True, colour="#c62828", style="red",
+    description="the loss swings around its trend, or the validation loss jumps between evaluations",
+    suggestions=("lower the learning rate 3-10x (or add a warmup and a decay schedule)",
+                 "a larger batch also calms the updates; clip gradients if spikes remain"))
 
 
 def _learning_rate_verdict(d: Diagnosis, c: Curves) -> bool:
@@ -183,6 +210,15 @@ def plateau(d: Diagnosis, c: Curves) -> bool:
     return True
 
 
+PLATEAU = Verdict(
+    name="plateau", rule=plateau, order=200, alarm=True, colour="#6d6d6d", style="yellow",
+    description="the loss never really left its starting value: the network is not learning",
+    suggestions=("the network is not learning: check the gradients reach every layer (savegame preflight)",
+                 "dead ReLUs or saturated sigmoids/tanh: use a standard init (kaiming), LeakyReLU/GELU, "
+                 "normalization layers, or a smaller learning rate if the units died after a big step",
+                 "if the learning rate is tiny or decayed to ~0, raise it"))
+
+
 def lr_too_low(d: Diagnosis, c: Curves) -> bool:
     main = c.main
     ratio = c.signals.update_ratio
@@ -200,6 +236,13 @@ def lr_too_low(d: Diagnosis, c: Curves) -> bool:
                       f"({f.progress:.0%}), and the last quarter of the run still made "
                       f"{f.late_share:.0%} of that progress")
     return _learning_rate_verdict(d, c)
+
+
+LR_TOO_LOW = Verdict(
+    name="lr_too_low", rule=lr_too_low, order=500, alarm=True, colour="#6a1b9a", style="yellow",
+    description="a slow, almost straight decline that is still going",
+    suggestions=("raise the learning rate 3-10x (an LR range test finds the largest stable one)",
+                 "Adam/AdamW with lr around 1e-3 is a forgiving default"))
 
 
 def underfitting(d: Diagnosis, c: Curves) -> bool:
@@ -224,6 +267,14 @@ def underfitting(d: Diagnosis, c: Curves) -> bool:
     return True
 
 
+UNDERFITTING = Verdict(
+    name="underfitting", rule=underfitting, order=600, alarm=True, colour="#f9a825", style="yellow",
+    description="converged, but the training and validation losses both stayed high and close",
+    suggestions=("the model cannot fit even the training data: make it bigger (width/depth) or better suited "
+                 "(features, architecture)",
+                 "lower regularization (weight decay, dropout) and train longer with a decaying lr"))
+
+
 def still_improving(d: Diagnosis, c: Curves) -> bool:
     main = c.main
     judged = c.val or main
@@ -235,6 +286,12 @@ def still_improving(d: Diagnosis, c: Curves) -> bool:
                       f"{judged.late_share:.0%} of its progress ({judged.start:.4g} to {judged.end:.4g})")
     d.marks.low_step, d.marks.low_value = _low(c)
     return True
+
+
+STILL_IMPROVING = Verdict(
+    name="still_improving", rule=still_improving, order=700, colour="#00897b", style="cyan",
+    description="the loss is still clearly falling at the end: not there yet",
+    suggestions=("train longer: rerun the same command with more epochs; the run resumes from its last checkpoint",))
 
 
 def healthy(d: Diagnosis, c: Curves) -> bool:
@@ -255,6 +312,11 @@ def _first_nonfinite(c: Curves) -> tuple[int, str, CurveFeatures] | None:
     found = [(f.nonfinite_step, name, f) for f, name in ((c.train, "training loss"), (c.val, "validation loss"))
              if f is not None and f.nonfinite_step is not None]
     return min(found, key=lambda item: item[0]) if found else None
+
+
+HEALTHY = Verdict(
+    name="healthy", rule=healthy, order=800, colour="#2e7d32", style="green",
+    description="the loss converged and nothing else held: nothing is wrong")
 
 
 def _straight(f: CurveFeatures) -> bool:
@@ -315,3 +377,10 @@ def _last(s: Series | None) -> float | None:
         return None
     finite = s.values[np.isfinite(s.values)]
     return float(np.median(finite[-3:])) if len(finite) else None
+
+
+# Every row above, in the order of VERDICTS (the badge colours: red for broken, amber for wasteful,
+# green for fine).
+BUILTIN: tuple[Verdict, ...] = (HEALTHY, OVERFITTING, UNDERFITTING, DIVERGED, PLATEAU, LR_TOO_HIGH, LR_TOO_LOW,
+                                STILL_IMPROVING)
+"""Every built-in verdict (in the order of :data:`VERDICTS`; the rules try them by ``order``)."""

@@ -1,9 +1,8 @@
-"""The verdict table: every built-in verdict as ONE :class:`~savegame.doctor._base.Verdict` (its
-rule, its place in the order, whether the live doctor warns about it, its colours, what it means
-and what to do). The rules (``rules.py``), the terminal table (``command.py``), the HTML report
-(``html.py``), the live doctor (``live.py``) and ``--json`` read verdicts from here, so adding a
-built-in verdict is a rule function in ``verdict_rules.py`` and a row below (and its section in
-docs/doctor.md); a verdict of your own is one ``Verdict`` passed as ``rules=[...]``.
+"""The verdict table: the built-in verdicts (each defined once, rule and row together, in
+``verdict_rules.py``) with a user's ``rules=[...]`` added, and what the outputs ask of a verdict.
+The rules (``rules.py``), the terminal table (``command.py``), the HTML report (``html.py``), the
+live doctor (``live.py``) and ``--json`` read verdicts from here; a verdict of your own is one
+``Verdict`` passed as ``rules=[...]``.
 
 >>> [v.name for v in verdict_table()[0]]          # the order the rules are tried in
 ['diverged', 'plateau', 'lr_too_high', 'overfitting', 'lr_too_low', 'underfitting', 'still_improving', 'healthy']
@@ -19,8 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable
 
 from ._base import FindingRule, Verdict
-from .verdict_rules import (diverged, healthy, lr_too_high, lr_too_low, overfitting, plateau,
-                            still_improving, underfitting)
+from .verdict_rules import (BUILTIN, DIVERGED, HEALTHY, LR_TOO_HIGH, LR_TOO_LOW, OVERFITTING, PLATEAU,
+                            STILL_IMPROVING, UNDERFITTING)
 
 if TYPE_CHECKING:
     from .diagnosis import Diagnosis
@@ -29,53 +28,6 @@ __all__ = ["BUILTIN", "VERDICTS", "CANNOT_JUDGE_COLOUR", "verdict_table", "verdi
            "terminal_style", "is_alarm", "HEALTHY", "OVERFITTING", "UNDERFITTING", "DIVERGED", "PLATEAU",
            "LR_TOO_HIGH", "LR_TOO_LOW", "STILL_IMPROVING"]
 
-# The badge colours: red for broken, amber for wasteful, green for fine.
-HEALTHY = Verdict(
-    name="healthy", rule=healthy, order=800, colour="#2e7d32", style="green",
-    description="the loss converged and nothing else held: nothing is wrong")
-OVERFITTING = Verdict(
-    name="overfitting", rule=overfitting, order=400, alarm=True, colour="#ef6c00", style="yellow",
-    description="the validation loss bottomed out and rose while the training loss kept falling",
-    suggestions=("stop earlier: Run(..., doctor=Doctor(overfit_patience=5)) stops and saves once it is past the "
-                 "minimum",
-                 "regularize: weight decay (AdamW weight_decay=0.05), dropout, data augmentation; or get more "
-                 "data / use a smaller model"))
-UNDERFITTING = Verdict(
-    name="underfitting", rule=underfitting, order=600, alarm=True, colour="#f9a825", style="yellow",
-    description="converged, but the training and validation losses both stayed high and close",
-    suggestions=("the model cannot fit even the training data: make it bigger (width/depth) or better suited "
-                 "(features, architecture)",
-                 "lower regularization (weight decay, dropout) and train longer with a decaying lr"))
-DIVERGED = Verdict(
-    name="diverged", rule=diverged, order=100, alarm=True, colour="#b71c1c", style="bold red",
-    description="the loss became NaN/inf, or climbed far above its minimum back to where it started",
-    suggestions=("clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before optimizer.step()",
-                 "look for log(0), division by zero or a too-small eps; with AMP keep the GradScaler"))
-PLATEAU = Verdict(
-    name="plateau", rule=plateau, order=200, alarm=True, colour="#6d6d6d", style="yellow",
-    description="the loss never really left its starting value: the network is not learning",
-    suggestions=("the network is not learning: check the gradients reach every layer (savegame preflight)",
-                 "dead ReLUs or saturated sigmoids/tanh: use a standard init (kaiming), LeakyReLU/GELU, "
-                 "normalization layers, or a smaller learning rate if the units died after a big step",
-                 "if the learning rate is tiny or decayed to ~0, raise it"))
-LR_TOO_HIGH = Verdict(
-    name="lr_too_high", rule=lr_too_high, order=300, alarm=True, colour="#c62828", style="red",
-    description="the loss swings around its trend, or the validation loss jumps between evaluations",
-    suggestions=("lower the learning rate 3-10x (or add a warmup and a decay schedule)",
-                 "a larger batch also calms the updates; clip gradients if spikes remain"))
-LR_TOO_LOW = Verdict(
-    name="lr_too_low", rule=lr_too_low, order=500, alarm=True, colour="#6a1b9a", style="yellow",
-    description="a slow, almost straight decline that is still going",
-    suggestions=("raise the learning rate 3-10x (an LR range test finds the largest stable one)",
-                 "Adam/AdamW with lr around 1e-3 is a forgiving default"))
-STILL_IMPROVING = Verdict(
-    name="still_improving", rule=still_improving, order=700, colour="#00897b", style="cyan",
-    description="the loss is still clearly falling at the end: not there yet",
-    suggestions=("train longer: rerun the same command with more epochs; the run resumes from its last checkpoint",))
-
-BUILTIN: tuple[Verdict, ...] = (HEALTHY, OVERFITTING, UNDERFITTING, DIVERGED, PLATEAU, LR_TOO_HIGH, LR_TOO_LOW,
-                                STILL_IMPROVING)
-"""Every built-in verdict (in the order of :data:`VERDICTS`; the rules try them by ``order``)."""
 VERDICTS: tuple[str, ...] = tuple(v.name for v in BUILTIN)
 """Every built-in primary verdict's name."""
 CANNOT_JUDGE_COLOUR = "#455a64"  # the badge of "cannot judge" (and of a verdict the table does not know)
