@@ -30,7 +30,6 @@ folder (``savegame doctor runs/demo`` calls it ``demo``, also when given as ``.`
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import SavegameError
+from ..folder import RunFolder
 from .diagnosis import Finding
 
 _SKIP_DIRS = {"checkpoints", "discarded-logs", "__pycache__", ".git"}
@@ -173,19 +173,15 @@ def best_checkpoint(run: RunData) -> dict[str, Any] | None:
              "checkpoint": best.get("checkpoint")}
     if run.path is None:
         return found
-    folder = Path(run.path) / "checkpoints"
-    if isinstance(found["checkpoint"], str) and (folder / found["checkpoint"]).is_dir():
-        return found  # the common case: no need to read every manifest (nor to import torch)
-    from ..checkpoint.layout import list_checkpoints
-    from ..ranking import best_checkpoint as rank, metric_value
-
-    kept = list_checkpoints(folder)
+    folder = RunFolder(run.path)
+    if isinstance(found["checkpoint"], str) and (folder.checkpoint_root / found["checkpoint"]).is_dir():
+        return found  # the common case: no need to read every manifest
+    kept = folder.checkpoints()
     same = next((c for c in kept if c.step == found["step"]), None)
-    chosen = same if same is not None else rank(kept, found["metric"], found["mode"])
-    if chosen is None:
-        return None
-    return {**found, "step": chosen.step, "value": metric_value(chosen, found["metric"]) if same is None
-            else found["value"], "checkpoint": chosen.path.name}
+    if same is not None:  # renamed since, e.g. by an older savegame: the same checkpoint
+        return {**found, "checkpoint": same.path.name}
+    on_disk = folder.best({"ranking": {"metric": found["metric"], "mode": found["mode"]}}, kept)
+    return {**found, **on_disk} if on_disk is not None and on_disk["step"] is not None else None
 
 
 def _read_run(root: Path, folder: Path) -> RunData:
@@ -198,11 +194,12 @@ def _read_run(root: Path, folder: Path) -> RunData:
 
 
 def _run_info(folder: Path) -> dict[str, Any] | None:
+    """``run.json`` checked as a savegame run file, else None: the doctor reads any logdir, and a
+    run file that is damaged or not savegame's costs only the run facts the report shows."""
     try:
-        info = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
+        return RunFolder(folder).read_info()
+    except (OSError, ValueError):  # FormatVersionError is a ValueError
         return None
-    return info if isinstance(info, dict) else None
 
 
 def _config_hparams(info: dict[str, Any] | None) -> dict[str, Any]:
