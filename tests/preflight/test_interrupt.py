@@ -25,6 +25,18 @@ from savegame.preflight import PreflightInterrupted
 FEATURES, CLASSES = 16, 4
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_this_process():
+    """These tests press Ctrl-C, so Python's own SIGINT handler must be in place. A test process
+    started in the background by a non-interactive shell (``cmd &``) inherits SIGINT ignored, and
+    an ignored SIGINT stays ignored by design (tested below): put the default back meanwhile."""
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def data(n=64):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, FEATURES, generator=g)
