@@ -1,0 +1,211 @@
+"""The verdicts as definitions over a run's named quantities (``quantities.py``), the way a person
+states them, each with the numbers that decided it.
+
+``docs/doctor.md`` says the same in prose; every threshold is a field of :class:`Thresholds`, so
+an evaluation can tune them on some families of runs and judge on others. The guess level is
+the chance-level loss ``ln C`` when C is known, else the starting loss (an untrained classifier
+starts at about ``ln C``; a regressor at about the targets' variance, the loss of predicting 0).
+
+In order, the first that holds wins:
+
+1. **diverged**: the loss ends NaN/inf, or ends at least ``exploded`` x its start and
+   ``exploded_over_best`` x its own best, or it had learned (down to ``learned`` x its start),
+   then jumped to ``jump`` x its start and ended back at the guess level: it lost what it learned.
+2. **lr_too_high** (a jump): the loss jumped to ``jump`` x its start or more before it had
+   learned, and ended back at the guess level (``at_guess`` x it or more): the first steps threw
+   the weights where they predict nothing better than a guess.
+3. **plateau**: the loss removed less than ``stuck`` of its start, or less than ``slow`` while
+   its last fifth removed nothing more: it never learned.
+4. **lr_too_high** (noise): over the second half the loss swings ``noisy`` of its level around
+   its trend, jumps ``swing`` of its start, and made little progress in its last fifth.
+5. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
+   gained from its best, or the gap at the end is ``gap_share`` of the starting loss or more and
+   the validation loss is ``gap_ratio`` x the training loss or more.
+6. **lr_too_low**: a slow straight decline still going: the last fifth made ``late`` of the drop
+   or more, and the loss removed less than ``low_progress`` of its start.
+7. **still_improving**: the last fifth still made ``late`` of the drop or more, or it removed
+   ``moving`` of the start and cut ``gaining`` off the level the validation loss ends at: more
+   training would still pay.
+8. **underfitting** (converged, needs validation): the final training loss is ``high`` of the
+   guess level or more, and validation is within ``close`` of it.
+9. **healthy** (needs validation): none of the above; without a validation loss the doctor says
+   it cannot tell healthy from overfitting instead of guessing.
+
+>>> from savegame.doctor.quantities import Quantities
+>>> q = Quantities(start=2.3, peak=2.4e9, peak_step=40, best_before_peak=1.0, train_best=0.9, train_final=115.0, val_best=None,
+...                val_best_step=None, val_final=None, val_rise=None, gap=None, gap_ratio=None, gap_share=None,
+...                progress=-49.0, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, swing=0.01, nonfinite=0,
+...                ends_nonfinite=False, first_nonfinite_step=None, classes=10, chance_loss=2.303,
+...                chance_source="num_classes=10 in the run config", final_over_chance=49.9, acc_final=0.1,
+...                acc_chance=0.1, train_points=300, val_points=0)
+>>> decision = decide(q)
+>>> decision.verdict, decision.numbers["final/start"]
+('diverged', 50.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .quantities import Quantities
+
+__all__ = ["Thresholds", "Decision", "decide", "DEFAULT"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number the definitions compare against (see the module docstring)."""
+
+    exploded: float = 1.5
+    exploded_over_best: float = 3.0
+    jump: float = 3.0
+    learned: float = 0.5
+    at_guess: float = 0.85
+    stuck: float = 0.08
+    slow: float = 0.2
+    flat_tail: float = 0.02
+    noisy: float = 0.12
+    swing: float = 0.05
+    rise: float = 0.25
+    gap_share: float = 0.3
+    gap_ratio: float = 2.0
+    late: float = 0.12
+    gaining: float = 0.1
+    moving: float = 0.02
+    low_progress: float = 0.6
+    high: float = 0.2
+    close: float = 0.25
+
+
+DEFAULT = Thresholds()
+
+
+@dataclass
+class Decision:
+    """A verdict (None: the logs cannot support one, ``why`` says why), the quantities that
+    decided it by name, and one sentence that states the definition with them."""
+
+    verdict: str | None
+    why: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+def decide(q: Quantities, t: Thresholds = DEFAULT) -> Decision:
+    """The first definition that holds for ``q`` (see the module docstring for the order)."""
+    guess = q.chance_loss if q.chance_loss else q.start
+    guess_name = f"the chance level ln {q.classes}" if q.chance_loss else "the starting loss"
+    best = min(v for v in (q.train_best, q.val_best, q.start) if v is not None)
+    final = _main_final(q)
+    for definition in (_diverged, _jumped, _plateau, _noisy, _overfitting, _too_slow, _still_improving,
+                       _underfitting, _healthy):
+        found = definition(q, t, final=final, best=best, guess=guess, guess_name=guess_name)
+        if found is not None:
+            return found
+    raise AssertionError("_healthy always decides")  # pragma: no cover
+
+
+def _main_final(q: Quantities) -> float:
+    return q.train_final if q.train_final is not None else q.val_final
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.inf
+
+
+def _diverged(q, t, *, final, best, **_) -> Decision | None:
+    if q.ends_nonfinite:
+        return Decision("diverged", f"the loss ends NaN/inf (first at step {q.first_nonfinite_step:,})",
+                        {"nonfinite": q.nonfinite, "first_nonfinite_step": q.first_nonfinite_step})
+    over_start, over_best = _ratio(final, q.start), _ratio(final, best)
+    if q.start > 0 and over_start >= t.exploded and over_best >= t.exploded_over_best:
+        return Decision("diverged", f"the loss ends at {over_start:.3g}x its start and {over_best:.3g}x its best",
+                        {"final/start": round(over_start, 3), "final/best": round(over_best, 3),
+                         "peak/start": round(_ratio(q.peak, q.start), 3)})
+    return None
+
+
+def _jumped(q, t, *, final, guess, guess_name, **_) -> Decision | None:
+    jump = _ratio(q.peak, q.start)
+    if q.start > 0 and jump >= t.jump and final >= t.at_guess * guess:
+        if q.best_before_peak <= t.learned:
+            return Decision("diverged", f"the loss came down to {q.best_before_peak:.2f}x its start, then jumped to "
+                            f"{jump:.3g}x it (step {q.peak_step:,}) and ended at {final / guess:.2f}x {guess_name}: "
+                            "it lost what it had learned", {"best_before_peak/start": round(q.best_before_peak, 4),
+                                                            "peak/start": round(jump, 3),
+                                                            "final/guess": round(final / guess, 3)})
+        return Decision("lr_too_high", f"the loss jumped to {jump:.3g}x its start (step {q.peak_step:,}) and ended "
+                        f"at {final / guess:.2f}x {guess_name}: the step threw the weights to a guess",
+                        {"peak/start": round(jump, 3), "final/guess": round(final / guess, 3)})
+    return None
+
+
+def _plateau(q, t, **_) -> Decision | None:
+    if q.progress < t.stuck or (q.progress < t.slow and q.tail_drop < t.flat_tail):
+        return Decision("plateau", f"the loss removed {q.progress:.1%} of its start, {q.tail_drop:.1%} in its "
+                        "last fifth: it never learned", {"progress": round(q.progress, 4),
+                                                          "tail_drop": round(q.tail_drop, 4)})
+    return None
+
+
+def _noisy(q, t, **_) -> Decision | None:
+    settled = q.tail_share is None or q.tail_share < t.late
+    if q.noise >= t.noisy and q.swing >= t.swing and settled:
+        return Decision("lr_too_high", f"the loss swings {q.noise:.0%} of its level around its trend (jumps of "
+                        f"{q.swing:.0%} of its start) instead of settling",
+                        {"noise": round(q.noise, 4), "swing": round(q.swing, 4)})
+    return None
+
+
+def _overfitting(q, t, **_) -> Decision | None:
+    if q.val_final is None:
+        return None
+    if q.val_rise is not None and q.val_rise >= t.rise:
+        return Decision("overfitting", f"the validation loss rose from its best {q.val_best:.4g} (step "
+                        f"{q.val_best_step:,}) to {q.val_final:.4g}, giving back {q.val_rise:.0%} of its gain",
+                        {"val_best": q.val_best, "val_final": q.val_final, "val_rise": round(q.val_rise, 4)})
+    if q.gap_share is not None and q.gap_ratio is not None and q.gap_share >= t.gap_share \
+            and q.gap_ratio >= t.gap_ratio:
+        return Decision("overfitting", f"the validation loss ends {q.gap_ratio:.3g}x the training loss, a gap of "
+                        f"{q.gap_share:.0%} of the starting loss", {"gap": q.gap, "gap_ratio": round(q.gap_ratio, 3),
+                                                                    "gap/start": round(q.gap_share, 4)})
+    return None
+
+
+def _too_slow(q, t, **_) -> Decision | None:
+    if q.tail_share is not None and q.tail_share >= t.late and q.progress < t.low_progress:
+        return Decision("lr_too_low", f"a slow decline still going: {q.progress:.0%} of the start removed, "
+                        f"{q.tail_share:.0%} of that in the last fifth",
+                        {"progress": round(q.progress, 4), "tail_share": round(q.tail_share, 4)})
+    return None
+
+
+def _still_improving(q, t, **_) -> Decision | None:
+    if (q.tail_share is not None and q.tail_share >= t.late) or (q.tail_drop >= t.moving and q.tail_gain >= t.gaining):
+        return Decision("still_improving", f"the last fifth still made {q.tail_share or 0:.0%} of the drop and cut "
+                        f"{q.tail_gain:.0%} off the level it ends at",
+                        {"tail_share": round(q.tail_share or 0.0, 4), "tail_drop": round(q.tail_drop, 4),
+                         "tail_gain": round(q.tail_gain, 4)})
+    return None
+
+
+def _underfitting(q, t, *, guess, guess_name, **_) -> Decision | None:
+    if q.train_final is None or q.val_final is None:
+        return None
+    level = q.train_final / guess
+    apart = abs(q.val_final - q.train_final) / q.train_final if q.train_final > 0 else math.inf
+    if level >= t.high and apart <= t.close:
+        return Decision("underfitting", f"converged with the training loss at {level:.0%} of {guess_name} and "
+                        f"validation within {apart:.0%} of it", {"train_final/guess": round(level, 4),
+                                                                 "val-train/train": round(apart, 4)})
+    return None
+
+
+def _healthy(q, t, **_) -> Decision:
+    if q.val_final is None:
+        return Decision(None, f"the training loss converged ({q.progress:.0%} of its start removed), but without "
+                        "a validation loss healthy cannot be told from overfitting; log one (e.g. loss/val)",
+                        {"progress": round(q.progress, 4)})
+    return Decision("healthy", f"converged: {q.progress:.0%} of the start removed, the last fifth flat, validation "
+                    "close to training", {"progress": round(q.progress, 4),
+                                          "gap/start": round(q.gap_share, 4) if q.gap_share is not None else None})

@@ -1,0 +1,190 @@
+"""The verdict definitions (``doctor/definitions.py``) over the named quantities (``quantities.py``).
+
+Two kinds of tests: each definition on quantities just on both sides of its threshold (exact,
+so a changed threshold or a changed comparison fails here), and real-looking curves for the
+misses that motivated the definitions (issue 12): an explosion that settles at 50x its start,
+a training loss of 1e-8 beside a validation loss a hundred million times higher, a network
+stuck at the chance level after an early jump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from savegame.doctor.curves import RunData, Series
+from savegame.doctor.definitions import DEFAULT, decide
+from savegame.doctor.quantities import Quantities, quantities
+from savegame.doctor.rules import measure
+
+T = DEFAULT
+EPS = 1e-3
+
+
+def healthy_quantities(**changes) -> Quantities:
+    """A converged run with a validation curve close to training: healthy, unless changed."""
+    base = Quantities(
+        start=2.3, peak=2.4, peak_step=3, best_before_peak=1.0, train_best=0.1, train_final=0.1, val_best=0.2,
+        val_best_step=900, val_final=0.2, val_rise=0.0, gap=0.1, gap_ratio=2.0, gap_share=0.1 / 2.3,
+        progress=1 - 0.1 / 2.3, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, swing=0.005,
+        nonfinite=0, ends_nonfinite=False, first_nonfinite_step=None, classes=None, chance_loss=None,
+        chance_source=None, final_over_chance=None, acc_final=None, acc_chance=None, train_points=1000,
+        val_points=20)
+    return dataclasses.replace(base, **changes)
+
+
+def test_the_baseline_is_healthy_and_says_with_which_numbers():
+    decision = decide(healthy_quantities())
+    assert decision.verdict == "healthy"
+    assert decision.numbers["progress"] == pytest.approx(0.9565, abs=1e-4)
+
+
+# -- each definition, on both sides of its threshold -------------------------------------------
+def test_diverged_when_the_loss_ends_nan():
+    assert decide(healthy_quantities(ends_nonfinite=True, nonfinite=3, first_nonfinite_step=500)).verdict == "diverged"
+    assert decide(healthy_quantities(nonfinite=3, first_nonfinite_step=500)).verdict == "healthy"  # recovered
+
+
+@pytest.mark.parametrize("over_start, verdict", [(T.exploded + EPS, "diverged"), (T.exploded - EPS, "plateau")])
+def test_diverged_at_exploded_times_the_start(over_start, verdict):
+    final = 2.3 * over_start  # the best is 0.1: far more than exploded_over_best x it
+    q = healthy_quantities(train_final=final, progress=1 - over_start, peak=final)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("learned, verdict", [(T.learned - EPS, "diverged"), (T.learned + EPS, "lr_too_high")])
+def test_a_jump_back_to_the_guess_is_divergence_only_after_learning(learned, verdict):
+    q = healthy_quantities(peak=2.3 * T.jump * 2, peak_step=400, best_before_peak=learned, train_final=2.3,
+                           val_final=2.3, progress=0.0, train_best=2.3 * learned)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("jump, verdict", [(T.jump + EPS, "lr_too_high"), (T.jump - EPS, "plateau")])
+def test_lr_too_high_at_jump_times_the_start_then_a_guess(jump, verdict):
+    q = healthy_quantities(peak=2.3 * jump, best_before_peak=1.0, train_final=2.3, train_best=2.3, val_best=2.3,
+                           val_final=2.3, progress=0.0)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("progress, verdict", [(T.stuck - EPS, "plateau"), (T.stuck + EPS, "underfitting")])
+def test_plateau_below_stuck_progress(progress, verdict):
+    final = 2.3 * (1 - progress)
+    q = healthy_quantities(progress=progress, train_final=final, val_final=final * 1.05, tail_drop=T.flat_tail + EPS)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("tail, verdict", [(T.flat_tail - EPS, "plateau"), (T.flat_tail + EPS, "underfitting")])
+def test_plateau_when_slow_and_flat_at_the_end(tail, verdict):
+    progress = (T.stuck + T.slow) / 2
+    final = 2.3 * (1 - progress)
+    q = healthy_quantities(progress=progress, tail_drop=tail, train_final=final, val_final=final * 1.05)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("noise, verdict", [(T.noisy + EPS, "lr_too_high"), (T.noisy - EPS, "healthy")])
+def test_lr_too_high_when_the_loss_swings(noise, verdict):
+    assert decide(healthy_quantities(noise=noise, swing=T.swing + EPS)).verdict == verdict
+
+
+@pytest.mark.parametrize("rise, verdict", [(T.rise + EPS, "overfitting"), (T.rise - EPS, "healthy")])
+def test_overfitting_when_validation_gives_back_its_gain(rise, verdict):
+    assert decide(healthy_quantities(val_rise=rise)).verdict == verdict
+
+
+@pytest.mark.parametrize("share, ratio, verdict", [
+    (T.gap_share + EPS, T.gap_ratio + EPS, "overfitting"),
+    (T.gap_share - EPS, T.gap_ratio * 10, "healthy"),   # a big ratio of two small losses
+    (T.gap_share * 2, T.gap_ratio - EPS, "healthy"),    # a big gap between two big losses
+])
+def test_overfitting_when_the_gap_is_large_against_the_start_and_the_training_loss(share, ratio, verdict):
+    assert decide(healthy_quantities(gap_share=share, gap_ratio=ratio)).verdict == verdict
+
+
+@pytest.mark.parametrize("late, progress, verdict", [
+    (T.late + EPS, T.low_progress - EPS, "lr_too_low"),
+    (T.late + EPS, T.low_progress + EPS, "still_improving"),
+    (T.late - EPS, T.low_progress - EPS, "underfitting"),
+])
+def test_lr_too_low_and_still_improving_by_the_share_of_the_last_fifth(late, progress, verdict):
+    final = 2.3 * (1 - progress)
+    q = healthy_quantities(tail_share=late, progress=progress, train_final=final, val_final=final * 1.05,
+                           tail_drop=T.flat_tail + EPS)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("gain, verdict", [(T.gaining + EPS, "still_improving"), (T.gaining - EPS, "healthy")])
+def test_still_improving_when_the_last_fifth_still_cuts_the_level(gain, verdict):
+    assert decide(healthy_quantities(tail_drop=T.moving + EPS, tail_gain=gain)).verdict == verdict
+
+
+@pytest.mark.parametrize("level, verdict", [(T.high + EPS, "underfitting"), (T.high - EPS, "healthy")])
+def test_underfitting_when_the_training_loss_stays_near_the_guess(level, verdict):
+    final = 2.3 * level
+    q = healthy_quantities(train_final=final, val_final=final * (1 + T.close / 2), progress=1 - level)
+    assert decide(q).verdict == verdict
+
+
+def test_underfitting_is_measured_against_the_chance_level_when_known():
+    final = 1.0  # 43% of the start 2.3; against a chance level ln 2 it is above the guess
+    q = healthy_quantities(train_final=final, val_final=final * 1.1, progress=1 - final / 2.3)
+    assert decide(q).verdict == "underfitting"
+    assert decide(dataclasses.replace(q, classes=100, chance_loss=math.log(100))).verdict == "underfitting"
+    low = dataclasses.replace(q, train_final=0.3, val_final=0.33, progress=1 - 0.3 / 2.3)
+    assert decide(low).verdict == "healthy"
+
+
+def test_without_validation_it_cannot_tell_healthy_from_overfitting():
+    decision = decide(healthy_quantities(val_final=None, val_best=None, val_rise=None, gap=None, gap_ratio=None,
+                                         gap_share=None, val_points=0))
+    assert decision.verdict is None and "without a validation loss" in decision.why
+
+
+# -- the misses that motivated the definitions, as curves ---------------------------------------
+def run_of(train: np.ndarray, val: np.ndarray | None = None, *, every: int = 10, **info) -> RunData:
+    steps = np.arange(1, len(train) + 1)
+    scalars = {"loss/train": Series(steps, train.astype(float))}
+    if val is not None:
+        scalars["loss/val"] = Series(steps[every - 1::every], val.astype(float))
+    return RunData("r", None, scalars, hparams=info)
+
+
+def test_an_explosion_that_settles_at_50x_the_start_is_diverged():
+    rng = np.random.default_rng(0)
+    train = np.concatenate([np.linspace(2.3, 1.2, 50), np.geomspace(1.2, 2.3e9, 20), np.geomspace(2.3e9, 115, 30),
+                            115 + rng.normal(0, 2, 300)])
+    decision = decide(quantities(measure(run_of(train, train[9::10] * 1.01, num_classes=10))))
+    assert decision.verdict == "diverged", decision.why
+    assert decision.numbers["final/start"] > 40
+
+
+def test_a_memorizing_model_with_a_huge_gap_is_overfitting():
+    steps = np.arange(1, 401)
+    train = 2.3 * np.exp(-steps / 15) + 1e-8
+    val = np.full(40, 2.0) * np.linspace(1.0, 0.95, 40)  # stays near where it started
+    decision = decide(quantities(measure(run_of(train, val))))
+    assert decision.verdict == "overfitting", decision.why
+
+
+def test_stuck_at_chance_after_an_early_jump_is_a_bad_learning_rate_not_a_plateau():
+    rng = np.random.default_rng(1)
+    chance = math.log(10)
+    train = np.concatenate([np.linspace(2.4, 40, 8), np.geomspace(40, chance, 12), chance + rng.normal(0, 0.01, 380)])
+    decision = decide(quantities(measure(run_of(train, np.full(40, chance), num_classes=10))))
+    assert decision.verdict == "lr_too_high", decision.why
+    assert decision.numbers["final/guess"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_chance_level_is_found_from_the_config_or_two_agreeing_readings():
+    steps = np.arange(1, 201)
+    train = math.log(10) * np.exp(-steps / 50) + 0.1
+    run = run_of(train)
+    assert quantities(measure(run)).classes is None  # a loss alone: no C
+    run.scalars["acc/train"] = Series(steps, np.linspace(0.1, 0.9, 200))
+    q = quantities(measure(run))
+    assert q.classes == 10 and q.chance_source.startswith("inferred")
+    run.scalars["acc/train"] = Series(steps, np.linspace(0.5, 0.9, 200))  # 1/2 is not 1/10: they disagree
+    assert quantities(measure(run)).classes is None
+    assert quantities(measure(run), classes=7).chance_source == "classes=7 given"
