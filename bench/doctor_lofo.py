@@ -1,0 +1,126 @@
+"""Leave-one-family-out: the doctor judged on families of trainings it was not tuned on (issue 12).
+
+For each family F of the corpus (``bench/doctor_corpus``): the definitions' thresholds
+(``savegame.doctor.definitions.Thresholds``) are tuned on every other family by coordinate descent
+over a grid of values per threshold (the score: right verdicts, an alarm on a healthy run costing
+five), then the runs of F get their first look with those thresholds, untouched after. Printed:
+each family's first-look accuracy, the mean, the alarms on healthy runs, the confusion table;
+beside it the definitions with their default thresholds and the rules of savegame 0.1 (``diagnose``).
+
+    python bench/doctor_corpus/generate.py /tmp/doctor_corpus --jobs 2
+    python bench/doctor_lofo.py /tmp/doctor_corpus            # the savegame-written tree
+    python bench/doctor_lofo.py /tmp/doctor_corpus --tree torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ALARMS = {"overfitting", "underfitting", "diverged", "plateau", "lr_too_high", "lr_too_low"}
+GRID_STEPS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)  # multiples of each default threshold tried
+ROUNDS = 2
+
+
+def load(corpus: Path, tree: str):
+    """[(name, family, label, quantities, old verdict)] for every run of the corpus."""
+    from savegame.doctor import diagnose, load_runs
+    from savegame.doctor.quantities import quantities
+    from savegame.doctor.rules import measure
+
+    labels = json.loads((corpus / "labels.json").read_text())
+    rows = []
+    for run in load_runs(corpus / tree):
+        record = labels.get(run.name)
+        if record is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                q = quantities(measure(run))
+            except ValueError:
+                q = None
+            old = diagnose(run).verdict
+        rows.append((run.name, record["family"], record["label"], q, old))
+    return rows
+
+
+def verdict(q, thresholds) -> str | None:
+    from savegame.doctor.definitions import decide
+
+    return decide(q, thresholds).verdict if q is not None else None
+
+
+def score(rows, thresholds) -> float:
+    total = 0.0
+    for _, _, label, q, _ in rows:
+        got = verdict(q, thresholds)
+        total += got == label
+        total -= 5.0 * (label == "healthy" and got in ALARMS)
+    return total
+
+
+def tune(rows, start):
+    """Coordinate descent over GRID_STEPS x each default threshold, ROUNDS times."""
+    best, best_score = start, score(rows, start)
+    for _ in range(ROUNDS):
+        for name, default in dataclasses.asdict(start).items():
+            for factor in GRID_STEPS:
+                trial = dataclasses.replace(best, **{name: default * factor})
+                trial_score = score(rows, trial)
+                if trial_score > best_score:
+                    best, best_score = trial, trial_score
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--tree", default="savegame", choices=("savegame", "torch"))
+    args = parser.parse_args()
+    from savegame.doctor.definitions import DEFAULT
+
+    rows = load(args.corpus, args.tree)
+    families = sorted({family for _, family, _, _, _ in rows})
+    print(f"{len(rows)} runs, {len(families)} families, written by {args.tree}'s writer")
+    confusion: Counter = Counter()
+    shares, default_right, old_right, alarms = [], 0, 0, []
+    by_family = defaultdict(list)
+    for row in rows:
+        by_family[row[1]].append(row)
+    print(f"{'family (left out)':28s} {'first look':>10s} {'defaults':>9s} {'0.1 rules':>9s}")
+    for family in families:
+        train = [r for r in rows if r[1] != family]
+        tuned = tune(train, DEFAULT)
+        held = by_family[family]
+        right = 0
+        for name, _, label, q, old in held:
+            got = verdict(q, tuned)
+            confusion[label, got or "cannot judge"] += 1
+            right += got == label
+            if label == "healthy" and got in ALARMS:
+                alarms.append(f"{name}: {got}")
+        d = sum(verdict(q, DEFAULT) == label for _, _, label, q, _ in held)
+        o = sum(old == label for _, _, label, _, old in held)
+        default_right += d
+        old_right += o
+        shares.append(right / len(held))
+        print(f"{family:28s} {right:4d}/{len(held):<5d} {d:4d}/{len(held):<4d} {o:4d}/{len(held):<4d}")
+    print(f"\nfirst look, mean over families: {sum(shares) / len(shares):.1%} (goal >= 90%)")
+    print(f"defaults on every run: {default_right}/{len(rows)}; savegame 0.1's rules: {old_right}/{len(rows)}")
+    print(f"alarms on healthy runs (first look): {len(alarms)} (goal 0)" + "".join(f"\n  {a}" for a in alarms))
+    labels = sorted({label for label, _ in confusion})
+    verdicts = sorted({got for _, got in confusion})
+    print("\nconfusion (rows: label, columns: first-look verdict)")
+    print(" " * 16 + "".join(f"{v[:10]:>11s}" for v in verdicts))
+    for label in labels:
+        print(f"{label:16s}" + "".join(f"{confusion[label, v] or '':>11}" for v in verdicts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
