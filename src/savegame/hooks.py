@@ -9,8 +9,9 @@ The order of the calls, for one run:
 
 * ``on_start(run)``: once the run has begun (a resume checked out, its logs cut back);
 * ``on_track(run, name, obj)``: for each tracked object, also for those tracked before the start;
-* ``on_log(run, values, step, every_step=, reduce=)``: each ``run.log`` (values as host floats, or
-  host copies still in flight for CUDA tensors: resolve with ``float(v)`` only when you need it);
+* ``on_log(run, values, step, every_step=, reduce=)``: each ``run.log`` and each
+  ``run.writer.add_scalar`` (values as host floats, or host copies still in flight for CUDA
+  tensors: resolve with ``float(v)`` only when you need it);
 * ``on_epoch_end(run, step)``: after each epoch of ``run.epochs()``;
 * ``on_save(run, checkpoint)``: each committed checkpoint (a ``CheckpointInfo``: step, metrics ...);
 * ``on_finish(run, status)``: once, as the run ends (``finished``, ``failed``, ``preempted``, ``stopped``).

@@ -375,6 +375,10 @@ class Run:
         print(f"savegame: {message}", file=sys.stderr, flush=True)
         raise SystemExit(0)
 
+    def _writer_scalar(self, tag: str, host: Any, step: int | None) -> None:
+        """``run.writer.add_scalar(...)``: the hooks hear it as they hear ``run.log``."""
+        self._call("on_log", {tag: host}, self.step if step is None else step, every_step=True, reduce=None)
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
         for hook in self.hooks:
             getattr(hook, method)(self, *args, **kwargs)
@@ -414,7 +418,8 @@ class Run:
         own = resumed is not None and resumed.path.resolve().parent.parent == self.dir.resolve()
         saved_log = (chosen.state[RESERVED].get("log") or {}) if own else {}
         self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
-                            epoch_finished=self.progress.start_epoch > self.epoch)
+                            epoch_finished=self.progress.start_epoch > self.epoch,
+                            on_scalar=self._writer_scalar if self.hooks else None)
         if resumed is not None:
             record_resume(self._info, self.step, resumed.path.name, config_changed=bool(self._config_changes))
             self.folder.write_info(self._info)

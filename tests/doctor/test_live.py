@@ -22,16 +22,19 @@ def data(n=256, seed=0):
     return x, y
 
 
-def train_step(run, net, opt, xb, yb):
+def train_step(run, net, opt, xb, yb, *, through_writer=False):
     loss = nn.functional.mse_loss(net(xb), yb)
     opt.zero_grad()
     loss.backward()
     opt.step()
-    run.log("loss/train", loss.detach())
+    if through_writer:  # as a torch user already writes it
+        run.writer.add_scalar("loss/train", loss.item(), run.step)
+    else:
+        run.log("loss/train", loss.detach())
 
 
 def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, val_data=None, n=256,
-          save=None):
+          save=None, through_writer=False):
     """A small regression loop the way a user writes it, with savegame; returns the Run."""
     torch.manual_seed(0)
     x, y = data(n)
@@ -47,10 +50,13 @@ def train(run_dir, *, epochs, lr_at=lambda epoch: 1e-2, doctor=True, keep=None, 
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch)
             for xb, yb in run.iterate(loader):
-                train_step(run, net, opt, xb, yb)
+                train_step(run, net, opt, xb, yb, through_writer=through_writer)
             with torch.no_grad():
                 val = nn.functional.mse_loss(net(xv), yv).item()
-            run.log("loss/val", val)
+            if through_writer:
+                run.writer.add_scalar("loss/val", val, run.step)
+            else:
+                run.log("loss/val", val)
             run.save(metrics={"loss/val": val})
     return run
 
@@ -74,6 +80,15 @@ def test_a_diverging_run_is_stopped_saved_and_keeps_its_best_checkpoint(tmp_path
     acc.Reload()
     assert "doctor/text_summary" in acc.Tags()[ea.TENSORS]
     assert "doctor/grad_norm/total" in texts.scalars  # the signals, logged as scalars
+
+
+def test_the_live_doctor_sees_values_logged_through_run_writer_add_scalar(tmp_path):
+    with pytest.warns(DoctorWarning):
+        run = train(tmp_path / "run", epochs=30, lr_at=lambda epoch: 1e-2 if epoch < 6 else 5.0, through_writer=True)
+    assert run.should_stop and "diverged" in run.should_stop
+    assert run.step < 30 * 8
+    doctor = json.loads((tmp_path / "run" / "doctor.json").read_text())
+    assert doctor["latest"]["verdict"] == "diverged" and doctor["latest"]["tags"]["train_loss"] == "loss/train"
 
 
 def test_overfitting_stops_only_with_a_patience(tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import WriterClosedError
 from .aggregate import EpochStats, check_reduce
@@ -29,8 +29,9 @@ class RunLog:
     checkpoint's ``log`` record, ``{}`` for none); cuts the folder's logs back to it at once."""
 
     def __init__(self, run_dir: Path, *, saved: Mapping[str, Any], step: int, resumed: bool,
-                 epoch_finished: bool = False) -> None:
+                 epoch_finished: bool = False, on_scalar: Callable[[str, Any, int | None], None] | None = None) -> None:
         self.dir = run_dir
+        self._on_scalar = on_scalar  # hears the writer's add_scalar (run.log has its own on_log)
         self._writer: SummaryWriter | None = None
         self._closed = False
         self._kept_files = cut_back(run_dir, dict(saved), step=step)
@@ -58,7 +59,7 @@ class RunLog:
                                         "the run has released its folder. Log before the run ends, "
                                         "or open a SummaryWriter of your own on another folder.")
             self._writer = SummaryWriter._for_run(self.dir, restart_step=self._restart_step,
-                                                  hparams_logged=self.has_history)
+                                                  hparams_logged=self.has_history, on_scalar=self._on_scalar)
         return self._writer
 
     def log(self, values: Mapping[str, Any], *, step: int, reduce: Any = None,

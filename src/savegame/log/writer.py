@@ -112,21 +112,25 @@ class SummaryWriter(SummaryKinds):
         self._run_owned = False
         self._hparams_logged = False  # the first add_hparams goes into this run, later ones beside
         self._warned: set[str] = set()  # one-time warnings already given (a missing moviepy)
+        self._on_scalar: Callable[[str, Any, int | None], None] | None = None  # a Run's hooks hear add_scalar
         if rank_zero_only and _rank() != 0:
             self._state = _SILENT
             return
         self._start(handle_sigterm=True)
 
     @classmethod
-    def _for_run(cls, log_dir: Path, *, restart_step: int, hparams_logged: bool) -> "SummaryWriter":
+    def _for_run(cls, log_dir: Path, *, restart_step: int, hparams_logged: bool,
+                 on_scalar: Callable[[str, Any, int | None], None] | None = None) -> "SummaryWriter":
         """A ``Run``'s writer. Every file it makes starts with a ``SessionLog.START`` at
         ``restart_step`` (see ``LogWorker``). The Run flushes it at each checkpoint and handles
-        SIGTERM itself (saving flushes), so this writer installs no handler."""
+        SIGTERM itself (saving flushes), so this writer installs no handler. ``on_scalar(tag,
+        host value, step)`` hears every ``add_scalar`` (the run's hooks: the live doctor)."""
         writer = cls.__new__(cls)
         writer.log_dir, writer.purge_step, writer.max_queue = str(log_dir), None, 10
         writer.flush_secs, writer.filename_suffix = 120, ""
         writer._state, writer._worker = _OPEN, None
         writer._run_owned, writer._hparams_logged, writer._warned = True, hparams_logged, set()
+        writer._on_scalar = on_scalar
         if _rank() != 0:
             writer._state = _SILENT
         else:
@@ -171,9 +175,12 @@ class SummaryWriter(SummaryKinds):
             global_step = check_step("add_scalar", global_step)
         if new_style or double_precision:
             value = tensor_on_host(scalar_value)
-            return self._job(f"add_scalar({tag!r})", global_step, walltime, tag=tag, build=
-                             lambda: _summary().scalar(tag, resolve(value), new_style=new_style,
-                                                       double_precision=double_precision))
+            self._job(f"add_scalar({tag!r})", global_step, walltime, tag=tag, build=
+                      lambda: _summary().scalar(tag, resolve(value), new_style=new_style,
+                                                double_precision=double_precision))
+            if self._on_scalar is not None:
+                self._on_scalar(tag, value, global_step)
+            return
         if type(scalar_value) is not float:
             scalar_value = scalar_on_host(scalar_value, tag)
         queue = self._queue
@@ -181,6 +188,8 @@ class SummaryWriter(SummaryKinds):
                       time.time() if walltime is None else check_walltime("add_scalar", walltime)))
         if len(queue) > MAX_BACKLOG:
             self._wait_for_backlog()
+        if self._on_scalar is not None:
+            self._on_scalar(tag, scalar_value, global_step)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any],
                     global_step: int | None = None, walltime: float | None = None) -> None:
