@@ -29,7 +29,7 @@ def healthy_quantities(**changes) -> Quantities:
     base = Quantities(
         start=2.3, peak=2.4, peak_step=3, best_before_peak=1.0, train_best=0.1, train_final=0.1, val_best=0.2,
         val_best_step=900, val_final=0.2, val_rise=0.0, gap=0.1, gap_ratio=2.0, gap_share=0.1 / 2.3,
-        progress=1 - 0.1 / 2.3, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, swing=0.005,
+        progress=1 - 0.1 / 2.3, val_progress=0.9, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, swing=0.005,
         nonfinite=0, ends_nonfinite=False, first_nonfinite_step=None, classes=None, chance_loss=None,
         chance_source=None, final_over_chance=None, acc_final=None, acc_chance=None, train_points=1000,
         val_points=20)

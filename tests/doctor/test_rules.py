@@ -66,10 +66,16 @@ def test_a_curve_still_bending_down_is_still_improving():
     assert d.verdict == "still_improving"
 
 
-def test_only_a_training_loss_still_judges_and_says_validation_is_missing():
+def test_only_a_training_loss_that_converged_cannot_be_called_healthy_and_says_why():
     d = diagnose(run_of(loss=(STEPS, decay())))
-    assert d.judged and d.tags == {"train_loss": "loss"}
-    assert any(f.kind == "no_validation" for f in d.findings)
+    assert not d.judged and d.tags == {"train_loss": "loss"}
+    assert "without a validation loss healthy cannot be told from overfitting" in d.cannot_judge
+    assert d.decided_by["progress"] > 0.9  # the numbers it did read
+
+
+def test_only_a_training_loss_still_judges_what_needs_no_validation():
+    d = diagnose(run_of(loss=(STEPS, np.full(len(STEPS), 0.7) + 0.001 * np.sin(STEPS))))
+    assert d.verdict == "plateau" and any(f.kind == "no_validation" for f in d.findings)
 
 
 def test_only_a_validation_loss_is_judged_on_it():
@@ -88,7 +94,7 @@ def test_tags_it_cannot_map_say_which_tags_exist_and_how_to_name_them():
     assert d.verdict is None
     assert "bar/baz" in d.cannot_judge and "--train-tag" in d.cannot_judge
     named = diagnose(run_of(foo=(STEPS, decay()), bar__baz=(STEPS, decay())), train_tag="foo")
-    assert named.judged and named.tags["train_loss"] == "foo"
+    assert named.tags["train_loss"] == "foo" and "without a validation loss" in named.cannot_judge
     assert "no scalar tag 'nope'" in diagnose(run_of(foo=(STEPS, decay())), val_tag="nope").cannot_judge
 
 
@@ -166,8 +172,9 @@ def test_a_validation_nan_at_the_end_is_diverged_and_quotes_the_validation_curve
     val = decay()[::10].copy()
     val[-3:] = np.nan
     d = diagnose(run_of(loss__train=(STEPS, decay()), loss__val=(STEPS[::10], val)))
-    assert d.verdict == "diverged" and d.evidence[0].startswith("validation loss became NaN/inf")
-    assert f"{np.nanmin(val):.4g}"[:4] in d.evidence[0]
+    assert d.verdict == "diverged" and d.evidence[0].startswith("the loss ends NaN/inf")  # the definition
+    [line] = [e for e in d.evidence if e.startswith("validation loss became NaN/inf")]  # which curve, where
+    assert f"{np.nanmin(val):.4g}"[:4] in line
 
 
 @pytest.mark.parametrize("values", [np.zeros(len(STEPS)),                             # constant zero
@@ -181,12 +188,12 @@ def test_odd_losses_get_a_verdict_without_a_traceback(values):
 
 def test_a_constant_loss_says_so():
     d = diagnose(run_of(loss__train=(STEPS, np.full(len(STEPS), 0.5))))
-    assert d.verdict == "plateau" and "exactly 0.5 at every step" in d.evidence[0]
+    assert d.verdict == "plateau" and any("exactly 0.5 at every step" in e for e in d.evidence)
 
 
-def test_a_healthy_run_without_validation_names_the_training_loss_in_its_suggestion():
-    d = diagnose(run_of(loss=(STEPS, decay())))
-    assert d.verdict == "healthy" and d.suggestions[0].startswith("lowest training loss (smoothed) at step")
+def test_a_healthy_run_names_its_lowest_validation_point_in_its_suggestion():
+    d = diagnose(run_of(loss=(STEPS, decay()), loss__val=(STEPS[::10], decay()[::10] * 1.1)))
+    assert d.verdict == "healthy" and d.suggestions[0].startswith("lowest validation loss (smoothed) at step")
 
 
 def test_a_garbage_event_file_is_named(tmp_path, capsys):

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from .curves import RunData, Series
     from .diagnosis import Diagnosis, Finding
     from .features import CurveFeatures
+    from .definitions import Decision
+    from .quantities import Quantities
     from .signals_read import SignalSummary
 
 __all__ = ["Curves", "Verdict", "FindingRule", "Rule"]
@@ -74,6 +76,8 @@ class Curves:
     acc_train: Series | None
     acc_val: Series | None
     signals: SignalSummary              # the doctor/... signals summed up (update ratio, dead ReLUs...)
+    quantities: Quantities | None = None  # the named quantities (quantities.py) every definition reads
+    decision: Decision | None = None      # which built-in definition holds (definitions.py), with its numbers
 
 
 @dataclass(frozen=True, kw_only=True)

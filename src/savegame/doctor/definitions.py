@@ -15,12 +15,13 @@ In order, the first that holds wins:
    learned, and ended back at the guess level (``at_guess`` x it or more): the first steps threw
    the weights where they predict nothing better than a guess.
 3. **plateau**: the loss removed less than ``stuck`` of its start, or less than ``slow`` while
-   its last fifth removed nothing more: it never learned.
-4. **lr_too_high** (noise): over the second half the loss swings ``noisy`` of its level around
-   its trend, jumps ``swing`` of its start, and made little progress in its last fifth.
-5. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
+   its last fifth removed nothing more, or less than ``slow`` while the validation loss removed
+   less than half of ``stuck``: it never learned (anything that generalizes).
+4. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
    gained from its best, or the gap at the end is ``gap_share`` of the starting loss or more and
    the validation loss is ``gap_ratio`` x the training loss or more.
+5. **lr_too_high** (noise): over the second half the loss swings ``noisy`` of its level around
+   its trend, jumps ``swing`` of its start, and made little progress in its last fifth.
 6. **lr_too_low**: a slow straight decline still going: the last fifth made ``late`` of the drop
    or more, and the loss removed less than ``low_progress`` of its start.
 7. **still_improving**: the last fifth still made ``late`` of the drop or more, or it removed
@@ -34,7 +35,7 @@ In order, the first that holds wins:
 >>> from savegame.doctor.quantities import Quantities
 >>> q = Quantities(start=2.3, peak=2.4e9, peak_step=40, best_before_peak=1.0, train_best=0.9, train_final=115.0, val_best=None,
 ...                val_best_step=None, val_final=None, val_rise=None, gap=None, gap_ratio=None, gap_share=None,
-...                progress=-49.0, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, swing=0.01, nonfinite=0,
+...                progress=-49.0, val_progress=None, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, swing=0.01, nonfinite=0,
 ...                ends_nonfinite=False, first_nonfinite_step=None, classes=10, chance_loss=2.303,
 ...                chance_source="num_classes=10 in the run config", final_over_chance=49.9, acc_final=0.1,
 ...                acc_chance=0.1, train_points=300, val_points=0)
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Collection
 
 from .quantities import Quantities
 
@@ -65,7 +67,7 @@ class Thresholds:
     stuck: float = 0.08
     slow: float = 0.2
     flat_tail: float = 0.02
-    noisy: float = 0.12
+    noisy: float = 0.4
     swing: float = 0.05
     rise: float = 0.25
     gap_share: float = 0.3
@@ -84,29 +86,38 @@ DEFAULT = Thresholds()
 @dataclass
 class Decision:
     """A verdict (None: the logs cannot support one, ``why`` says why), the quantities that
-    decided it by name, and one sentence that states the definition with them."""
+    decided it by name, one sentence that states the definition with them, and a confidence:
+    0.9 where the numbers are far past their thresholds, less near them."""
 
     verdict: str | None
     why: str
     numbers: dict[str, float] = field(default_factory=dict)
+    confidence: float = 0.8
 
 
-def decide(q: Quantities, t: Thresholds = DEFAULT) -> Decision:
-    """The first definition that holds for ``q`` (see the module docstring for the order)."""
+def decide(q: Quantities, t: Thresholds = DEFAULT, *, among: Collection[str] | None = None) -> Decision:
+    """The first definition that holds for ``q`` (see the module docstring for the order), of the
+    verdicts ``among`` (default: all; a user's verdict that replaces a built-in one takes its
+    definition out)."""
     guess = q.chance_loss if q.chance_loss else q.start
     guess_name = f"the chance level ln {q.classes}" if q.chance_loss else "the starting loss"
     best = min(v for v in (q.train_best, q.val_best, q.start) if v is not None)
     final = _main_final(q)
-    for definition in (_diverged, _jumped, _plateau, _noisy, _overfitting, _too_slow, _still_improving,
+    for definition in (_diverged, _jumped, _plateau, _overfitting, _noisy, _too_slow, _still_improving,
                        _underfitting, _healthy):
         found = definition(q, t, final=final, best=best, guess=guess, guess_name=guess_name)
-        if found is not None:
+        if found is not None and (among is None or found.verdict is None or found.verdict in among):
             return found
-    raise AssertionError("_healthy always decides")  # pragma: no cover
+    return Decision(None, "no built-in definition holds (a verdict of your own replaced the one that did)")
 
 
 def _main_final(q: Quantities) -> float:
     return q.train_final if q.train_final is not None else q.val_final
+
+
+def _margin(value: float, threshold: float) -> float:
+    """0.6 at the threshold, 0.9 at twice it (or more)."""
+    return 0.6 + 0.3 * min(1.0, max(0.0, value / threshold - 1.0)) if threshold > 0 else 0.8
 
 
 def _ratio(a: float, b: float) -> float:
@@ -116,12 +127,12 @@ def _ratio(a: float, b: float) -> float:
 def _diverged(q, t, *, final, best, **_) -> Decision | None:
     if q.ends_nonfinite:
         return Decision("diverged", f"the loss ends NaN/inf (first at step {q.first_nonfinite_step:,})",
-                        {"nonfinite": q.nonfinite, "first_nonfinite_step": q.first_nonfinite_step})
+                        {"nonfinite": q.nonfinite, "first_nonfinite_step": q.first_nonfinite_step}, 0.95)
     over_start, over_best = _ratio(final, q.start), _ratio(final, best)
     if q.start > 0 and over_start >= t.exploded and over_best >= t.exploded_over_best:
         return Decision("diverged", f"the loss ends at {over_start:.3g}x its start and {over_best:.3g}x its best",
                         {"final/start": round(over_start, 3), "final/best": round(over_best, 3),
-                         "peak/start": round(_ratio(q.peak, q.start), 3)})
+                         "peak/start": round(_ratio(q.peak, q.start), 3)}, _margin(over_start, t.exploded))
     return None
 
 
@@ -141,10 +152,13 @@ def _jumped(q, t, *, final, guess, guess_name, **_) -> Decision | None:
 
 
 def _plateau(q, t, **_) -> Decision | None:
-    if q.progress < t.stuck or (q.progress < t.slow and q.tail_drop < t.flat_tail):
+    val_stuck = q.val_progress is not None and q.val_progress < t.stuck / 2
+    if q.progress < t.stuck or (q.progress < t.slow and (q.tail_drop < t.flat_tail or val_stuck)):
+        val = f", the validation loss {q.val_progress:.1%}" if q.val_progress is not None else ""
         return Decision("plateau", f"the loss removed {q.progress:.1%} of its start, {q.tail_drop:.1%} in its "
-                        "last fifth: it never learned", {"progress": round(q.progress, 4),
-                                                          "tail_drop": round(q.tail_drop, 4)})
+                        f"last fifth{val}: it never learned", {"progress": round(q.progress, 4),
+                                                                "tail_drop": round(q.tail_drop, 4),
+                                                                "val_progress": q.val_progress})
     return None
 
 

@@ -71,6 +71,8 @@ class Diagnosis:
     tags: dict[str, str] = field(default_factory=dict)
     cannot_judge: str | None = None
     best_checkpoint: dict[str, Any] | None = None
+    decided_by: dict[str, Any] = field(default_factory=dict)  # the numbers that decided the verdict
+    quantities: dict[str, Any] = field(default_factory=dict)  # every named quantity (quantities.py)
     verdict_info: Verdict | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,7 +88,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-ready (NaN/inf become None): run, verdict, confidence, evidence,
-        suggestions, findings, marks, tags, cannot_judge, best_checkpoint."""
+        suggestions, findings, marks, tags, cannot_judge, best_checkpoint, decided_by, quantities."""
         data = asdict(replace(self, verdict_info=None))
         del data["verdict_info"]  # code (a rule), not data: the JSON names the verdict
         data["confidence"] = round(self.confidence, 3)

@@ -64,6 +64,7 @@ class Quantities:
     gap_ratio: float | None           # val_final / that training loss
     gap_share: float | None           # gap / start: the gap against the whole scale of the problem
     progress: float                   # (start - final) / start, main loss
+    val_progress: float | None        # the same for the validation loss
     tail_drop: float                  # (value at 80% of steps - final) / start: still falling (+), rising (-)
     tail_share: float | None          # the last fifth's share of the whole drop
     tail_gain: float                  # (value at 80% of steps - final) / |final| of the validation loss (else
@@ -71,7 +72,7 @@ class Quantities:
     noise: float                      # median |raw - smooth| / level over the second half, main loss
     swing: float                      # 90th percentile |raw - smooth| over the second half / start
     nonfinite: int                    # NaN/inf values in either loss
-    ends_nonfinite: bool              # the main loss ends NaN/inf (it never recovered)
+    ends_nonfinite: bool              # the training or validation loss ends NaN/inf (never recovered)
     first_nonfinite_step: int | None
     classes: int | None               # C, where known
     chance_loss: float | None         # ln C, where known
@@ -120,10 +121,11 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
         val_best=val.low if val is not None else None, val_best_step=val.low_step if val is not None else None,
         val_final=val_final, val_rise=val_rise, gap=gap, gap_ratio=gap_ratio,
         gap_share=gap / scale if gap is not None else None,
-        progress=total_drop / scale, tail_drop=(at_tail - main.end) / scale,
+        progress=total_drop / scale, val_progress=val.progress if val is not None and val is not main else None,
+        tail_drop=(at_tail - main.end) / scale,
         tail_share=(at_tail - main.end) / total_drop if total_drop > 1e-12 * scale else None,
         tail_gain=_tail_gain(val if val is not None else main),
-        noise=main.noise, swing=main.swing, nonfinite=nonfinite, ends_nonfinite=main.nonfinite_step is not None,
+        noise=main.noise, swing=main.swing, nonfinite=nonfinite, ends_nonfinite=any(f.nonfinite_step is not None for f in (train, val, main) if f is not None),
         first_nonfinite_step=first_bad, classes=found, chance_loss=chance, chance_source=source,
         final_over_chance=main.end / chance if chance else None,
         acc_final=acc_final, acc_chance=1.0 / found if found else None,

@@ -33,8 +33,10 @@ import numpy as np
 
 from ._base import Curves, FindingRule, Verdict
 from .curves import RunData, Series, best_checkpoint
+from .definitions import decide
 from .diagnosis import Diagnosis, Finding
 from .features import CurveFeatures, curve_features
+from .quantities import quantities
 from .signals_read import summarize_signals
 from .tags import pick_tags
 from .verdict_rules import MIN_POINTS, MIN_SWING, NOISY  # every threshold is named in verdict_rules.py
@@ -46,17 +48,21 @@ _BUILTIN_RULES = frozenset(v.rule for v in BUILTIN)  # they change nothing unles
 
 
 def diagnose(run: RunData, *, train_tag: str | None = None, val_tag: str | None = None,
-             rules: Iterable[Verdict | FindingRule] = ()) -> Diagnosis:
+             rules: Iterable[Verdict | FindingRule] = (), classes: int | None = None) -> Diagnosis:
     """The diagnosis of one run. Never raises on odd data: it says "cannot judge" instead.
 
     ``train_tag`` / ``val_tag`` name the losses when their tags are not recognized. ``rules``
     adds :class:`~savegame.doctor.Verdict` and :class:`~savegame.doctor.FindingRule` objects of
     your own to the built-in ones (see ``savegame.doctor._base``); a rule of yours that raises
-    is skipped and named by a ``rule_error`` finding. Raises ``TypeError`` / ``ValueError`` only
-    for a malformed ``rules`` list, before reading anything."""
+    is skipped and named by a ``rule_error`` finding. ``classes`` (C) sets the chance level ``ln C``
+    when the run's config does not name it (see ``quantities.py``). Raises ``TypeError`` /
+    ``ValueError`` only for a malformed ``rules`` list or ``classes``, before reading anything."""
     verdicts, finders = verdict_table(rules)
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 2):
+        raise ValueError(f"classes={classes!r}: give the number of classes, an int of at least 2 (or None)")
     try:
-        return _diagnose(run, train_tag=train_tag, val_tag=val_tag, verdicts=verdicts, finders=finders)
+        return _diagnose(run, train_tag=train_tag, val_tag=val_tag, verdicts=verdicts, finders=finders,
+                         classes=classes)
     except Exception as error:  # a rule's bug must not cost the other runs (or a training run) anything
         return _cannot(Diagnosis(run=run.name), f"the doctor failed on this run ({type(error).__name__}: {error}); "
                                                 "please report it with the run's event files")
@@ -74,7 +80,7 @@ def measure(run: RunData, *, train_tag: str | None = None, val_tag: str | None =
 
 
 def _diagnose(run: RunData, *, train_tag: str | None, val_tag: str | None, verdicts: list[Verdict],
-              finders: list[FindingRule]) -> Diagnosis:
+              finders: list[FindingRule], classes: int | None = None) -> Diagnosis:
     diagnosis = Diagnosis(run=run.name)
     diagnosis.findings.extend(run.notes)
     try:
@@ -105,12 +111,18 @@ def _diagnose(run: RunData, *, train_tag: str | None, val_tag: str | None, verdi
     if main is None or main.points < MIN_POINTS:
         n = int(np.isfinite(main_series.values).sum())
         return _cannot(diagnosis, f"only {n} finite point(s) of {main_tag}; a trend needs at least {MIN_POINTS}")
+    curves.quantities = quantities(curves, classes=classes)
+    diagnosis.quantities = curves.quantities.to_dict()
+    curves.decision = decide(curves.quantities, among={v.name for v in verdicts if v.rule in _BUILTIN_RULES})
     for verdict in verdicts:
         held, diagnosis = _try(verdict, diagnosis, curves)
         if held:
             diagnosis.verdict, diagnosis.verdict_info = verdict.name, verdict
             diagnosis.suggestions += verdict.suggestions
             break
+    else:  # no verdict holds: the definitions say why the logs cannot support one
+        _cannot(diagnosis, curves.decision.why)
+        diagnosis.decided_by = dict(curves.decision.numbers)
     _secondary(diagnosis, curves, tags)
     if "val_loss" not in tags and diagnosis.judged:
         diagnosis.confidence *= 0.85
