@@ -25,6 +25,7 @@ from report_runs import diverged_run, overfitting_run
 from savegame.doctor.html import write_report
 
 TRAIN_BLUE, VAL_ORANGE = (31, 119, 180), (255, 127, 14)
+DECIDED_AMBER = (255, 246, 224)  # #ffb300 at alpha 0.12 over white: the region that decided the verdict
 
 
 @pytest.fixture
@@ -122,6 +123,13 @@ def test_report_of_a_real_tensorboard_logdir_renders(browser, tmp_path):
     pixels = check_page(browser, report, tmp_path, "tensorboard", [run.name for run in runs])
     assert (np.abs(pixels - 255).sum(-1) > 30).mean() > 0.03
     assert near(pixels, TRAIN_BLUE) > 200
+    # the evidence: the fix in one line, the numbers that decided, and on the plot the region
+    # that decided (amber, 12% over white) beside the starting-loss line
+    text = browser.evaluate("document.body.innerText")
+    assert text.count("fix:") == 2 and text.count("decided by:") == 2, text
+    assert "val_rise" in text and "final/start" in text or "nonfinite" in text
+    amber = (np.abs(pixels - DECIDED_AMBER).sum(-1) <= 12) & (np.abs(pixels - 255).sum(-1) >= 25)  # not white
+    assert amber.sum() > 2000, amber.sum()
 
 
 def test_a_report_of_runs_with_many_flags_fits_the_page_and_folds_them(browser, tmp_path):

@@ -120,7 +120,8 @@ def table(diagnoses: list[Diagnosis], *, title: str) -> Any:
             style = terminal_style(d)
             grid.add_row(Text(d.run), Text(d.verdict, style=style), f"{d.confidence:.0%}",
                          Text(d.evidence[0] if d.evidence else ""))
-        lines = [f"  evidence: {e}" for e in d.evidence[1:]] + [f"  do: {s}" for s in d.suggestions]
+        lines = [f"  decided by: {d.numbers()}"] if d.decided_by else []
+        lines += [f"  evidence: {e}" for e in d.evidence[1:]] + [f"  do: {s}" for s in d.suggestions]
         lines += [f"  also: {f.message}" for f in d.findings]
         if lines:
             details.append(Text(f"\n{d.run} — {d.verdict or 'cannot judge'}", style="bold"))

@@ -46,6 +46,8 @@ class Marks:
     plateau_start: int | None = None    # where the loss stopped improving
     gap_step: int | None = None         # where the train/val gap is measured (the last val point)
     gap: float | None = None            # val - train there
+    region: tuple[int, int] | None = None  # the steps that decided the verdict (first, last)
+    region_label: str | None = None     # what happened there, for the plot's legend
 
 
 @dataclass
@@ -79,6 +81,10 @@ class Diagnosis:
     def judged(self) -> bool:
         return self.verdict is not None
 
+    def numbers(self) -> str:
+        """The numbers that decided the verdict, on one line: ``final/start 50.2 · final/best 128``."""
+        return " · ".join(f"{k} {_number(v)}" for k, v in self.decided_by.items() if v is not None)
+
     def line(self) -> str:
         """One line for a terminal or a log."""
         if not self.judged:
@@ -93,6 +99,10 @@ class Diagnosis:
         del data["verdict_info"]  # code (a rule), not data: the JSON names the verdict
         data["confidence"] = round(self.confidence, 3)
         return json_safe(data)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def json_safe(value: Any) -> Any:

@@ -252,6 +252,10 @@ def _section(index: int, run: RunData, d: Diagnosis, checkpoints: Sequence[Any])
     out = [f'<section id="{_anchor(index)}"><h2>{_e(run.name)}</h2><p>{_badge(d)}</p>']
     if not d.judged:
         out.append(f"<p><b>cannot judge:</b> {_e(d.cannot_judge)}</p>")
+    if d.suggestions:
+        out.append(f'<p class="fix"><b>fix:</b> {_e(d.suggestions[0])}</p>')
+    if d.decided_by:
+        out.append(f'<p class="numbers"><b>decided by:</b> {_e(d.numbers())}</p>')
     out.append(_listing("Evidence", d.evidence))
     out.append(_listing("Suggestions", d.suggestions))
     out.append(_listing("Other findings", [f.message for f in d.findings]))  # messages name their steps

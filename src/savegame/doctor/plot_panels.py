@@ -125,6 +125,14 @@ def _value_at(series: Series | None, step: int) -> float | None:
 def _draw_marks(ax: Axes, run: RunData, diagnosis: Diagnosis) -> None:
     m, val = diagnosis.marks, _series(run, diagnosis, "val_loss")
     last = max((int(s.steps[-1]) for s in run.scalars.values() if len(s)), default=None)
+    q = diagnosis.quantities
+    if isinstance(q.get("start"), float):
+        ax.axhline(q["start"], color="0.35", ls=":", lw=1, label=f"start {q['start']:.4g}")
+    if isinstance(q.get("chance_loss"), float):
+        ax.axhline(q["chance_loss"], color="#ad1457", ls="-.", lw=1,
+                   label=f"chance ln {q['classes']} = {q['chance_loss']:.3g}")
+    if m.region is not None and m.region[1] > m.region[0]:
+        ax.axvspan(*m.region, color="#ffb300", alpha=0.12, lw=0, label=f"decided here: {m.region_label}")
     if m.plateau_start is not None and last is not None and last > m.plateau_start:
         ax.axvspan(m.plateau_start, last, color="0.5", alpha=0.15, lw=0, label=f"plateau from {m.plateau_start:,}")
     if m.diverged_step is not None:

@@ -54,7 +54,28 @@ def _decided(d: Diagnosis, c: Curves, name: str) -> bool:
     d.evidence.append(decision.why)
     d.decided_by = dict(decision.numbers)
     d.confidence = decision.confidence
+    d.marks.region, d.marks.region_label = _region(c, name)
     return True
+
+
+def _region(c: Curves, name: str) -> tuple[tuple[int, int] | None, str | None]:
+    """The steps the deciding numbers were read from, and what they say there."""
+    main = c.main
+    first, last = int(main.steps[0]), int(main.steps[-1])
+    tail = int(first + 0.8 * (last - first))
+    q = c.quantities
+    if name == "overfitting" and c.val is not None:
+        return (c.val.low_step, int(c.val.steps[-1])), "validation past its best"
+    if name == "diverged":  # to the last step logged, NaN included
+        start = q.first_nonfinite_step if q.first_nonfinite_step is not None else main.low_step
+        return (start, max(int(c.main_series.steps[-1]), last, start)), "the loss blew up"
+    if name == "lr_too_high" and q.peak_step and q.peak / max(q.start, 1e-30) >= 3:
+        return (first, q.peak_step), "the jump"
+    if name == "lr_too_high":
+        return (int(first + 0.5 * (last - first)), last), "swings around the trend"
+    return (tail, last), {"plateau": "flat", "lr_too_low": "still falling slowly",
+                          "still_improving": "still falling", "underfitting": "flat, high",
+                          "healthy": "flat"}.get(name, "the end")
 
 
 def diverged(d: Diagnosis, c: Curves) -> bool:
