@@ -1,15 +1,28 @@
 """Every run under a TensorBoard logdir, read fast and cleaned into one value per step.
 
-Reads event files written by savegame, ``torch.utils.tensorboard``, tensorboardX, Lightning or
-TensorFlow (``simple_value`` scalars and the newer scalar tensors). A "run" is a folder holding
-event files, as TensorBoard counts them, with two of torch's habits folded back into their run:
-``add_scalars("loss", {"train": ...})`` writes ``loss_train/`` sub-folders (read here as the tag
-``loss/train`` of the parent), and ``add_hparams`` writes a timestamped sub-folder (read here as
-the parent's hparams).
+Reads event files written by savegame, ``torch.utils.tensorboard``, tensorboardX, Lightning, the
+HF Trainer, Keras or TensorFlow (``simple_value`` scalars and the newer scalar tensors). A "run"
+is a folder holding event files, as TensorBoard counts them, with three habits folded back into
+their run:
+
+- ``add_scalars("loss", {"train": ...})`` writes sub-folders, ``loss_train/`` (torch) or
+  ``loss/train/`` (tensorboardX), each with the one tag ``loss``: read as the tag ``loss/train``
+  of the run above;
+- torch's ``add_hparams`` writes a timestamped sub-folder (read here as the parent's hparams);
+- Keras writes ``train/`` and ``validation/`` sub-folders with the same tags (``epoch_loss``):
+  read as one run named after their parent, each tag prefixed with its folder's name
+  (``train/epoch_loss``, ``validation/epoch_loss``). Only when the parent has no scalars of its
+  own, holds no other event folders, and the two share a loss tag with no split word: two
+  experiments that happen to be called ``train`` and ``val`` log different tags and stay two runs.
+
+Lightning's ``hparams.yaml`` beside the event files is read into the run's hparams (with
+PyYAML, which Lightning installs), its exact values over the ones in the event file.
 
 A resumed run that logged the same steps again (torch's writer appends a second file) is read
 the way the rerun meant it: when a series steps backwards, the earlier points at or after that
-step belong to the abandoned timeline and are dropped; a repeated step keeps its last value.
+step belong to the abandoned timeline and are dropped; a repeated step keeps its last value
+(without a note when it never stepped backwards: Lightning logs ``epoch`` two or three times at
+an epoch's last step, the HF Trainer ``train/epoch`` at each evaluation).
 
 >>> import tempfile
 >>> from torch.utils.tensorboard import SummaryWriter
@@ -26,6 +39,16 @@ folder (``savegame doctor runs/demo`` calls it ``demo``, also when given as ``.`
 
 >>> [r.name for r in load_runs(f"{root}/a")]
 ['a']
+
+Keras's layout, as ``keras.callbacks.TensorBoard("logs/fit")`` writes it:
+
+>>> for split, losses in (("train", (1.0, 0.6, 0.4)), ("validation", (1.1, 0.8, 0.7))):
+...     with SummaryWriter(f"{root}/fit/{split}") as w:
+...         for epoch, loss in enumerate(losses):
+...             w.add_scalar("epoch_loss", loss, epoch)
+>>> [run] = load_runs(f"{root}/fit")
+>>> run.name, sorted(run.scalars)
+('fit', ['train/epoch_loss', 'validation/epoch_loss'])
 """
 
 from __future__ import annotations
@@ -44,6 +67,7 @@ from .diagnosis import Finding
 
 _SKIP_DIRS = {"checkpoints", "discarded-logs", "__pycache__", ".git"}
 _HPARAMS_TAG = "_hparams_/session_start_info"
+_SPLIT_VAL = ("validation", "val", "eval", "test")  # Keras: train/ + validation/
 
 
 @dataclass
@@ -85,21 +109,30 @@ def load_runs(root: str | os.PathLike) -> list[RunData]:
     if not root.is_dir():
         raise LogdirError(f"{root} is a file; give the folder that holds the event files (its parent)")
     folders = sorted(_event_folders(root))
+    found = set(folders)
     runs: dict[Path, RunData] = {}
+    for parent, (train, val) in _split_candidates(folders).items():
+        run = _read_split_run(root, parent, train, val, own=parent in found)
+        if run is not None:
+            runs[parent] = run
+            folders = [f for f in folders if f not in (parent, train, val)]
     for folder in folders:
-        parent = folder.parent
-        if parent in runs:  # folded into the parent: add_scalars children and add_hparams folders
-            scalars, hparams = _read_folder(folder)
-            if hparams:
-                runs[parent].hparams = {**hparams, **runs[parent].hparams}
+        notes: list[Finding] = []
+        read = None
+        owner = next((p for p in folder.parents if p in runs), None)  # tensorboardX nests: run/loss/train
+        if owner is not None:  # folded into the run: add_scalars children and add_hparams folders
+            scalars, hparams = read = _read_folder(folder, notes)
+            if hparams and owner == folder.parent:
+                runs[owner].hparams = {**hparams, **runs[owner].hparams}
                 continue
-            child = _add_scalars_child(folder.name, scalars)
+            child = _add_scalars_child(folder.relative_to(owner).as_posix(), scalars)
             if child is not None:
                 main_tag, key = child
-                runs[parent].scalars[f"{main_tag}/{key}"] = _clean(scalars[main_tag], f"{main_tag}/{key}",
-                                                                    runs[parent].notes)
+                runs[owner].notes += notes
+                runs[owner].scalars[f"{main_tag}/{key}"] = _clean(scalars[main_tag], f"{main_tag}/{key}",
+                                                                   runs[owner].notes)
                 continue
-        runs[folder] = _read_run(root, folder)
+        runs[folder] = _read_run(root, folder, read, notes)
     return sorted(runs.values(), key=lambda r: r.name)
 
 
@@ -119,6 +152,46 @@ def _event_folders(root: Path) -> Iterable[Path]:
         dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
         if any("tfevents" in f for f in files):
             yield Path(folder)
+
+
+def _split_candidates(folders: list[Path]) -> dict[Path, tuple[Path, Path]]:
+    """{parent: (its train/, its validation/)} where these two are the only event folders below it."""
+    out: dict[Path, tuple[Path, Path]] = {}
+    for train in folders:
+        if train.name != "train":
+            continue
+        below = [f for f in folders if train.parent in f.parents]
+        vals = [f for f in below if f.parent == train.parent and f.name in _SPLIT_VAL]
+        if len(below) == 2 and len(vals) == 1:
+            out[train.parent] = (train, vals[0])
+    return out
+
+
+def _read_split_run(root: Path, parent: Path, train: Path, val: Path, own: bool) -> RunData | None:
+    """Keras's ``train/`` and ``validation/`` as one run, or None when they are not that layout."""
+    from .tags import plain_loss
+
+    run = RunData(name=_run_name(root, parent), path=parent, info=_run_info(parent))
+    scalars, hparams = _read_folder(parent, run.notes) if own else ({}, {})
+    if scalars:  # the parent logs its own curves: a run of its own, and so are its sub-folders
+        return None
+    raw = {}
+    for folder in (train, val):
+        raw[folder], folder_hparams = _read_folder(folder, run.notes)
+        hparams = {**folder_hparams, **hparams}
+    if not any(plain_loss(tag) for tag in raw[train].keys() & raw[val].keys()):
+        return None
+    # With update_freq="batch" (or N) the train loss read is batch_loss, on the optimizer's
+    # iteration axis; the validation loss on that axis is evaluation_loss_vs_iterations, not
+    # epoch_loss (steps 0, 1, 2 ... are epochs). Named plainer, it is the one picked.
+    per_batch = any(tag.startswith("batch_") for tag in raw[train])
+    for folder in (train, val):
+        for tag, points in raw[folder].items():
+            if per_batch and folder == val and tag.startswith("evaluation_") and tag.endswith("_vs_iterations"):
+                tag = tag[:-len("_vs_iterations")]
+            run.scalars[f"{folder.name}/{tag}"] = _clean(points, f"{folder.name}/{tag}", run.notes)
+    run.hparams = _config_hparams(run.info) or hparams
+    return run
 
 
 def _event_files(folder: Path) -> list[Path]:
@@ -184,13 +257,62 @@ def best_checkpoint(run: RunData) -> dict[str, Any] | None:
     return {**found, **on_disk} if on_disk is not None and on_disk["step"] is not None else None
 
 
-def _read_run(root: Path, folder: Path) -> RunData:
-    name = folder.relative_to(root).as_posix() if folder != root else folder_name(root)
-    run = RunData(name=name, path=folder, info=_run_info(folder))
-    raw, hparams = _read_folder(folder, run.notes)
+def _run_name(root: Path, folder: Path) -> str:
+    return folder.relative_to(root).as_posix() if folder != root else folder_name(root)
+
+
+def _read_run(root: Path, folder: Path, read: tuple[dict, dict] | None = None,
+              notes: Sequence[Finding] = ()) -> RunData:
+    """The run in ``folder``; ``read``: its ``_read_folder`` result (with ``notes``) if already read."""
+    run = RunData(name=_run_name(root, folder), path=folder, info=_run_info(folder), notes=list(notes))
+    raw, hparams = read if read is not None else _read_folder(folder, run.notes)
     run.scalars = {tag: _clean(points, tag, run.notes) for tag, points in raw.items()}
-    run.hparams = _config_hparams(run.info) or hparams
+    run.hparams = _config_hparams(run.info) or {**hparams, **_hparams_yaml(folder)}
     return run
+
+
+def _hparams_yaml(folder: Path) -> dict[str, Any]:
+    """Lightning's ``hparams.yaml``, nested keys joined with ``/`` as Lightning's event file has
+    them; {} when there is none, PyYAML is missing, or it does not parse.
+
+    Its values are exact where the event file's are not (``num_classes: 3``, not 3.0). Lightning
+    writes it with ``yaml.dump``, so a tuple hparam reads ``!!python/tuple``: such tags are read
+    as the plain list, mapping or string they hold, never as Python objects.
+    """
+    path = folder / "hparams.yaml"
+    try:
+        import yaml
+    except ImportError:
+        return {}
+    if not path.is_file():
+        return {}
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def plain(loader: Any, suffix: str, node: Any) -> Any:
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node, deep=True)
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        return loader.construct_scalar(node)
+
+    Loader.add_multi_constructor("", plain)  # any tag SafeLoader does not know
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return _flat(data) if isinstance(data, dict) else {}
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _run_info(folder: Path) -> dict[str, Any] | None:
@@ -278,15 +400,20 @@ def _session_hparams(value: Any) -> dict[str, Any]:
     return out
 
 
-def _add_scalars_child(folder_name: str, scalars: dict[str, Any]) -> tuple[str, str] | None:
-    """(main tag, key) when this folder is what torch's ``add_scalars(main_tag, {key: ...})``
-    writes: one tag, and the folder named ``<main_tag with / as _>_<key>``."""
+def _add_scalars_child(rel: str, scalars: dict[str, Any]) -> tuple[str, str] | None:
+    """(main tag, key) when this folder, at ``rel`` below its run, is what
+    ``add_scalars(main_tag, {key: ...})`` writes: one tag, and the folder at
+    ``<main_tag with / as _>_<key>`` (torch) or ``<main_tag>/<key>`` (tensorboardX).
+
+    >>> _add_scalars_child("loss_train", {"loss": ...}), _add_scalars_child("loss/all/val", {"loss/all": ...})
+    (('loss', 'train'), ('loss/all', 'val'))
+    """
     if len(scalars) != 1:
         return None
     [main_tag] = scalars
-    prefix = main_tag.replace("/", "_") + "_"
-    if folder_name.startswith(prefix) and len(folder_name) > len(prefix):
-        return main_tag, folder_name[len(prefix):]
+    for prefix in (main_tag.replace("/", "_") + "_", main_tag + "/"):
+        if rel.startswith(prefix) and len(rel) > len(prefix):
+            return main_tag, rel[len(prefix):]
     return None
 
 
@@ -303,7 +430,8 @@ def _clean(points: tuple[list[int], list[float]], tag: str, notes: list[Finding]
             dropped += 1
         keep.append(i)
     index = np.asarray(keep, dtype=np.int64)
-    if dropped:
+    # A step only ever repeated, never gone back to, is a framework's habit (Lightning's `epoch`), not a resume.
+    if dropped and bool(np.any(steps[1:] < steps[:-1])):
         notes.append(Finding(
             "restarted", f"{tag}: {dropped} point(s) were logged again for the same steps (a resumed "
             "run); the later values are used", severity="info"))

@@ -1,15 +1,19 @@
 """Which of a run's scalar tags is the training loss, the validation loss, accuracy, the lr.
 
 Users spell them every way: ``loss/train``, ``train_loss``, ``Loss/valid``, ``val/loss``,
-``mse/val``, Lightning's ``train_loss_step`` / ``train_loss_epoch``, savegame's
-``loss/train/epoch_mean``. A tag is split into words; a split word (train / val ...) and a
-metric word (loss / mse / acc ...) decide its role, and among candidates the plainest tag (fewest
-other words, per-step over per-epoch, then the most points) wins.
+``mse/val``, Lightning's ``train_loss_step`` / ``train_loss_epoch``, the HF Trainer's
+``train/loss`` / ``eval/loss`` / ``train/learning_rate``, savegame's ``loss/train/epoch_mean``. A
+tag is split into words; a split word (train / val ...) and a metric word (loss / mse / acc ...)
+decide its role, and among candidates the plainest tag (fewest other words, per-step over
+per-epoch, then the most points) wins.
 
 >>> pick_tags({"Loss/train": 900, "Loss/valid": 30, "acc/val": 30, "lr": 30, "grad/norm": 90})
 {'train_loss': 'Loss/train', 'val_loss': 'Loss/valid', 'val_acc': 'acc/val', 'lr': 'lr'}
 >>> pick_tags({"train_loss_step": 900, "train_loss_epoch": 30, "val_loss": 30})["train_loss"]
 'train_loss_step'
+>>> pick_tags({"train/loss": 50, "train/learning_rate": 50, "train/grad_norm": 50, "train/epoch": 60,
+...            "eval/loss": 10, "eval/runtime": 10, "train/train_loss": 1})
+{'train_loss': 'train/loss', 'val_loss': 'eval/loss', 'lr': 'train/learning_rate'}
 """
 
 from __future__ import annotations
@@ -66,8 +70,11 @@ def _role(ws: list[str]) -> tuple[str | None, int, int]:
     """(role, number of unexplained words, 1 if per-epoch) for one tag's words."""
     split = "val" if any(w in _VAL for w in ws) else "train" if any(w in _TRAIN for w in ws) else None
     per_epoch = int("epoch" in ws)
-    if any(w in _LR for w in ws) and split is None:
-        return "lr", _unexplained(ws, _LR), per_epoch
+    # A learning rate belongs to training: the HF Trainer writes ``train/learning_rate`` (but
+    # ``loss/train_lr_0.1`` stays a loss).
+    metric = any(w in _LOSS or w in _ACC for w in ws)
+    if any(w in _LR for w in ws) and (split is None or split == "train" and not metric):
+        return "lr", _unexplained(ws, _LR | _TRAIN), per_epoch
     if any(w in _ACC for w in ws):
         kind = "acc"
     elif any(w in _LOSS for w in ws):
@@ -77,6 +84,17 @@ def _role(ws: list[str]) -> tuple[str | None, int, int]:
     # A loss with no split word ("loss", "epoch_loss") is the training loss by convention.
     role = f"{split or 'train'}_{kind}"
     return role, _unexplained(ws, _TRAIN | _VAL | _LOSS | _ACC) + (split is None), per_epoch
+
+
+def plain_loss(tag: str) -> bool:
+    """A loss with no split word (``loss``, ``epoch_loss``): one such tag in both a ``train/`` and
+    a ``validation/`` folder is how Keras (or two writers) log the two losses under one name.
+
+    >>> plain_loss("epoch_loss"), plain_loss("loss/train"), plain_loss("epoch_accuracy")
+    (True, False, False)
+    """
+    ws = words(tag)
+    return any(w in _LOSS for w in ws) and not any(w in _TRAIN or w in _VAL for w in ws)
 
 
 def _unexplained(ws: list[str], known: set[str]) -> int:
