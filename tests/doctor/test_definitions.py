@@ -10,6 +10,7 @@ stuck at the chance level after an early jump.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -188,3 +189,25 @@ def test_the_chance_level_is_found_from_the_config_or_two_agreeing_readings():
     run.scalars["acc/train"] = Series(steps, np.linspace(0.5, 0.9, 200))  # 1/2 is not 1/10: they disagree
     assert quantities(measure(run)).classes is None
     assert quantities(measure(run), classes=7).chance_source == "classes=7 given"
+
+
+def test_the_number_of_classes_can_be_given_to_the_command_and_the_live_doctor(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from savegame.cli import main
+    from savegame.doctor import Doctor
+
+    with SummaryWriter(str(tmp_path / "run")) as w:
+        for step in range(1, 201):
+            w.add_scalar("loss/train", math.log(10) * math.exp(-step / 50) + 0.1, step)
+            if step % 10 == 0:
+                w.add_scalar("loss/val", math.log(10) * math.exp(-step / 50) + 0.15, step)
+    assert main(["doctor", str(tmp_path), "--json", "--classes", "10"]) == 0
+    [d] = json.loads(capsys.readouterr().out)
+    assert d["quantities"]["classes"] == 10 and d["quantities"]["chance_source"] == "classes=10 given"
+    assert d["decided_by"]  # the numbers behind the verdict, in the JSON
+    with pytest.raises(SystemExit):
+        main(["doctor", str(tmp_path), "--classes", "1"])
+    assert "integer of 2 or more" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Doctor\\(classes=...\\)"):
+        Doctor(classes=1)

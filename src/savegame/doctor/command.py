@@ -37,10 +37,22 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-tag", default=None, metavar="TAG", help="the training-loss tag (default: guessed)")
     parser.add_argument("--val-tag", default=None, metavar="TAG", help="the validation-loss tag (default: guessed)")
+    parser.add_argument("--classes", default=None, type=_classes, metavar="C",
+                        help="number of classes: the chance level ln C (default: the run's num_classes, or inferred)")
+
+
+def _classes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"--classes takes the number of classes, an integer of 2 or more, not {text!r}")
+    return value
 
 
 def diagnose_path(path: str | Path, *, train_tag: str | None = None, val_tag: str | None = None,
-                  rules: Sequence[Any] = ()) -> tuple[list[RunData], list[Diagnosis]]:
+                  rules: Sequence[Any] = (), classes: int | None = None) -> tuple[list[RunData], list[Diagnosis]]:
     """Every run under ``path`` and its diagnosis (``rules``: verdicts and findings of your own,
     as for :func:`diagnose`); a folder without event files gives one "cannot judge" diagnosis
     for the folder itself."""
@@ -51,7 +63,7 @@ def diagnose_path(path: str | Path, *, train_tag: str | None = None, val_tag: st
         name = folder_name(path)
         empty = RunData(name=name, path=Path(path))
         return [empty], [Diagnosis(run=name, cannot_judge=f"no TensorBoard event files under {path}")]
-    return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag, rules=rules) for run in runs]
+    return runs, [diagnose(run, train_tag=train_tag, val_tag=val_tag, rules=rules, classes=classes) for run in runs]
 
 
 def run_doctor(args: argparse.Namespace, console: Any) -> int:
@@ -59,7 +71,8 @@ def run_doctor(args: argparse.Namespace, console: Any) -> int:
         from .plot import require_matplotlib
 
         require_matplotlib("savegame doctor --plot")  # before the work, not after it
-    runs, diagnoses = diagnose_path(args.path, train_tag=args.train_tag, val_tag=args.val_tag)
+    runs, diagnoses = diagnose_path(args.path, train_tag=args.train_tag, val_tag=args.val_tag,
+                                       classes=args.classes)
     if args.json:
         print(json.dumps([d.to_dict() for d in diagnoses], indent=2, allow_nan=False))
     else:
@@ -81,7 +94,8 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
     runs: list[RunData] = []
     diagnoses: list[Diagnosis] = []
     for path, root in zip(args.runs, root_labels(args.runs)):
-        found, judged = diagnose_path(path, train_tag=args.train_tag, val_tag=args.val_tag)
+        found, judged = diagnose_path(path, train_tag=args.train_tag, val_tag=args.val_tag,
+                                       classes=args.classes)
         if len(args.runs) > 1:  # several roots: name each run by its root's label and its path under it
             for run, diagnosis in zip(found, judged):
                 under = Path(run.path).relative_to(path).as_posix() if run.path is not None else "."

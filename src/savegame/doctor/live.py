@@ -52,6 +52,8 @@ class Doctor:
         overfit_patience: stop once the validation loss has been this many validations past its
             minimum while the verdict is overfitting; None never stops for overfitting.
         train_tag / val_tag: the tags of the losses, when the names are not recognizable.
+        classes: the number of classes, for the chance level ``ln C`` (default: the run's
+            config ``num_classes``, or inferred; see ``savegame.doctor.quantities``).
         rules: verdicts and finding rules of your own (:class:`~savegame.doctor.Verdict`,
             :class:`~savegame.doctor.FindingRule`), judged with the built-in ones; a verdict of
             yours with ``alarm=True`` is warned about like the built-in alarms.
@@ -62,10 +64,14 @@ class Doctor:
     overfit_patience: int | None = None
     train_tag: str | None = None
     val_tag: str | None = None
+    classes: int | None = None
     rules: Sequence[Verdict | FindingRule] = ()
 
     def __post_init__(self) -> None:
         verdict_table(self.rules)  # a malformed list fails here, not at the first validation
+        if self.classes is not None and (isinstance(self.classes, bool) or not isinstance(self.classes, int)
+                                         or self.classes < 2):
+            raise ValueError(f"Doctor(classes=...) must be None or an int >= 2, but got {self.classes!r}")
         self.rules = tuple(self.rules)
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
             raise ValueError(f"Doctor(every=...) must be an int >= 0 (0: no signals), but got {self.every!r}")
@@ -154,7 +160,8 @@ class LiveDoctor:
         # run.json as of the last save: the suggestions name the run's best checkpoint so far
         run = RunData(name=self.dir.name, path=self.dir, scalars=self._as_series(), info=_run_info(self.dir))
         diagnosis = diagnose(run, train_tag=self._known(self.config.train_tag),
-                             val_tag=self._known(self.config.val_tag), rules=self.config.rules)
+                             val_tag=self._known(self.config.val_tag), rules=self.config.rules,
+                             classes=self.config.classes)
         self.last = diagnosis
         early = self._validations(diagnosis) < MIN_VALIDATIONS and diagnosis.verdict != "diverged"
         # One noisy validation can look like a turn; an alarm (but divergence) must hold twice in a row.
