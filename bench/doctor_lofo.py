@@ -5,11 +5,17 @@ For each family F of the corpus (``bench/doctor_corpus``): the definitions' thre
 over a grid of values per threshold (the score: right verdicts, an alarm on a healthy run costing
 five), then the runs of F get their first look with those thresholds, untouched after. Printed:
 each family's first-look accuracy, the mean, the alarms on healthy runs, the confusion table;
-beside it the definitions with their default thresholds and the rules of savegame 0.1 (``diagnose``).
+beside it the definitions with their default thresholds, ``diagnose`` as shipped, and a learned
+model on the same quantities (a depth-4 decision tree, scikit-learn, trained on the other
+families the same way) — the issue's "rules or a learned model, whichever measures better".
 
     python bench/doctor_corpus/generate.py /tmp/doctor_corpus --jobs 2
     python bench/doctor_lofo.py /tmp/doctor_corpus            # the savegame-written tree
     python bench/doctor_lofo.py /tmp/doctor_corpus --tree torch
+    # beside another version's verdicts, e.g. savegame 0.1's threshold rules:
+    git archive a1641c2 src | tar -x -C /tmp/v01
+    PYTHONPATH=/tmp/v01/src python -m savegame doctor /tmp/doctor_corpus/savegame --json > /tmp/v01.json
+    python bench/doctor_lofo.py /tmp/doctor_corpus --compare /tmp/v01.json
 """
 
 from __future__ import annotations
@@ -78,10 +84,42 @@ def tune(rows, start):
     return best
 
 
+FEATURES = ("progress", "val_progress", "tail_drop", "tail_share", "tail_gain", "noise", "swing", "val_rise",
+            "gap_share", "gap_ratio", "final_over_chance", "best_before_peak")
+
+
+def vector(q) -> list[float]:
+    """The quantities as numbers for the tree (None: -1; ratios clipped so one explosion is no outlier)."""
+    import math
+
+    out = []
+    for name in FEATURES:
+        value = getattr(q, name) if q is not None else None
+        value = -1.0 if value is None or not math.isfinite(value) else max(-10.0, min(10.0, float(value)))
+        out.append(value)
+    growth = q.peak / q.start if q is not None and q.start and math.isfinite(q.peak) else 1.0
+    final = (q.train_final if q.train_final is not None else q.val_final) if q is not None else None
+    out += [min(10.0, max(-10.0, math.log10(max(growth, 1e-10)))),
+            float(q.ends_nonfinite) if q is not None else 0.0,
+            min(10.0, final / q.start) if q is not None and final is not None and q.start > 0 else -1.0]
+    return out
+
+
+def tree_lofo(rows, family: str) -> list[str | None]:
+    from sklearn.tree import DecisionTreeClassifier
+
+    train = [r for r in rows if r[1] != family and r[3] is not None]
+    model = DecisionTreeClassifier(max_depth=4, min_samples_leaf=3, random_state=0,
+                                   class_weight="balanced").fit([vector(r[3]) for r in train], [r[2] for r in train])
+    return [model.predict([vector(r[3])])[0] if r[3] is not None else None for r in rows if r[1] == family]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--tree", default="savegame", choices=("savegame", "torch"))
+    parser.add_argument("--compare", type=Path, default=None, metavar="JSON",
+                        help="`savegame doctor --json` output of another version, scored beside")
     args = parser.parse_args()
     from savegame.doctor.definitions import DEFAULT
 
@@ -93,7 +131,8 @@ def main() -> None:
     by_family = defaultdict(list)
     for row in rows:
         by_family[row[1]].append(row)
-    print(f"{'family (left out)':28s} {'first look':>10s} {'defaults':>9s} {'0.1 rules':>9s}")
+    print(f"{'family (left out)':28s} {'first look':>10s} {'defaults':>9s} {'diagnose':>9s} {'tree':>9s}")
+    tree_right, tree_alarms = 0, 0
     for family in families:
         train = [r for r in rows if r[1] != family]
         tuned = tune(train, DEFAULT)
@@ -107,12 +146,24 @@ def main() -> None:
                 alarms.append(f"{name}: {got}")
         d = sum(verdict(q, DEFAULT) == label for _, _, label, q, _ in held)
         o = sum(old == label for _, _, label, _, old in held)
+        tree = tree_lofo(rows, family)
+        t = sum(got == r[2] for got, r in zip(tree, held))
+        tree_alarms += sum(r[2] == "healthy" and got in ALARMS for got, r in zip(tree, held))
         default_right += d
         old_right += o
+        tree_right += t
         shares.append(right / len(held))
-        print(f"{family:28s} {right:4d}/{len(held):<5d} {d:4d}/{len(held):<4d} {o:4d}/{len(held):<4d}")
+        print(f"{family:28s} {right:4d}/{len(held):<5d} {d:4d}/{len(held):<4d} {o:4d}/{len(held):<4d} "
+              f"{t:4d}/{len(held):<4d}")
     print(f"\nfirst look, mean over families: {sum(shares) / len(shares):.1%} (goal >= 90%)")
-    print(f"defaults on every run: {default_right}/{len(rows)}; savegame 0.1's rules: {old_right}/{len(rows)}")
+    print(f"defaults on every run: {default_right}/{len(rows)}; diagnose as shipped: {old_right}/{len(rows)}; "
+          f"decision tree, leave-one-family-out: {tree_right}/{len(rows)} ({tree_alarms} alarms on healthy runs)")
+    if args.compare is not None:
+        other = {d["run"]: d["verdict"] for d in json.loads(args.compare.read_text())}
+        labels_of = {name: label for name, _, label, _, _ in rows}
+        right = sum(other.get(name) == label for name, label in labels_of.items())
+        false = sum(label == "healthy" and other.get(name) in ALARMS for name, label in labels_of.items())
+        print(f"{args.compare}: {right}/{len(rows)} right, {false} alarms on healthy runs")
     print(f"alarms on healthy runs (first look): {len(alarms)} (goal 0)" + "".join(f"\n  {a}" for a in alarms))
     labels = sorted({label for label, _ in confusion})
     verdicts = sorted({got for _, got in confusion})
