@@ -138,7 +138,7 @@ def live(epochs: int, repeats: int) -> None:
     import torch
 
     import savegame
-    from savegame import demo
+    from savegame.examples import digits as demo  # the demo's loop and data
     from savegame.doctor import live as live_module, signals as signals_module
 
     torch.set_num_threads(2)

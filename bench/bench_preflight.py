@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import savegame
-from savegame.demo import preflight_setup
+from savegame.examples.digits import preflight_setup
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the normalisation of pytorch/examples mnist/main.py
 ANCHOR_STEPS = 20  # plain training steps timed for the mnist anchor
