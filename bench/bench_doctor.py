@@ -11,9 +11,12 @@
    ``Run(doctor=Doctor(every=50))`` and with ``doctor=False``, interleaved; and the doctor's own
    time (signal samples, judging at each validation, run.log bookkeeping) over the step time.
    Goal: <= 1%.
+4. Leave-one-family-out on the corpus of real trainings (bench/doctor_corpus, issue 12):
+   thresholds tuned on the other families, the first look on the one left out. Goal: >= 90% on
+   average over the families, no alarm on a healthy run.
 
     python bench/bench_doctor.py                 # everything (~5 min on 2 cores)
-    python bench/bench_doctor.py --only speed    # accuracy | speed | live
+    python bench/bench_doctor.py --only speed    # accuracy | lofo | speed | live
 """
 
 from __future__ import annotations
@@ -207,9 +210,23 @@ def live(epochs: int, repeats: int) -> None:
               "between trials, so this line is noise at the 1% level)")
 
 
+def lofo(corpus: Path) -> None:
+    """Leave-one-family-out on the corpus of real trainings (``doctor_lofo.py``), building the
+    corpus first when ``corpus`` has none (about 3 minutes on 2 cores)."""
+    if not (corpus / "labels.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "doctor_corpus" / "generate.py"), str(corpus),
+                        "--jobs", "2"], check=True)
+    print("\n## leave-one-family-out on the corpus (bench/doctor_lofo.py)")
+    for tree in ("savegame", "torch"):
+        subprocess.run([sys.executable, str(ROOT / "bench" / "doctor_lofo.py"), str(corpus), "--tree", tree],
+                       check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["accuracy", "speed", "live"], default=None)
+    parser.add_argument("--only", choices=["accuracy", "lofo", "speed", "live"], default=None)
+    parser.add_argument("--corpus", type=Path, default=Path("/tmp/doctor_corpus"),
+                        help="the corpus for --only lofo (built there by bench/doctor_corpus/generate.py if missing)")
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -218,6 +235,8 @@ def main() -> None:
     print(machine(tensorboard=tensorboard.__version__))
     if args.only in (None, "accuracy"):
         accuracy(args.seeds)
+    if args.only in (None, "lofo"):
+        lofo(args.corpus)
     if args.only in (None, "speed"):
         speed(args.points, repeats=5)
     if args.only in (None, "live"):

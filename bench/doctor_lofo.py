@@ -14,7 +14,7 @@ families the same way) — the issue's "rules or a learned model, whichever meas
     python bench/doctor_lofo.py /tmp/doctor_corpus --tree torch
     # beside another version's verdicts, e.g. savegame 0.1's threshold rules:
     git archive a1641c2 src | tar -x -C /tmp/v01
-    PYTHONPATH=/tmp/v01/src python -m savegame doctor /tmp/doctor_corpus/savegame --json > /tmp/v01.json
+    PYTHONPATH=/tmp/v01/src python -m savegame.cli doctor /tmp/doctor_corpus/savegame --json > /tmp/v01.json
     python bench/doctor_lofo.py /tmp/doctor_corpus --compare /tmp/v01.json
 """
 
