@@ -29,7 +29,7 @@ def healthy_quantities(**changes) -> Quantities:
     """A converged run with a validation curve close to training: healthy, unless changed."""
     base = Quantities(
         start=2.3, peak=2.4, peak_step=3, best_before_peak=1.0, train_best=0.1, train_final=0.1, val_best=0.2,
-        val_best_step=900, val_final=0.2, val_rise=0.0, gap=0.1, gap_ratio=2.0, gap_share=0.1 / 2.3,
+        val_best_step=900, val_final=0.2, val_rise=0.0, train_fall_after=0.05, gap=0.1, gap_ratio=2.0, gap_share=0.1 / 2.3,
         progress=1 - 0.1 / 2.3, val_progress=0.9, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, swing=0.005,
         nonfinite=0, ends_nonfinite=False, first_nonfinite_step=None, classes=None, chance_loss=None,
         chance_source=None, final_over_chance=None, acc_final=None, acc_chance=None, train_points=1000,
@@ -93,6 +93,11 @@ def test_lr_too_high_when_the_loss_swings(noise, verdict):
 @pytest.mark.parametrize("rise, verdict", [(T.rise + EPS, "overfitting"), (T.rise - EPS, "healthy")])
 def test_overfitting_when_validation_gives_back_its_gain(rise, verdict):
     assert decide(healthy_quantities(val_rise=rise)).verdict == verdict
+
+
+@pytest.mark.parametrize("fall, verdict", [(T.still_fitting + EPS, "overfitting"), (T.still_fitting - EPS, "healthy")])
+def test_a_validation_rise_is_overfitting_only_while_training_keeps_falling(fall, verdict):
+    assert decide(healthy_quantities(val_rise=T.rise * 2, train_fall_after=fall)).verdict == verdict
 
 
 @pytest.mark.parametrize("share, ratio, verdict", [

@@ -18,8 +18,10 @@ In order, the first that holds wins:
    its last fifth removed nothing more, or less than ``slow`` while the validation loss removed
    less than half of ``stuck``: it never learned (anything that generalizes).
 4. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
-   gained from its best, or the gap at the end is ``gap_share`` of the starting loss or more and
-   the validation loss is ``gap_ratio`` x the training loss or more.
+   gained from its best while the training loss kept falling (by ``still_fitting`` of the start
+   or more) and stayed below it; or the gap at the end is ``gap_share`` of the starting loss or
+   more and the validation loss is ``gap_ratio`` x the training loss or more. A validation loss
+   that rises with the training loss is no memorization.
 5. **lr_too_high** (noise): over the second half the loss swings ``noisy`` of its level around
    its trend, jumps ``swing`` of its start, and made little progress in its last fifth.
 6. **lr_too_low**: a slow straight decline still going: the last fifth made ``late`` of the drop
@@ -34,7 +36,7 @@ In order, the first that holds wins:
 
 >>> from savegame.doctor.quantities import Quantities
 >>> q = Quantities(start=2.3, peak=2.4e9, peak_step=40, best_before_peak=1.0, train_best=0.9, train_final=115.0, val_best=None,
-...                val_best_step=None, val_final=None, val_rise=None, gap=None, gap_ratio=None, gap_share=None,
+...                val_best_step=None, val_final=None, val_rise=None, train_fall_after=None, gap=None, gap_ratio=None, gap_share=None,
 ...                progress=-49.0, val_progress=None, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, swing=0.01, nonfinite=0,
 ...                ends_nonfinite=False, first_nonfinite_step=None, classes=10, chance_loss=2.303,
 ...                chance_source="num_classes=10 in the run config", final_over_chance=49.9, acc_final=0.1,
@@ -70,6 +72,7 @@ class Thresholds:
     noisy: float = 0.4
     swing: float = 0.05
     rise: float = 0.25
+    still_fitting: float = 0.02
     gap_share: float = 0.3
     gap_ratio: float = 2.0
     late: float = 0.12
@@ -174,10 +177,13 @@ def _noisy(q, t, **_) -> Decision | None:
 def _overfitting(q, t, **_) -> Decision | None:
     if q.val_final is None:
         return None
-    if q.val_rise is not None and q.val_rise >= t.rise:
+    fitting = q.train_fall_after is not None and q.train_fall_after >= t.still_fitting \
+        and (q.gap_ratio is None or q.gap_ratio > 1.0)
+    if q.val_rise is not None and q.val_rise >= t.rise and fitting:
         return Decision("overfitting", f"the validation loss rose from its best {q.val_best:.4g} (step "
                         f"{q.val_best_step:,}) to {q.val_final:.4g}, giving back {q.val_rise:.0%} of its gain",
-                        {"val_best": q.val_best, "val_final": q.val_final, "val_rise": round(q.val_rise, 4)})
+                        {"val_best": q.val_best, "val_final": q.val_final, "val_rise": round(q.val_rise, 4),
+                         "train_fall_after": round(q.train_fall_after, 4)})
     if q.gap_share is not None and q.gap_ratio is not None and q.gap_share >= t.gap_share \
             and q.gap_ratio >= t.gap_ratio:
         return Decision("overfitting", f"the validation loss ends {q.gap_ratio:.3g}x the training loss, a gap of "

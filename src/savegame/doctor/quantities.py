@@ -60,6 +60,8 @@ class Quantities:
     val_best_step: int | None
     val_final: float | None
     val_rise: float | None            # (val_final - val_best) / (start - val_best): share of the gain given back
+    train_fall_after: float | None    # (train at the validation best - train_final) / start: training kept
+                                      # falling (+) after validation's best, or not
     gap: float | None                 # val_final - the training loss at the last validation
     gap_ratio: float | None           # val_final / that training loss
     gap_share: float | None           # gap / start: the gap against the whole scale of the problem
@@ -119,7 +121,10 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
         start=start, peak=peak, peak_step=peak_step, best_before_peak=_best_before(main, peak_step, scale),
         train_best=train.low if train is not None else None, train_final=train.end if train is not None else None,
         val_best=val.low if val is not None else None, val_best_step=val.low_step if val is not None else None,
-        val_final=val_final, val_rise=val_rise, gap=gap, gap_ratio=gap_ratio,
+        val_final=val_final, val_rise=val_rise,
+        train_fall_after=((train.at(val.low_step) - train.end) / scale if train is not None and val is not None
+                          and val is not main else None),
+        gap=gap, gap_ratio=gap_ratio,
         gap_share=gap / scale if gap is not None else None,
         progress=total_drop / scale, val_progress=val.progress if val is not None and val is not main else None,
         tail_drop=(at_tail - main.end) / scale,
