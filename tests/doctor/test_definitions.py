@@ -30,7 +30,7 @@ def healthy_quantities(**changes) -> Quantities:
     base = Quantities(
         start=2.3, peak=2.4, peak_step=3, best_before_peak=1.0, train_best=0.1, train_final=0.1, val_best=0.2,
         val_best_step=900, val_final=0.2, val_rise=0.0, train_fall_after=0.05, gap=0.1, gap_ratio=2.0, gap_share=0.1 / 2.3,
-        progress=1 - 0.1 / 2.3, val_progress=0.9, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, swing=0.005,
+        progress=1 - 0.1 / 2.3, val_progress=0.9, tail_drop=0.001, tail_share=0.001, tail_gain=0.01, noise=0.02, val_bounce=1.05, val_jump=0.05, swing=0.005,
         nonfinite=0, ends_nonfinite=False, first_nonfinite_step=None, classes=None, chance_loss=None,
         chance_source=None, final_over_chance=None, acc_final=None, acc_chance=None, train_points=1000,
         val_points=20)
@@ -88,6 +88,26 @@ def test_plateau_when_slow_and_flat_at_the_end(tail, verdict):
 @pytest.mark.parametrize("noise, verdict", [(T.noisy + EPS, "lr_too_high"), (T.noisy - EPS, "healthy")])
 def test_lr_too_high_when_the_loss_swings(noise, verdict):
     assert decide(healthy_quantities(noise=noise, swing=T.swing + EPS)).verdict == verdict
+
+
+@pytest.mark.parametrize("bounce, verdict", [(T.bounce + EPS, "lr_too_high"), (T.bounce - EPS, "healthy")])
+def test_lr_too_high_when_the_validation_loss_bounces(bounce, verdict):
+    assert decide(healthy_quantities(val_bounce=bounce)).verdict == verdict
+
+
+@pytest.mark.parametrize("jump, verdict", [(T.val_jump + EPS / 10, "lr_too_high"), (T.val_jump - EPS / 10, "healthy")])
+def test_a_bounce_counts_only_with_jumps_large_against_the_start(jump, verdict):
+    assert decide(healthy_quantities(val_bounce=T.bounce * 2, val_jump=jump)).verdict == verdict
+
+
+def test_a_bouncing_validation_loss_is_measured_on_its_path():
+    steps = np.arange(1, 401)
+    train = 2.3 * np.exp(-steps / 60) + 0.3
+    smooth_val = 2.3 * np.exp(-steps[9::10] / 60) + 0.35
+    bouncing = smooth_val * (1 + 0.3 * np.tile([1, -1], 20))
+    assert quantities(measure(run_of(train, smooth_val))).val_bounce == pytest.approx(1.0)
+    assert quantities(measure(run_of(train, bouncing))).val_bounce > 2
+    assert decide(quantities(measure(run_of(train, bouncing)))).verdict == "lr_too_high"
 
 
 @pytest.mark.parametrize("rise, verdict", [(T.rise + EPS, "overfitting"), (T.rise - EPS, "healthy")])

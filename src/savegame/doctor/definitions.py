@@ -17,13 +17,16 @@ In order, the first that holds wins:
 3. **plateau**: the loss removed less than ``stuck`` of its start, or less than ``slow`` while
    its last fifth removed nothing more, or less than ``slow`` while the validation loss removed
    less than half of ``stuck``: it never learned (anything that generalizes).
-4. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
+4. **lr_too_high** (noise): the validation loss bounces (its path is ``bounce`` x the shortest
+   path from its start down to its best and on to its end, with jumps between evaluations of
+   ``val_jump`` of the start on average over its second half), or over the second half the
+   training loss swings ``noisy`` of its level around its trend, jumps ``swing`` of its start,
+   and made little progress in its last fifth.
+5. **overfitting** (needs validation): the validation loss gave back ``rise`` of what it had
    gained from its best while the training loss kept falling (by ``still_fitting`` of the start
    or more) and stayed below it; or the gap at the end is ``gap_share`` of the starting loss or
    more and the validation loss is ``gap_ratio`` x the training loss or more. A validation loss
    that rises with the training loss is no memorization.
-5. **lr_too_high** (noise): over the second half the loss swings ``noisy`` of its level around
-   its trend, jumps ``swing`` of its start, and made little progress in its last fifth.
 6. **lr_too_low**: a slow straight decline still going: the last fifth made ``late`` of the drop
    or more, and the loss removed less than ``low_progress`` of its start.
 7. **still_improving**: the last fifth still made ``late`` of the drop or more, or it removed
@@ -37,7 +40,7 @@ In order, the first that holds wins:
 >>> from savegame.doctor.quantities import Quantities
 >>> q = Quantities(start=2.3, peak=2.4e9, peak_step=40, best_before_peak=1.0, train_best=0.9, train_final=115.0, val_best=None,
 ...                val_best_step=None, val_final=None, val_rise=None, train_fall_after=None, gap=None, gap_ratio=None, gap_share=None,
-...                progress=-49.0, val_progress=None, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, swing=0.01, nonfinite=0,
+...                progress=-49.0, val_progress=None, tail_drop=0.0, tail_share=None, tail_gain=0.0, noise=0.01, val_bounce=None, val_jump=None, swing=0.01, nonfinite=0,
 ...                ends_nonfinite=False, first_nonfinite_step=None, classes=10, chance_loss=2.303,
 ...                chance_source="num_classes=10 in the run config", final_over_chance=49.9, acc_final=0.1,
 ...                acc_chance=0.1, train_points=300, val_points=0)
@@ -70,6 +73,8 @@ class Thresholds:
     slow: float = 0.2
     flat_tail: float = 0.02
     noisy: float = 0.4
+    bounce: float = 1.5
+    val_jump: float = 0.01
     swing: float = 0.05
     rise: float = 0.25
     still_fitting: float = 0.02
@@ -106,7 +111,7 @@ def decide(q: Quantities, t: Thresholds = DEFAULT, *, among: Collection[str] | N
     guess_name = f"the chance level ln {q.classes}" if q.chance_loss else "the starting loss"
     best = min(v for v in (q.train_best, q.val_best, q.start) if v is not None)
     final = _main_final(q)
-    for definition in (_diverged, _jumped, _plateau, _overfitting, _noisy, _too_slow, _still_improving,
+    for definition in (_diverged, _jumped, _plateau, _noisy, _overfitting, _too_slow, _still_improving,
                        _underfitting, _healthy):
         found = definition(q, t, final=final, best=best, guess=guess, guess_name=guess_name)
         if found is not None and (among is None or found.verdict is None or found.verdict in among):
@@ -166,6 +171,11 @@ def _plateau(q, t, **_) -> Decision | None:
 
 
 def _noisy(q, t, **_) -> Decision | None:
+    if q.val_bounce is not None and q.val_bounce >= t.bounce and q.val_jump is not None and q.val_jump >= t.val_jump:
+        return Decision("lr_too_high", f"the validation loss bounces: its path is {q.val_bounce:.3g}x the shortest "
+                        f"one from its start to its best and its end, jumps of {q.val_jump:.1%} of the start",
+                        {"val_bounce": round(q.val_bounce, 3), "val_jump": round(q.val_jump, 4)},
+                        _margin(q.val_bounce, t.bounce))
     settled = q.tail_share is None or q.tail_share < t.late
     if q.noise >= t.noisy and q.swing >= t.swing and settled:
         return Decision("lr_too_high", f"the loss swings {q.noise:.0%} of its level around its trend (jumps of "

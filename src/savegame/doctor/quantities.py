@@ -72,6 +72,11 @@ class Quantities:
     tail_gain: float                  # (value at 80% of steps - final) / |final| of the validation loss (else
                                       # the main one): what the last fifth cut off the level it ends at
     noise: float                      # median |raw - smooth| / level over the second half, main loss
+    val_bounce: float | None          # the validation loss's path length / the shortest path from its start
+                                      # down to its best and on to its end: 1 for a curve that goes
+                                      # straight there, 2 when it travels twice that (it bounces)
+    val_jump: float | None            # mean |change| between evaluations over the validation loss's second
+                                      # half / start: how big its bounces are against the whole curve
     swing: float                      # 90th percentile |raw - smooth| over the second half / start
     nonfinite: int                    # NaN/inf values in either loss
     ends_nonfinite: bool              # the training or validation loss ends NaN/inf (never recovered)
@@ -130,11 +135,31 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
         tail_drop=(at_tail - main.end) / scale,
         tail_share=(at_tail - main.end) / total_drop if total_drop > 1e-12 * scale else None,
         tail_gain=_tail_gain(val if val is not None else main),
-        noise=main.noise, swing=main.swing, nonfinite=nonfinite, ends_nonfinite=any(f.nonfinite_step is not None for f in (train, val, main) if f is not None),
+        noise=main.noise, val_bounce=_bounce(curves.val_series) if val is not None and val is not main else None,
+        val_jump=_jump(curves.val_series, scale) if val is not None and val is not main else None,
+        swing=main.swing, nonfinite=nonfinite, ends_nonfinite=any(f.nonfinite_step is not None for f in (train, val, main) if f is not None),
         first_nonfinite_step=first_bad, classes=found, chance_loss=chance, chance_source=source,
         final_over_chance=main.end / chance if chance else None,
         acc_final=acc_final, acc_chance=1.0 / found if found else None,
         train_points=train.points if train is not None else 0, val_points=val.points if val is not None else 0)
+
+
+def _bounce(series: Series | None) -> float | None:
+    if series is None:
+        return None
+    v = series.values[np.isfinite(series.values)]
+    if len(v) < 5:  # a bounce needs a few evaluations to show
+        return None
+    shortest = abs(v[0] - v.min()) + abs(v[-1] - v.min())
+    return float(np.abs(np.diff(v)).sum() / shortest) if shortest > 0 else None
+
+
+def _jump(series: Series | None, scale: float) -> float | None:
+    if series is None:
+        return None
+    v = series.values[np.isfinite(series.values)]
+    half = v[len(v) // 2:]
+    return float(np.abs(np.diff(half)).mean() / scale) if len(half) >= 3 else None
 
 
 def _best_before(f: CurveFeatures, step: int, scale: float) -> float:
