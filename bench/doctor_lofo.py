@@ -33,7 +33,7 @@ GRID_STEPS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)  # multiples of each default t
 ROUNDS = 2
 
 
-def load(corpus: Path, tree: str):
+def load(corpus: Path, tree: str, *, with_classes: bool = False):
     """[(name, family, label, quantities, old verdict)] for every run of the corpus."""
     from savegame.doctor import diagnose, load_runs
     from savegame.doctor.quantities import quantities
@@ -48,7 +48,8 @@ def load(corpus: Path, tree: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                q = quantities(measure(run))
+                # --with-classes: the class count a user would pass as --classes (from labels.json)
+                q = quantities(measure(run), classes=record.get("num_classes") if with_classes else None)
             except ValueError:
                 q = None
             old = diagnose(run).verdict
@@ -118,14 +119,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--tree", default="savegame", choices=("savegame", "torch"))
+    parser.add_argument("--with-classes", action="store_true",
+                        help="give each classification run its class count, as a user's --classes would")
     parser.add_argument("--compare", type=Path, default=None, metavar="JSON",
                         help="`savegame doctor --json` output of another version, scored beside")
     args = parser.parse_args()
     from savegame.doctor.definitions import DEFAULT
 
-    rows = load(args.corpus, args.tree)
+    rows = load(args.corpus, args.tree, with_classes=args.with_classes)
     families = sorted({family for _, family, _, _, _ in rows})
-    print(f"{len(rows)} runs, {len(families)} families, written by {args.tree}'s writer")
+    print(f"{len(rows)} runs, {len(families)} families, written by {args.tree}'s writer"
+          + (", the class count given" if args.with_classes else ", the class count not given"))
     confusion: Counter = Counter()
     shares, default_right, old_right, alarms = [], 0, 0, []
     by_family = defaultdict(list)
