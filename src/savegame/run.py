@@ -141,6 +141,12 @@ class Run:
         return self.progress.batch
 
     @property
+    def save_policy(self) -> SavePolicy:
+        """The policy ``run.save()`` asks (``Run(save=...)``); its memory of the last save is in
+        ``run.saves`` (:class:`~savegame.save_timing.SaveTiming`)."""
+        return self.saves.policy
+
+    @property
     def checkpoints(self) -> list[CheckpointInfo]:
         """The committed checkpoints the run keeps, by step."""
         return self._saver.checkpoints

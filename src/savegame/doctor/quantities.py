@@ -38,7 +38,7 @@ from ._base import Curves
 from .curves import Series
 from .features import CurveFeatures
 
-__all__ = ["Quantities", "quantities", "CLASS_KEYS", "TAIL"]
+__all__ = ["Quantities", "quantities", "tail_start", "CLASS_KEYS", "TAIL"]
 
 CLASS_KEYS = ("num_classes", "n_classes", "classes", "num_labels", "nclasses", "n_class")
 TAIL = 0.2  # "the end of the run": its last fifth of steps, where trend and noise are read
@@ -111,7 +111,7 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
     if val is not None and val.start - val.low > 1e-12 * scale:
         val_rise = (val.end - val.low) / (val.start - val.low)
     total_drop = start - main.end
-    at_tail = main.at(int(main.steps[0] + (1 - TAIL) * (main.steps[-1] - main.steps[0])))
+    at_tail = main.at(tail_start(main))
     acc = curves.acc_val if curves.acc_val is not None else curves.acc_train
     acc_first, acc_final = _first_last(acc)
     acc_scale = 100.0 if acc_final is not None and acc_final > 1.0 else 1.0  # a percentage
@@ -167,8 +167,13 @@ def _best_before(f: CurveFeatures, step: int, scale: float) -> float:
     return float(before.min()) / scale if len(before) else 1.0
 
 
+def tail_start(f: CurveFeatures) -> int:
+    """The first step of the curve's last fifth (:data:`TAIL`), where the end is read."""
+    return int(f.steps[0] + (1 - TAIL) * (f.steps[-1] - f.steps[0]))
+
+
 def _tail_gain(f: CurveFeatures) -> float:
-    at_tail = f.at(int(f.steps[0] + (1 - TAIL) * (f.steps[-1] - f.steps[0])))
+    at_tail = f.at(tail_start(f))
     return (at_tail - f.end) / abs(f.end) if f.end else 0.0
 
 

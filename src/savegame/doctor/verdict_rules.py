@@ -34,6 +34,7 @@ from ._base import Curves, Verdict
 from .curves import RunData, Series
 from .diagnosis import Diagnosis
 from .features import CurveFeatures
+from .quantities import tail_start
 from .signals_read import DEAD_RELU, VANISHING
 
 __all__ = ["diverged", "plateau", "lr_too_high", "overfitting", "lr_too_low", "underfitting", "still_improving",
@@ -62,7 +63,7 @@ def _region(c: Curves, name: str) -> tuple[tuple[int, int] | None, str | None]:
     """The steps the deciding numbers were read from, and what they say there."""
     main = c.main
     first, last = int(main.steps[0]), int(main.steps[-1])
-    tail = int(first + 0.8 * (last - first))
+    tail = tail_start(main)
     q = c.quantities
     if name == "overfitting" and c.val is not None:
         return (c.val.low_step, int(c.val.steps[-1])), "validation past its best"
