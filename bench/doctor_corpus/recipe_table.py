@@ -115,7 +115,9 @@ RECIPES = {
                                                                                 momentum=0.9, lr=0.02, sched="const",
                                                                                 batch=16, steps=800, log_every=2,
                                                                                 eval_every=25))],
-        "underfitting": [("AdamW with weight decay 5", dict(opt="adamw", wd=5.0)),
+        # not "AdamW with weight decay 5": its runs reach 94-96% accuracy with the loss held near ln 4 by
+        # the decay, and a reviewer judging the plots blind did not call that underfitting (issue 12)
+        "underfitting": [("two channels, AdamW with weight decay 1", dict(channels=2, opt="adamw", wd=1.0)),
                          ("one channel, AdamW with weight decay 1", dict(channels=1, opt="adamw", wd=1.0, lr=5e-3,
                                                                          steps=800, log_every=3, eval_every=40))],
         "diverged": [("SGD momentum warmed up to lr 20", dict(opt="sgd", momentum=0.9, lr=20.0, sched="warmup",

@@ -52,7 +52,7 @@ def test_diverged_when_the_loss_ends_nan():
 @pytest.mark.parametrize("over_start, verdict", [(T.exploded + EPS, "diverged"), (T.exploded - EPS, "plateau")])
 def test_diverged_at_exploded_times_the_start(over_start, verdict):
     final = 2.3 * over_start  # the best is 0.1: far more than exploded_over_best x it
-    q = healthy_quantities(train_final=final, progress=1 - over_start, peak=final)
+    q = healthy_quantities(train_final=final, progress=1 - over_start, peak=final, val_progress=0.0)
     assert decide(q).verdict == verdict
 
 
@@ -66,28 +66,51 @@ def test_a_jump_back_to_the_guess_is_divergence_only_after_learning(learned, ver
 @pytest.mark.parametrize("jump, verdict", [(T.jump + EPS, "lr_too_high"), (T.jump - EPS, "plateau")])
 def test_lr_too_high_at_jump_times_the_start_then_a_guess(jump, verdict):
     q = healthy_quantities(peak=2.3 * jump, best_before_peak=1.0, train_final=2.3, train_best=2.3, val_best=2.3,
-                           val_final=2.3, progress=0.0)
+                           val_final=2.3, progress=0.0, val_progress=0.0)
     assert decide(q).verdict == verdict
 
 
-@pytest.mark.parametrize("progress, verdict", [(T.stuck - EPS, "plateau"), (T.stuck + EPS, "underfitting")])
-def test_plateau_below_stuck_progress(progress, verdict):
+@pytest.mark.parametrize("val_progress, progress, verdict", [
+    (T.stuck / 2 - EPS, T.slow - EPS, "plateau"),
+    (T.stuck / 2 + EPS, T.slow - EPS, "lr_too_low"),       # a validation loss that moves, however slowly
+    (T.stuck / 2 - EPS, T.slow + EPS, "underfitting"),     # the training loss learned something
+])
+def test_plateau_when_the_validation_loss_never_moved(val_progress, progress, verdict):
     final = 2.3 * (1 - progress)
-    q = healthy_quantities(progress=progress, train_final=final, val_final=final * 1.05, tail_drop=T.flat_tail + EPS)
+    q = healthy_quantities(progress=progress, val_progress=val_progress, train_final=final, val_final=final * 1.05,
+                           tail_share=T.late + EPS if verdict == "lr_too_low" else 0.0)
     assert decide(q).verdict == verdict
 
 
-@pytest.mark.parametrize("tail, verdict", [(T.flat_tail - EPS, "plateau"), (T.flat_tail + EPS, "underfitting")])
-def test_plateau_when_slow_and_flat_at_the_end(tail, verdict):
+NO_VALIDATION = dict(val_final=None, val_best=None, val_best_step=None, val_rise=None, val_progress=None, gap=None,
+                     gap_ratio=None, gap_share=None, val_bounce=None, val_jump=None, val_points=0)
+
+
+@pytest.mark.parametrize("progress, verdict", [(T.stuck - EPS, "plateau"), (T.stuck + EPS, None)])
+def test_without_validation_plateau_below_stuck_progress(progress, verdict):
+    q = healthy_quantities(progress=progress, train_final=2.3 * (1 - progress), tail_drop=T.flat_tail + EPS,
+                           **NO_VALIDATION)
+    assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("tail, verdict", [(T.flat_tail - EPS, "plateau"), (T.flat_tail + EPS, None)])
+def test_without_validation_plateau_when_slow_and_flat_at_the_end(tail, verdict):
     progress = (T.stuck + T.slow) / 2
-    final = 2.3 * (1 - progress)
-    q = healthy_quantities(progress=progress, tail_drop=tail, train_final=final, val_final=final * 1.05)
+    q = healthy_quantities(progress=progress, tail_drop=tail, train_final=2.3 * (1 - progress), **NO_VALIDATION)
     assert decide(q).verdict == verdict
 
 
 @pytest.mark.parametrize("noise, verdict", [(T.noisy + EPS, "lr_too_high"), (T.noisy - EPS, "healthy")])
 def test_lr_too_high_when_the_loss_swings(noise, verdict):
     assert decide(healthy_quantities(noise=noise, swing=T.swing + EPS)).verdict == verdict
+
+
+@pytest.mark.parametrize("val_jump, verdict", [(T.val_jump + EPS / 10, "lr_too_high"),
+                                               (T.val_jump - EPS / 10, "healthy")])
+def test_a_swinging_training_loss_counts_only_where_the_validation_loss_shows_it(val_jump, verdict):
+    # batches that swing beside a smooth validation loss are batch noise (a loss near 0, small batches)
+    q = healthy_quantities(noise=T.noisy * 2, swing=T.swing * 2, val_bounce=1.0, val_jump=val_jump)
+    assert decide(q).verdict == verdict
 
 
 @pytest.mark.parametrize("bounce, verdict", [(T.bounce + EPS, "lr_too_high"), (T.bounce - EPS, "healthy")])
@@ -110,23 +133,57 @@ def test_a_bouncing_validation_loss_is_measured_on_its_path():
     assert decide(quantities(measure(run_of(train, bouncing)))).verdict == "lr_too_high"
 
 
+RISEN = dict(val_final=0.2 + 2.3 * T.rise_share * 2)  # from its best 0.2, by twice rise_share of the start
+
+
 @pytest.mark.parametrize("rise, verdict", [(T.rise + EPS, "overfitting"), (T.rise - EPS, "healthy")])
 def test_overfitting_when_validation_gives_back_its_gain(rise, verdict):
-    assert decide(healthy_quantities(val_rise=rise)).verdict == verdict
+    assert decide(healthy_quantities(val_rise=rise, **RISEN)).verdict == verdict
+
+
+@pytest.mark.parametrize("share, verdict", [(T.rise_share + EPS, "overfitting"), (T.rise_share - EPS, "healthy")])
+def test_a_validation_rise_counts_only_when_large_against_the_start(share, verdict):
+    # giving back half of a tiny gain (a validation loss that hardly moved) is no memorization
+    assert decide(healthy_quantities(val_rise=T.rise * 2, val_final=0.2 + 2.3 * share)).verdict == verdict
 
 
 @pytest.mark.parametrize("fall, verdict", [(T.still_fitting + EPS, "overfitting"), (T.still_fitting - EPS, "healthy")])
 def test_a_validation_rise_is_overfitting_only_while_training_keeps_falling(fall, verdict):
-    assert decide(healthy_quantities(val_rise=T.rise * 2, train_fall_after=fall)).verdict == verdict
+    assert decide(healthy_quantities(val_rise=T.rise * 2, train_fall_after=fall, **RISEN)).verdict == verdict
 
 
 @pytest.mark.parametrize("share, ratio, verdict", [
     (T.gap_share + EPS, T.gap_ratio + EPS, "overfitting"),
-    (T.gap_share - EPS, T.gap_ratio * 10, "healthy"),   # a big ratio of two small losses
+    (T.gap_share - EPS, T.gap_ratio * 5, "healthy"),    # a big ratio of two small losses
     (T.gap_share * 2, T.gap_ratio - EPS, "healthy"),    # a big gap between two big losses
 ])
 def test_overfitting_when_the_gap_is_large_against_the_start_and_the_training_loss(share, ratio, verdict):
     assert decide(healthy_quantities(gap_share=share, gap_ratio=ratio)).verdict == verdict
+
+
+@pytest.mark.parametrize("share, ratio, verdict", [
+    (T.gap_share / 3 + EPS, T.memorized + EPS, "overfitting"),
+    (T.gap_share / 3 - EPS, T.memorized * 10, "healthy"),   # two losses near 0: no gap worth the name
+    (T.gap_share / 3 + EPS, T.memorized - EPS, "healthy"),
+])
+def test_overfitting_when_the_training_data_were_memorized(share, ratio, verdict):
+    assert decide(healthy_quantities(gap_share=share, gap_ratio=ratio)).verdict == verdict
+
+
+def test_a_memorizing_model_is_overfitting_even_when_its_validation_loss_bounces():
+    q = healthy_quantities(gap_share=T.gap_share * 2, gap_ratio=T.gap_ratio * 2, val_bounce=T.bounce * 5)
+    assert decide(q).verdict == "overfitting"
+    assert decide(dataclasses.replace(q, gap_share=0.0, gap_ratio=1.0)).verdict == "lr_too_high"
+
+
+@pytest.mark.parametrize("half, verdict", [(T.converged - EPS, "lr_too_low"), (T.converged + EPS, "underfitting")])
+def test_lr_too_low_on_a_straight_decline_even_when_its_end_flattens(half, verdict):
+    # a cosine schedule flattens the end of a decline that never got anywhere
+    progress = T.low_progress - EPS
+    final = 2.3 * (1 - progress)
+    q = healthy_quantities(tail_share=0.0, half_share=half, progress=progress, train_final=final,
+                           val_final=final * 1.05)
+    assert decide(q).verdict == verdict
 
 
 @pytest.mark.parametrize("late, progress, verdict", [
@@ -151,6 +208,27 @@ def test_underfitting_when_the_training_loss_stays_near_the_guess(level, verdict
     final = 2.3 * level
     q = healthy_quantities(train_final=final, val_final=final * (1 + T.close / 2), progress=1 - level)
     assert decide(q).verdict == verdict
+
+
+@pytest.mark.parametrize("skill, verdict", [(T.skilled - EPS, "underfitting"), (T.skilled + EPS, "healthy")])
+def test_underfitting_only_while_the_accuracy_is_not_far_past_chance(skill, verdict):
+    final = 2.3 * 0.7  # 70% of the guess: label noise or a model too small, the curves cannot tell
+    chance = 0.25
+    q = healthy_quantities(train_final=final, val_final=final * 1.05, progress=0.3, classes=4, acc_chance=chance,
+                           acc_final=chance + skill * (1 - chance))
+    decision = decide(q)
+    assert decision.verdict == verdict
+    assert decision.numbers["accuracy_skill"] == pytest.approx(skill, abs=1e-4)
+    if verdict == "healthy":  # and it says what it could not rule out
+        assert "bigger model or less regularization" in decision.why
+
+
+def test_with_the_class_count_unknown_the_accuracy_is_judged_from_two_classes():
+    final = 2.3 * 0.7
+    q = healthy_quantities(train_final=final, val_final=final * 1.05, progress=0.3, acc_final=0.7)
+    assert decide(q).verdict == "underfitting"  # 0.7 is 40% of the way from 1/2 to 1
+    assert decide(dataclasses.replace(q, acc_final=0.8)).verdict == "healthy"  # 60%
+    assert decide(dataclasses.replace(q, acc_final=0.8, classes=10, acc_chance=0.1)).verdict == "healthy"
 
 
 def test_underfitting_is_measured_against_the_chance_level_when_known():
@@ -236,3 +314,11 @@ def test_the_number_of_classes_can_be_given_to_the_command_and_the_live_doctor(t
     assert "integer of 2 or more" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Doctor\\(classes=...\\)"):
         Doctor(classes=1)
+
+
+def test_half_share_tells_a_straight_decline_from_one_that_converged_early():
+    steps = np.arange(1, 401)
+    straight = 2.3 - 0.001 * steps
+    early = 2.3 * np.exp(-steps / 30) + 0.2
+    assert quantities(measure(run_of(straight, straight[9::10] + 0.01))).half_share == pytest.approx(0.5, abs=0.03)
+    assert quantities(measure(run_of(early, early[9::10] + 0.01))).half_share > 0.95

@@ -89,6 +89,8 @@ class Quantities:
     acc_chance: float | None          # 1/C
     train_points: int
     val_points: int
+    half_share: float | None = None   # the share of the whole drop made by the middle of the steps: about 0.5
+                                      # for a straight decline, 0.8 or more for one that converged early
 
     def to_dict(self) -> dict[str, Any]:
         """The quantities as JSON-ready numbers (NaN/inf become None), rounded to 4 significant
@@ -141,7 +143,8 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
         first_nonfinite_step=first_bad, classes=found, chance_loss=chance, chance_source=source,
         final_over_chance=main.end / chance if chance else None,
         acc_final=acc_final, acc_chance=1.0 / found if found else None,
-        train_points=train.points if train is not None else 0, val_points=val.points if val is not None else 0)
+        train_points=train.points if train is not None else 0, val_points=val.points if val is not None else 0,
+        half_share=((start - main.at(_middle(main))) / total_drop if total_drop > 1e-12 * scale else None))
 
 
 def _bounce(series: Series | None) -> float | None:
@@ -170,6 +173,10 @@ def _best_before(f: CurveFeatures, step: int, scale: float) -> float:
 def tail_start(f: CurveFeatures) -> int:
     """The first step of the curve's last fifth (:data:`TAIL`), where the end is read."""
     return int(f.steps[0] + (1 - TAIL) * (f.steps[-1] - f.steps[0]))
+
+
+def _middle(f: CurveFeatures) -> int:
+    return int(f.steps[0] + 0.5 * (f.steps[-1] - f.steps[0]))
 
 
 def _tail_gain(f: CurveFeatures) -> float:
