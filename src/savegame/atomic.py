@@ -17,19 +17,22 @@ from pathlib import Path
 from typing import Iterator
 
 
-def replace_file(path: str | os.PathLike, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` (text is written as UTF-8) atomically and durably."""
+def replace_file(path: str | os.PathLike, data: bytes | str, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (text is written as UTF-8) atomically and durably.
+    ``durable=False`` skips the fsyncs: a reader still never sees half a file, but a power cut may
+    leave the old one (or, on some file systems, an empty one); for files rebuilt from others."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    with replacing(path) as temp:
+    with replacing(path, durable=durable) as temp:
         with open(temp, "wb") as file:
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Write the new file to the path this yields (and fsync it); when the block ends, it replaces
     ``path`` and the rename is made durable. If the block raises, ``path`` is untouched and the
     temp file is gone. For files written by a writer of their own (an exported safetensors file).
@@ -49,7 +52,8 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_folder(path.parent)
+    if durable:
+        fsync_folder(path.parent)
 
 
 def fsync_folder(path: str | os.PathLike) -> None:

@@ -101,9 +101,9 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_FILE, info, allow_nan=False)
 
 
-def write_json_atomic(path: Path, value: Any, *, allow_nan: bool = True) -> None:
-    """Replace the JSON file ``path`` atomically (temp file, fsync, rename)."""
-    replace_file(path, json.dumps(value, indent=2, allow_nan=allow_nan, default=jsonable))
+def write_json_atomic(path: Path, value: Any, *, allow_nan: bool = True, durable: bool = True) -> None:
+    """Replace the JSON file ``path`` atomically (temp file, fsync unless not ``durable``, rename)."""
+    replace_file(path, json.dumps(value, indent=2, allow_nan=allow_nan, default=jsonable), durable=durable)
 
 
 def jsonable(value: Any) -> Any:

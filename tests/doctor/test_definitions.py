@@ -322,3 +322,12 @@ def test_half_share_tells_a_straight_decline_from_one_that_converged_early():
     early = 2.3 * np.exp(-steps / 30) + 0.2
     assert quantities(measure(run_of(straight, straight[9::10] + 0.01))).half_share == pytest.approx(0.5, abs=0.03)
     assert quantities(measure(run_of(early, early[9::10] + 0.01))).half_share > 0.95
+
+
+@pytest.mark.parametrize("given_back, verdict", [(T.rise - EPS, "overfitting"), (T.rise + EPS, "lr_too_high")])
+def test_a_gap_is_overfitting_only_while_the_training_loss_keeps_its_gain(given_back, verdict):
+    # a training loss thrown back up beside a far higher, bouncing validation loss: steps too big
+    final = 0.1 + given_back * (2.3 - 0.1)
+    q = healthy_quantities(train_final=final, gap_share=T.gap_share * 2, gap_ratio=T.gap_ratio * 2,
+                           val_bounce=T.bounce * 2)
+    assert decide(q).verdict == verdict

@@ -16,8 +16,9 @@ In order, the first that holds wins:
    the weights where they predict nothing better than a guess.
 3. **overfitting** (the gap; needs validation): the validation loss ends ``memorized`` x the
    training loss or more with a gap of a third of ``gap_share`` of the start (the training data
-   were memorized), or ``gap_ratio`` x it with a gap of ``gap_share`` of the start. Tried before
-   the noise: a validation loss far above training that also bounces is a memorizing model.
+   were memorized), or ``gap_ratio`` x it with a gap of ``gap_share`` of the start, while the
+   training loss kept what it gained (gave back less than ``rise`` of it). Tried before the
+   noise: a validation loss far above training that also bounces is a memorizing model.
 4. **lr_too_high** (noise): the validation loss bounces (its path is ``bounce`` x the shortest
    path from its start down to its best and on to its end, with jumps between evaluations of
    ``val_jump`` of the start on average over its second half), or over the second half the
@@ -193,6 +194,9 @@ def _gap(q, t, **_) -> Decision | None:
     above the training loss is a memorizing model, not steps too big."""
     if q.gap_ratio is None or q.gap_share is None:
         return None
+    if q.train_best is not None and q.train_final is not None and q.start > q.train_best \
+            and (q.train_final - q.train_best) / (q.start - q.train_best) > t.rise:
+        return None  # the training loss gave back its gain too: thrown around, not fitting ever closer
     numbers = {"gap": q.gap, "gap_ratio": round(q.gap_ratio, 3), "gap/start": round(q.gap_share, 4)}
     best = f"; the validation loss was lowest at step {q.val_best_step:,} ({q.val_best:.4g})" \
         if q.val_best_step is not None and q.val_best is not None else ""

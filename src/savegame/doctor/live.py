@@ -266,7 +266,10 @@ class LiveDoctor:
         from ..runinfo import write_json_atomic
 
         self.history.append({"step": step, "time": time.time(), **diagnosis.to_dict()})
-        write_json_atomic(self.dir / "doctor.json", {"latest": self.history[-1], "history": self.history})
+        # atomic, not durable: two fsyncs per changed verdict cost the loop more than the doctor's judging,
+        # and a doctor.json lost to a power cut is rebuilt by `savegame doctor` from the event files
+        write_json_atomic(self.dir / "doctor.json", {"latest": self.history[-1], "history": self.history},
+                          durable=False)
         self._write_text(to_markdown(diagnosis), step)
 
 
