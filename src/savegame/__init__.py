@@ -30,11 +30,12 @@ _EXPORTS = {
     ".hooks": ["Hook"],
     ".folder": ["RunFolder"],
     ".doctor": ["Doctor", "DoctorWarning", "Diagnosis", "diagnose", "load_runs"],
+    ".sweeps": ["sweep"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "Run", "Hook", "RunFolder", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "DoctorWarning", "Diagnosis", "diagnose",
+    "Run", "Hook", "RunFolder", "sweep", "SummaryWriter", "preflight", "PreflightReport", "Doctor", "DoctorWarning", "Diagnosis", "diagnose",
     "load_runs",
     "save", "load", "import_weights", "export_weights", "CheckpointInfo",
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",

@@ -12,7 +12,8 @@ Each command is one module of this package with ``add_arguments(parser)`` and
 ``run(args, console) -> exit code``, registered in :data:`COMMANDS`. ``main`` imports only the
 chosen command's module, so ``savegame doctor`` and ``savegame ls`` never import torch.
 
->>> sorted(COMMANDS) == sorted(["demo", "ls", "show", "verify", "export", "board", "preflight", "doctor", "report"])
+>>> sorted(COMMANDS) == sorted(["demo", "ls", "show", "verify", "export", "board", "preflight", "doctor", "report",
+...                             "sweep"])
 True
 >>> main(["--help"])  # doctest: +SKIP
 """
@@ -99,6 +100,11 @@ COMMANDS: dict[str, Command] = {  # in the order of `savegame --help`
         description="Diagnose every run under RUNS and write one static HTML file (no server, nothing "
         "fetched) with its curves, verdict, signals and checkpoints, and a comparison table across runs.",
         folders={"runs": LOGDIR_HINT}, outputs={"output": ("-o", "report.html", True)}),
+    "sweep": Command(
+        module="savegame.cli.sweep",
+        help="hyperparameter sweeps that survive crashes: run, show, best (Optuna underneath)",
+        description="Run a sweep from a YAML spec (each trial a run folder that resumes exactly), or show "
+        "a sweep folder's trials and best config."),
 }
 
 

@@ -1,0 +1,87 @@
+"""Run a sweep: check the spec, open its study, and run its workers, here or in N processes.
+
+With ``workers=1`` the trials run in this process. With more, each worker is a process of its own
+(``python -m savegame.sweeps.subworker``) on the same study, and this one shows the progress
+until they are done; each worker gets ``cores // N`` torch threads (at least 1), so N workers on
+N cores do not fight over them. A worker that dies (SIGKILL, out of memory) leaves its trial to
+the others, which take it up from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .spec import SweepSpec
+from .study import SPEC_FILE, SweepError, open_study, optuna_module
+from .worker import counted, resolve_train, work
+
+__all__ = ["run_sweep", "summary_line", "STORAGE_ENV"]
+
+STORAGE_ENV = "SAVEGAME_SWEEP_STORAGE"  # the storage URL for worker processes (not on their command line)
+
+
+def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, workers: int = 1,
+              allow_changes: bool = False, progress: Callable[[str], None] | None = None) -> Any:
+    """Run ``spec``'s trials in ``sweep_dir`` to ``n_trials`` ended; the Optuna study."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SweepError(f"workers: expected a whole number >= 1, got {workers!r}")
+    resolve_train(spec.train)  # an unimportable train fails here, before any trial starts
+    if workers > 1 and callable(spec.train) and spec.train.__module__ == "__main__":
+        raise SweepError("workers > 1 runs each worker in a process of its own, which must import train: define it "
+                         "in a module (not the __main__ script) or pass it as 'module:function'")
+    study = open_study(sweep_dir, spec, storage=storage, allow_changes=allow_changes)
+    say = progress or (lambda line: None)
+    if workers == 1:
+        work(study, spec, sweep_dir, on_trial=lambda number, state: say(summary_line(study, spec)))
+        return study
+    env = dict(os.environ)
+    if storage:
+        env[STORAGE_ENV] = storage
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env["SAVEGAME_SWEEP_THREADS"] = str(threads)
+    children = [subprocess.Popen([sys.executable, "-m", "savegame.sweeps.subworker", str(sweep_dir)], env=env,
+                                 cwd=os.getcwd()) for _ in range(workers)]
+    last = None
+    try:
+        while any(child.poll() is None for child in children):
+            line = summary_line(study, spec)
+            if line != last:
+                say(line)
+                last = line
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for child in children:
+            child.terminate()
+        raise
+    failed = [child.returncode for child in children if child.returncode != 0]
+    say(summary_line(study, spec))
+    if len(failed) == len(children):
+        raise SweepError(f"every worker exited with an error (exit codes {failed}); see their output above")
+    return study
+
+
+def summary_line(study: Any, spec: SweepSpec) -> str:
+    """``7/16 trials ended (5 complete, 2 pruned) · 2 running · best 0.9312 (trial 4)``."""
+    state = optuna_module().trial.TrialState
+    trials = counted(study.get_trials(deepcopy=False))
+    ended = [t for t in trials if t.state.is_finished()]
+    kinds = {name: sum(t.state == getattr(state, name) for t in ended) for name in ("COMPLETE", "PRUNED", "FAIL")}
+    running = sum(t.state == state.RUNNING for t in trials)
+    parts = ", ".join(f"{n} {name.lower()}" for name, n in kinds.items() if n)
+    line = f"{len(ended)}/{spec.n_trials} trials ended" + (f" ({parts})" if parts else "") + f" · {running} running"
+    complete = [t for t in ended if t.state == state.COMPLETE and t.value is not None]
+    if complete:
+        best = (min if spec.direction == "minimize" else max)(complete, key=lambda t: t.value)
+        line += f" · best {best.value:.6g} (trial {best.number})"
+    return line
+
+
+def read_record(sweep_dir: Path) -> dict[str, Any]:
+    return json.loads((sweep_dir / SPEC_FILE).read_text())

@@ -1,0 +1,173 @@
+"""The Optuna study behind a sweep folder: its storage, sampler and pruner, and the spec kept with it.
+
+The default storage needs no server: Optuna's journal file ``SWEEPDIR/study.journal``, which
+several local processes share safely (its appends are locked). ``--storage postgresql://...``
+(any SQLAlchemy URL) puts the study in a database that workers on many machines share. Either
+way it stays an ordinary Optuna study: ``optuna.load_study(study_name=..., storage=...)`` and
+``optuna-dashboard`` read it as it is.
+
+The spec is written to ``SWEEPDIR/sweep.json`` on the first run; a later run of the same folder
+with a different spec is refused, naming what changed (``allow_changes=True`` accepts it; a new
+``n_trials`` is always fine).
+
+>>> import tempfile, pathlib
+>>> from savegame.sweeps.spec import parse_spec
+>>> spec = parse_spec({"train": "m:f", "objective": {"metric": "loss/val"}, "n_trials": 2,
+...                    "space": {"lr": {"type": "float", "low": 0.001, "high": 0.1}}}, name="demo")
+>>> study = open_study(pathlib.Path(tempfile.mkdtemp()), spec)
+>>> study.study_name, study.direction.name
+('demo', 'MINIMIZE')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from ..atomic import replace_file
+from ..errors import SavegameError
+from ..optional import require
+from .spec import SweepSpec
+
+__all__ = ["open_study", "SweepError", "JOURNAL", "SPEC_FILE", "storage_url", "hide_password"]
+
+JOURNAL = "study.journal"
+SPEC_FILE = "sweep.json"
+INSTALL = "'savegame[sweep]'"
+
+
+class SweepError(SavegameError, RuntimeError):
+    """A sweep cannot start or go on: the message says why and what to do."""
+
+
+def optuna_module():
+    """Optuna, imported on first use with an error that says what to install."""
+    optuna = require("optuna", "savegame sweep", INSTALL)
+    optuna.logging.set_verbosity(logging.WARNING)
+    return optuna
+
+
+def storage_url(sweep_dir: Path, url: str | None) -> str:
+    """The storage a sweep folder uses: ``url``, else the one recorded in the folder, else its
+    journal file."""
+    if url:
+        return url
+    recorded = _read_spec_file(sweep_dir).get("storage")
+    if isinstance(recorded, str) and recorded:
+        if "***@" in recorded:
+            raise SweepError(f"{sweep_dir} keeps its study in {recorded}; pass --storage (storage=) with the full URL "
+                             "again: the password is not written to the sweep folder")
+        return recorded
+    return f"journal:{sweep_dir / JOURNAL}"
+
+
+def hide_password(url: str) -> str:
+    """``url`` fit for a message or a file: its password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> Any:
+    optuna = optuna_module()
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as error:  # sqlalchemy's OperationalError, a missing driver, a bad URL
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SweepError(f"cannot open the sweep storage {hide_password(url)}: {reason}. Check that the database "
+                         "server is running and reachable, the URL (user, password, host, port, database), and that "
+                         "its driver is installed (PostgreSQL: pip install psycopg2-binary)") from None
+
+
+def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, allow_changes: bool = False) -> Any:
+    """Create or load the study of ``sweep_dir`` for ``spec`` (checking it against the recorded one)."""
+    optuna = optuna_module()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(sweep_dir, storage)
+    _check_spec(sweep_dir, spec, url, allow_changes)
+    study = optuna.create_study(study_name=spec.name, storage=open_storage(url), direction=spec.direction,
+                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    return study
+
+
+def load_study(sweep_dir: Path, *, storage: str | None = None) -> Any:
+    """The study of an existing sweep folder, for reading (``sweep show``, ``sweep best``, the report)."""
+    optuna = optuna_module()
+    recorded = _read_spec_file(sweep_dir)
+    if not recorded:
+        raise SweepError(f"{sweep_dir} is not a sweep folder (no {SPEC_FILE}); pass the folder that "
+                         "`savegame sweep run` made (sweeps/<name> by default)")
+    return optuna.load_study(study_name=recorded["name"], storage=open_storage(storage_url(sweep_dir, storage)))
+
+
+def make_sampler(spec: SweepSpec) -> Any:
+    optuna = optuna_module()
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({k: p.grid(k) for k, p in spec.space.items()}, seed=spec.seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def make_pruner(spec: SweepSpec) -> Any:
+    optuna = optuna_module()
+    return {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+            "asha": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}[spec.pruner]()
+
+
+def _read_spec_file(sweep_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((sweep_dir / SPEC_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise SweepError(f"{sweep_dir / SPEC_FILE} is unreadable ({error}); it records the sweep's spec. Restore "
+                         "it, or start the sweep in a new folder") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _check_spec(sweep_dir: Path, spec: SweepSpec, url: str, allow_changes: bool) -> None:
+    recorded = _read_spec_file(sweep_dir)
+    fingerprint = spec.fingerprint()
+    if recorded and not allow_changes:
+        if recorded.get("name") != spec.name:
+            raise SweepError(f"{sweep_dir} holds the sweep {recorded.get('name')!r}, not {spec.name!r}; "
+                             "use another --dir, or the same name")
+        changes = _differences(recorded.get("spec", {}), fingerprint)
+        if changes:
+            raise SweepError(f"the spec changed since {sweep_dir} was started: {'; '.join(changes)}. Trials already "
+                             "run used the old one: put the old spec back, start a new sweep folder (--dir), or pass "
+                             "--allow-changes to go on with the new one (n_trials alone may change freely)")
+    shown = url if url.startswith("journal:") else hide_password(url)
+    record = {"name": spec.name, "spec": fingerprint, "n_trials": spec.n_trials,
+              "storage": None if url.startswith("journal:") else shown}
+    if record["storage"] is None and recorded.get("storage"):
+        record["storage"] = recorded["storage"]
+    if recorded != record:
+        replace_file(sweep_dir / SPEC_FILE, json.dumps(record, indent=2, default=str))
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                out.append(f"{where} was removed (it was {old[key]!r})")
+            elif key not in old:
+                out.append(f"{where} was added ({new[key]!r})")
+            else:
+                out += _differences(old[key], new[key], where)
+        return out
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]

@@ -1,0 +1,49 @@
+"""The training functions the sweep tests run: a 1-d linear regression that takes a few
+milliseconds per step (``sleep`` makes it slower, for the kill tests), with variants that fail."""
+
+import math
+import os
+import time
+
+import torch
+
+
+def train(config, run):
+    """Fit y = 3x; logs loss/val at each of ``epochs`` epochs of ``steps`` steps, saving each epoch."""
+    torch.manual_seed(config.get("seed", 0))
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=config["lr"])
+    run.track(model=net, optimizer=opt)
+    x = torch.linspace(-1, 1, 32).unsqueeze(1)
+    for _ in run.epochs(config.get("epochs", 3)):
+        for _ in run.iterate(range(config.get("steps", 10))):
+            loss = (net(x) - 3 * x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.log("loss/train", loss.detach())
+            if config.get("sleep"):
+                time.sleep(config["sleep"])
+        with torch.no_grad():
+            run.log("loss/val", float((net(x) - 3 * x).pow(2).mean()))
+        marker = os.environ.get("TOY_STARTED")
+        if marker:  # tells a kill test that a trial is under way, with a checkpoint behind it
+            with open(marker, "a") as file:
+                file.write(f"{run.dir.name} {run.step}\n")
+
+
+def train_raises(config, run):
+    if config["lr"] > 0.05:
+        raise RuntimeError("a bug in the user's loop")
+    train(config, run)
+
+
+def train_silent(config, run):
+    """Never logs the objective."""
+    for _ in run.iterate(range(3)):
+        run.log("loss/train", 1.0)
+
+
+def train_nan(config, run):
+    for _ in run.iterate(range(3)):
+        run.log("loss/val", math.nan)
