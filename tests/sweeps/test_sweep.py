@@ -82,6 +82,12 @@ def test_every_trial_is_a_run_folder_with_its_config_and_its_best_value(tmp_path
     assert [t.value for t in loaded.trials] == [t.value for t in study.trials]
 
 
+def test_the_objective_saved_with_a_checkpoint_reaches_optuna_too(tmp_path):
+    study = run_sweep(tmp_path, n_trials=1, space={**SPACE, "report_by_save": True})
+    assert sorted(study.trials[0].intermediate_values) == [10, 20, 30]
+    assert study.trials[0].state.name == "COMPLETE"
+
+
 def test_a_finished_sweep_run_again_runs_nothing_and_more_trials_add_to_it(tmp_path):
     first = run_sweep(tmp_path)
     values = [t.value for t in first.trials]
