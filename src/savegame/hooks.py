@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 class Hook:
     """Watches a run; every method is optional (the defaults do nothing)."""
 
+    #: True for a hook that writes the run's hparams session itself (TensorBoard keeps a run's first
+    #: one): the run then does not write its config as hparams when it begins. A sweep's trial
+    #: does, at its end, with the state the trial ended in.
+    writes_hparams: bool = False
+
     def on_start(self, run: "Run") -> None:
         """The run has begun: a resume checked out and its logs were cut back."""
 

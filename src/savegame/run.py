@@ -430,7 +430,7 @@ class Run:
             record_resume(self._info, self.step, resumed.path.name, config_changed=bool(self._config_changes))
             self.folder.write_info(self._info)
             notice(f"resumed {self.dir} from step {self.step} ({position(chosen.state[RESERVED])})")
-        if self.config and not self._logs.has_history:
+        if self.config and not self._logs.has_history and not any(h.writes_hparams for h in self.hooks):
             self.writer.add_hparams(hparams_from_config(self.config), {})
         self._call("on_start")
         for name, obj in self._objects.items():

@@ -146,8 +146,9 @@ def test_the_pruner_stops_a_bad_trial_and_keeps_its_curves_to_that_step(tmp_path
 
 
 def test_the_live_doctor_prunes_a_diverging_trial_with_its_reason(tmp_path):
-    study = run_sweep(tmp_path, n_trials=1, space={"lr": {"type": "categorical", "choices": [40.0]}, "epochs": 8,
-                                                   "steps": 10})
+    with pytest.warns(savegame.DoctorWarning, match="diverged"):
+        study = run_sweep(tmp_path, n_trials=1, space={"lr": {"type": "categorical", "choices": [40.0]}, "epochs": 8,
+                                                       "steps": 10})
     trial = study.trials[0]
     assert trial.state.name == "PRUNED"
     assert "the doctor stopped the run" in trial.system_attrs["savegame:reason"]
@@ -210,3 +211,36 @@ def test_the_cli_says_what_is_wrong_with_a_spec_in_one_line(tmp_path):
     assert done.returncode == 2
     assert "space.lr: low (1) must be below high (0); swap them" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_hparams_tab_lists_every_trial_with_its_state_beside_its_curves(tmp_path):
+    sys.path.insert(0, str(HERE.parent / "log"))
+    from tbserver import tensorboard
+
+    run_sweep(tmp_path, n_trials=5, space={"lr": {"type": "float", "low": 0.19, "high": 0.21}, "epochs": 4},
+              pruner="median")
+    study = run_sweep(tmp_path, n_trials=6, pruner="median", allow_changes=True,
+                      space={"lr": {"type": "float", "low": 0.0001, "high": 0.0002}, "epochs": 4})
+    run_sweep(tmp_path / "f", toy_train.train_raises, n_trials=1, space={"lr": {"type": "float", "low": 0.1,
+                                                                                 "high": 0.2}})
+    states = {f"trial-{t.number:04d}": t.state.name for t in study.trials}
+    assert sorted(states.values()) == ["COMPLETE"] * 5 + ["PRUNED"]
+    with tensorboard(tmp_path) as board:  # `savegame board` on the folder that holds both sweeps
+        groups = board.wait_session_groups(5)
+        sessions = {s["name"]: s for g in groups for s in g["sessions"]}
+        shown = {}
+        for group in groups:
+            hparams = group["hparams"]
+            for session in group["sessions"]:
+                shown[session["name"]] = (hparams["sweep.state"], hparams.get("lr"))
+        for name, state in states.items():
+            assert shown[f"sw/trials/{name}"][0] == state
+        assert shown["f/sw/trials/trial-0000"][0] == "FAIL"
+        assert sessions["f/sw/trials/trial-0000"]["status"] == "STATUS_FAILURE"
+        complete = next(name for name, state in states.items() if state == "COMPLETE")
+        metrics = {m["name"]["tag"]: m["value"] for m in sessions[f"sw/trials/{complete}"]["metricValues"]}
+        assert metrics["sweep/value"] == pytest.approx(study.trials[int(complete[-4:])].value)
+        # the curves are in the same run as the hparams, and a pruned one stops where it was pruned
+        pruned = next(name for name, state in states.items() if state == "PRUNED")
+        points = board.wait_scalars(f"sw/trials/{pruned}", "loss/val", 1)
+        assert points[-1][1] < 40

@@ -58,9 +58,14 @@ def trial_dir(sweep_dir: Path, number: int) -> Path:
 class TrialReporter(Hook):
     """Reports the objective metric to an Optuna trial and stops the run when it is pruned."""
 
-    def __init__(self, trial: Any, metric: str) -> None:
+    writes_hparams = True  # at the end, with the trial's state (on_finish)
+
+    def __init__(self, trial: Any, spec: SweepSpec, config: Mapping[str, Any]) -> None:
         self.trial = trial
-        self.metric = metric
+        self.spec = spec
+        self.config = dict(config)
+        self.metric = spec.metric
+        self.ended: tuple[str, float | None, str | None] | None = None  # (state, value, reason) at the end
         self.pruned: str | None = None
         self.tags: set[str] = set()
         self.nonfinite = 0  # NaN/inf values of the metric, not reported to Optuna
@@ -75,6 +80,30 @@ class TrialReporter(Hook):
         self.tags.update(metrics)
         if self.metric in metrics:
             self._report(run, metrics[self.metric], checkpoint.step)
+
+    def on_finish(self, run: Any, status: str) -> None:
+        """The trial's state, and its hparams session in its own run (TensorBoard's HPARAMS tab):
+        its config, ``sweep.trial`` and ``sweep.state`` (COMPLETE, PRUNED, FAIL) beside the curves,
+        and the trial's result as the metric ``sweep/value``."""
+        from ..runinfo import hparams_from_config
+
+        self.ended = self.outcome(run, status)
+        state, value, _ = self.ended
+        hparams = {**hparams_from_config(self.config), "sweep.trial": self.trial.number, "sweep.state": state}
+        run.writer.add_hparams(hparams, {"sweep/value": value} if value is not None else {})
+
+    def outcome(self, run: Any, status: str) -> tuple[str, float | None, str | None]:
+        """(state, value, reason) of the run that just ended with ``status``."""
+        if status == "failed":
+            return "FAIL", None, "train raised"
+        if self.pruned is not None:
+            return "PRUNED", None, self.pruned
+        stopped = run.should_stop
+        if stopped is not None and stopped.startswith("the doctor stopped"):
+            return "PRUNED", None, stopped
+        values = self.trial.study._storage.get_trial(self.trial._trial_id).intermediate_values
+        value, problem = _result(values, self.spec, self)
+        return ("FAIL", None, problem) if problem is not None else ("COMPLETE", value, None)
 
     def _report(self, run: Any, value: Any, step: int) -> None:
         value = float(value)
@@ -129,7 +158,7 @@ def run_trial(study: Any, spec: SweepSpec, train: Callable[..., Any], trial: Any
             raise SweepError(f"space.{name} changed in a way the study cannot take ({error}): trials already "
                              "sampled it the old way. Put it back, or start a new sweep folder (--dir)") from None
     config = spec.config(params)
-    reporter = TrialReporter(trial, spec.metric)
+    reporter = TrialReporter(trial, spec, config)
     doctor = savegame.Doctor(every=0) if spec.doctor else False
     try:
         run = savegame.Run(folder, config=config, hooks=[reporter], doctor=doctor)
@@ -151,15 +180,8 @@ def run_trial(study: Any, spec: SweepSpec, train: Callable[..., Any], trial: Any
         reason = f"train raised {type(error).__name__}: {error} (traceback in {folder / ERROR_FILE})"
         return _tell(study, trial, folder, "FAIL", None, reason, params)
     beat.stop()
-    stopped = run.should_stop
-    if reporter.pruned is not None:
-        return _tell(study, trial, folder, "PRUNED", None, reporter.pruned, params)
-    if stopped is not None and stopped.startswith("the doctor stopped"):
-        return _tell(study, trial, folder, "PRUNED", None, stopped, params)
-    value, problem = _result(storage.get_trial(trial._trial_id).intermediate_values, spec, reporter)
-    if problem is not None:
-        return _tell(study, trial, folder, "FAIL", None, problem, params)
-    return _tell(study, trial, folder, "COMPLETE", value, None, params)
+    state, value, reason = reporter.ended if reporter.ended is not None else reporter.outcome(run, "finished")
+    return _tell(study, trial, folder, state, value, reason, params)
 
 
 def _result(values: Mapping[int, float], spec: SweepSpec, reporter: TrialReporter) -> tuple[float | None, str | None]:
