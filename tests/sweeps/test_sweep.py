@@ -244,3 +244,24 @@ def test_the_hparams_tab_lists_every_trial_with_its_state_beside_its_curves(tmp_
         pruned = next(name for name, state in states.items() if state == "PRUNED")
         points = board.wait_scalars(f"sw/trials/{pruned}", "loss/val", 1)
         assert points[-1][1] < 40
+
+
+def test_a_trial_on_another_machine_is_an_orphan_once_its_heartbeat_is_older_than_the_grace(tmp_path):
+    import datetime
+    import time
+    from types import SimpleNamespace
+
+    from savegame.sweeps.worker import _orphaned
+
+    def trial(beat_age, host="another-machine"):
+        return SimpleNamespace(datetime_start=datetime.datetime.now(), system_attrs={
+            "savegame:owner": {"host": host, "pid": 1, "since": time.time() - 1000},
+            "savegame:heartbeat": time.time() - beat_age, "savegame:dir": str(tmp_path / "nowhere")})
+
+    assert not _orphaned(trial(beat_age=5), grace=60)
+    assert _orphaned(trial(beat_age=61), grace=60)
+    # on this machine the folder's lock decides at once, whatever the heartbeat says
+    import socket
+    assert _orphaned(trial(beat_age=0, host=socket.gethostname()), grace=60)  # no folder: nobody holds it
+    asked = SimpleNamespace(datetime_start=datetime.datetime.now(), system_attrs={})  # asked, not yet opened
+    assert not _orphaned(asked, grace=60)

@@ -83,7 +83,7 @@ def open_storage(url: str) -> Any:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SweepError(f"cannot open the sweep storage {hide_password(url)}: {reason}. Check that the database "
                          "server is running and reachable, the URL (user, password, host, port, database), and that "
-                         "its driver is installed (PostgreSQL: pip install psycopg2-binary)") from None
+                         "its driver is installed (PostgreSQL: pip install 'savegame[postgres]', which is psycopg 3)") from None
 
 
 def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, allow_changes: bool = False) -> Any:
