@@ -265,3 +265,23 @@ def test_a_trial_on_another_machine_is_an_orphan_once_its_heartbeat_is_older_tha
     assert _orphaned(trial(beat_age=0, host=socket.gethostname()), grace=60)  # no folder: nobody holds it
     asked = SimpleNamespace(datetime_start=datetime.datetime.now(), system_attrs={})  # asked, not yet opened
     assert not _orphaned(asked, grace=60)
+
+
+def test_the_report_of_a_sweep_folder_has_its_table_figures_and_importances(tmp_path):
+    run_sweep(tmp_path, n_trials=4, space={"lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+                                           "steps": {"type": "int", "low": 5, "high": 10}, "epochs": 2})
+    done = cli("report", "sw", "-o", "report.html", cwd=tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    start = page.index('<section id="sweep">')
+    section = page[start:page.index("</section>", start)]
+    assert "sweep train</h2>" in section and "objective loss/val (minimize)" in section
+    assert section.count("<tr>") == 1 + 4  # the head, and one row per trial
+    assert "Parameter importances (Optuna, fANOVA)" in section
+    assert section.count('src="data:image/png;base64,') >= 2  # the objective figure, the importances
+    assert "report: report.html" in done.stdout
+
+
+def test_a_report_of_a_sweep_with_one_complete_trial_says_why_there_are_no_importances(tmp_path):
+    run_sweep(tmp_path, n_trials=1)
+    cli("report", "sw", "-o", "report.html", cwd=tmp_path)
+    assert "No parameter importances: they need at least 2 completed trials" in (tmp_path / "report.html").read_text()

@@ -4,6 +4,7 @@ itself is :mod:`savegame.examples.digits`, written against the public API only.
 
     savegame demo --epochs 3 --dir /tmp/digits
     savegame demo --break-at 3          # the doctor stops a diverging run and keeps its best
+    savegame demo --sweep --workers 2   # tune its lr and width: 8 trials, each a run folder
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .tables import checkpoint_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", default="runs/demo", help="the run folder (default: runs/demo)")
+    parser.add_argument("--dir", default=None, help="the run folder (default: runs/demo; with --sweep, sweeps/demo)")
     parser.add_argument("--epochs", type=int, default=digits.CONFIG["epochs"],
                         help=f"epochs to train (default: {digits.CONFIG['epochs']})")
     parser.add_argument("--fresh", action="store_true",
@@ -30,10 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--break-at", type=int, default=None, metavar="EPOCH",
                         help="from this epoch on (2 or later), multiply the learning rate by 1000: "
                         "watch the doctor stop the diverging run and keep its best checkpoint")
+    parser.add_argument("--sweep", action="store_true",
+                        help="run the demo's hyperparameter sweep instead (savegame.examples.digits_sweep: "
+                        "8 trials of 4 epochs over lr and width; needs 'savegame[sweep]'); rerun to resume it")
+    parser.add_argument("--workers", type=int, default=2, help="with --sweep: worker processes (default 2)")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    folder = Path(args.dir)
+    if args.sweep:
+        return run_sweep_demo(args, console)
+    folder = Path(args.dir or "runs/demo")
     if args.fresh and folder.exists() and not is_run_dir(folder):
         raise CliError(f"--fresh deletes a run folder, but {folder} is not one (no run.json); "
                        "pick another --dir or delete it yourself")
@@ -55,6 +62,33 @@ def run(args: argparse.Namespace, console: Console) -> int:
     digits.train(folder, cfg, console)
     summary(console, folder)
     diagnosis_and_report(console, folder)
+    return 0
+
+
+def run_sweep_demo(args: argparse.Namespace, console: Console) -> int:
+    """``savegame demo --sweep``: the demo's sweep, then its table and best config."""
+    import sys
+
+    from ..sweeps import parse_spec
+    from ..sweeps.runner import run_sweep
+    from .sweep import show_table
+
+    digits.check_requirements()
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, but got {args.workers}")
+    from ..examples import digits_sweep
+
+    spec = parse_spec(digits_sweep.SPEC)
+    folder = Path(args.dir or "sweeps/demo")
+    console.print(f"sweep: {spec.n_trials} trials of the digits CNN over lr and width ({args.workers} workers) "
+                  f"in {folder}; Ctrl-C or a kill, then rerun: it resumes", markup=False)
+    run_sweep(spec, folder, workers=args.workers, progress=lambda line: console.print(line, markup=False))
+    show_table(console, folder)
+    console.print("next, try:")
+    for command in (f"savegame board {folder}      # HPARAMS: every trial, its state, beside its curves",
+                    f"savegame sweep best {folder}", f"savegame report {folder} -o sweep.html"):
+        console.print(f"  {command}")
+    sys.stdout.flush()
     return 0
 
 

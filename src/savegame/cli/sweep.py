@@ -69,6 +69,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
         print_json({"trials": [{k: r[k] for k in ("number", "state", "value", "params", "dir", "resumes", "step")}
                                for r in rows], "best": best})
         return 0
+    show_table(console, args.sweep_dir, storage=args.storage)
+    return 0
+
+
+def show_table(console: Console, sweep_dir: Path, *, storage: str | None = None) -> None:
+    """The trials of ``sweep_dir`` as a table, best first, and why each pruned or failed one ended."""
+    from ..sweeps.study import load_study
+    from ..sweeps.table import trial_rows
+
+    study = load_study(sweep_dir, storage=storage)
+    rows = trial_rows(study, sweep_dir)
     listing = table(f"sweep {study.study_name}", "trial", "state", "value", "params", "step", "resumes",
                     right=("trial", "value", "step", "resumes"))
     for row in rows:
@@ -76,7 +87,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         listing.add_row(str(row["number"]), row["state"], "-" if row["value"] is None else f"{row['value']:.6g}",
                         Text(params), "-" if row["step"] is None else f"{row['step']:,}", str(row["resumes"]))
     console.print(Fitted(listing, short=("trial", "state", "step", "resumes")))
-    return 0
+    for row in rows:
+        if row["reason"]:
+            console.print(f"trial {row['number']} {row['state']}: {row['reason']}", markup=False, soft_wrap=True)
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:

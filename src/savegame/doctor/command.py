@@ -105,7 +105,13 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise LogdirError(f"-o {output} is a folder; name the HTML file to write, e.g. -o {output / 'report.html'}")
-    out = write_report(runs, diagnoses, output)
+    sections = []
+    for path in args.runs:  # a sweep folder (sweep.json) gets its sweep section too
+        if (Path(path) / "sweep.json").is_file():
+            from ..sweeps.report import sweep_section
+
+            sections.append(sweep_section(Path(path)))
+    out = write_report(runs, diagnoses, output, sections=sections)
     console.print(table(diagnoses, title="diagnosis"))
     console.print(f"report: {out}", markup=False, soft_wrap=True)
     return 0 if any(d.judged for d in diagnoses) else 1

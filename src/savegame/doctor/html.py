@@ -276,8 +276,10 @@ def _section(index: int, run: RunData, d: Diagnosis, checkpoints: Sequence[Any])
     return "".join(out)
 
 
-def render_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], *, title: str = "savegame report") -> str:
-    """The report's HTML text (see :func:`write_report`)."""
+def render_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], *, title: str = "savegame report",
+                  sections: Sequence[str] = ()) -> str:
+    """The report's HTML text (see :func:`write_report`); ``sections`` (HTML, e.g. a sweep's) go
+    after the comparison, before the runs."""
     if len(runs) != len(diagnoses):
         raise ValueError(f"write_report needs one diagnosis per run, but got {len(runs)} runs and "
                          f"{len(diagnoses)} diagnoses; pass diagnose(run) for each run, in the same order.")
@@ -291,19 +293,20 @@ def render_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], *, ti
         parts.append("<h3>Comparison</h3>" + _comparison(runs, diagnoses, kept))
     else:
         parts.append("<p>No runs were found.</p>")
+    parts += list(sections)
     parts += [_section(i, run, d, ks) for i, (run, d, ks) in enumerate(zip(runs, diagnoses, kept))]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
 def write_report(runs: Sequence[RunData], diagnoses: Sequence[Diagnosis], path: str | os.PathLike, *,
-                 title: str = "savegame report") -> Path:
+                 title: str = "savegame report", sections: Sequence[str] = ()) -> Path:
     """Write the self-contained HTML report of ``runs`` (one diagnosis each, same order) to
     ``path``, creating its folder; returns the path. Needs matplotlib for the figures: without it,
     :class:`~savegame.errors.MissingDependencyError` says what to install, before any work."""
     if any(run.scalars for run in runs):
         require_matplotlib("savegame's HTML report")
-    text = render_report(runs, diagnoses, title=title)
+    text = render_report(runs, diagnoses, title=title, sections=sections)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, text)  # a reader (a browser refreshing) never sees half a page

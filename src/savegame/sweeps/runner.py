@@ -46,8 +46,9 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     threads = max(1, (os.cpu_count() or 1) // workers)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env["SAVEGAME_SWEEP_THREADS"] = str(threads)
-    children = [subprocess.Popen([sys.executable, "-m", "savegame.sweeps.subworker", str(sweep_dir)], env=env,
-                                 cwd=os.getcwd()) for _ in range(workers)]
+    children = [subprocess.Popen([sys.executable, "-m", "savegame.sweeps.subworker", str(sweep_dir)],
+                                 env={**env, "SAVEGAME_SWEEP_WORKER": str(i)}, cwd=os.getcwd())
+                for i in range(workers)]
     last = None
     try:
         while any(child.poll() is None for child in children):

@@ -86,14 +86,17 @@ def open_storage(url: str) -> Any:
                          "its driver is installed (PostgreSQL: pip install 'savegame[postgres]', which is psycopg 3)") from None
 
 
-def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, allow_changes: bool = False) -> Any:
-    """Create or load the study of ``sweep_dir`` for ``spec`` (checking it against the recorded one)."""
+def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, allow_changes: bool = False,
+               worker: int = 0) -> Any:
+    """Create or load the study of ``sweep_dir`` for ``spec`` (checking it against the recorded one).
+    ``worker`` numbers the process among several: each seeds its sampler with ``seed + worker``, or
+    workers with one seed would all sample the same parameters."""
     optuna = optuna_module()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(sweep_dir, storage)
     _check_spec(sweep_dir, spec, url, allow_changes)
     study = optuna.create_study(study_name=spec.name, storage=open_storage(url), direction=spec.direction,
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+                                sampler=make_sampler(spec, worker), pruner=make_pruner(spec), load_if_exists=True)
     return study
 
 
@@ -107,15 +110,16 @@ def load_study(sweep_dir: Path, *, storage: str | None = None) -> Any:
     return optuna.load_study(study_name=recorded["name"], storage=open_storage(storage_url(sweep_dir, storage)))
 
 
-def make_sampler(spec: SweepSpec) -> Any:
+def make_sampler(spec: SweepSpec, worker: int = 0) -> Any:
     optuna = optuna_module()
+    seed = spec.seed + worker if spec.seed is not None else None
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: p.grid(k) for k, p in spec.space.items()}, seed=spec.seed)
+        return optuna.samplers.GridSampler({k: p.grid(k) for k, p in spec.space.items()}, seed=seed)
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=spec.seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=spec.seed)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(spec: SweepSpec) -> Any:

@@ -1,7 +1,8 @@
 """One worker process of ``savegame sweep run --workers N``: ``python -m savegame.sweeps.subworker SWEEPDIR``.
 
 It reads the spec the sweep folder recorded, the storage URL from ``SAVEGAME_SWEEP_STORAGE``
-(else the folder's journal) and its torch thread count from ``SAVEGAME_SWEEP_THREADS``, then runs
+(else the folder's journal), its number among the workers from ``SAVEGAME_SWEEP_WORKER`` (its
+sampler's seed is the spec's plus it) and its torch thread count from ``SAVEGAME_SWEEP_THREADS``, then runs
 the worker loop (``worker.work``) on the shared study.
 """
 
@@ -25,7 +26,8 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(int(threads))
     spec = spec_from_record(read_record(sweep_dir))
-    study = open_study(sweep_dir, spec, storage=os.environ.get(STORAGE_ENV) or None)
+    study = open_study(sweep_dir, spec, storage=os.environ.get(STORAGE_ENV) or None,
+                       worker=int(os.environ.get("SAVEGAME_SWEEP_WORKER", "0")))
     work(study, spec, sweep_dir)
     return 0
 
