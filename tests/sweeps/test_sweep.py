@@ -161,6 +161,14 @@ def test_a_change_optuna_cannot_take_is_named(tmp_path):
                   space={"opt": {"type": "categorical", "choices": ["adam", "sgd"]}, "lr": 0.1})
 
 
+def test_the_live_doctor_prunes_a_trial_that_stops_learning(tmp_path):
+    with pytest.warns(savegame.DoctorWarning, match="plateau"):
+        study = run_sweep(tmp_path, n_trials=1, space={"lr": {"type": "categorical", "choices": [1e-9]}, "epochs": 12})
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED"
+    assert "plateau" in trial.system_attrs["savegame:reason"] and max(trial.intermediate_values) < 120
+
+
 def test_an_unreachable_storage_fails_before_any_trial(tmp_path):
     with pytest.raises(SweepError, match=r"cannot open the sweep storage postgresql://u:\*\*\*@127.0.0.1:9/db"):
         run_sweep(tmp_path, storage="postgresql://u:secret@127.0.0.1:9/db")

@@ -49,6 +49,8 @@ class Doctor:
         every: sample the training signals (gradient norm and update/weight ratio per layer,
             dead ReLUs, non-finite gradients) every this many optimizer steps; 0 turns them off.
         stop_on_diverged: stop the run (after saving) when the loss diverges.
+        stop_on_plateau: stop (after saving) when the loss stopped learning (``plateau``, held at two
+            validations in a row after the first 5): what a sweep wants of a trial going nowhere.
         overfit_patience: stop once the validation loss has been this many validations past its
             minimum while the verdict is overfitting; None never stops for overfitting.
         train_tag / val_tag: the tags of the losses, when the names are not recognizable.
@@ -61,6 +63,7 @@ class Doctor:
 
     every: int = 50
     stop_on_diverged: bool = True
+    stop_on_plateau: bool = False
     overfit_patience: int | None = None
     train_tag: str | None = None
     val_tag: str | None = None
@@ -85,6 +88,8 @@ class Doctor:
         """Why to stop now, or None."""
         if verdict == "diverged" and self.stop_on_diverged:
             return "diverged"
+        if verdict == "plateau" and self.stop_on_plateau:
+            return "plateau: the loss stopped learning (stop_on_plateau)"
         if (verdict == "overfitting" and self.overfit_patience is not None
                 and validations_past_best >= self.overfit_patience):
             return (f"overfitting: {validations_past_best} validations past the lowest validation loss "

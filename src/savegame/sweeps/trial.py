@@ -159,7 +159,8 @@ def run_trial(study: Any, spec: SweepSpec, train: Callable[..., Any], trial: Any
                              "sampled it the old way. Put it back, or start a new sweep folder (--dir)") from None
     config = spec.config(params)
     reporter = TrialReporter(trial, spec, config)
-    doctor = savegame.Doctor(every=0) if spec.doctor else False
+    # the live doctor prunes a trial that diverges or stops learning (no signals: the curves only)
+    doctor = savegame.Doctor(every=0, stop_on_plateau=True) if spec.doctor else False
     try:
         run = savegame.Run(folder, config=config, hooks=[reporter], doctor=doctor)
     except RunLockedError:
