@@ -61,6 +61,8 @@ STEPS_ENV = "BENCH_SWEEP_STEPS"  # a file the train function appends one line pe
 LR = {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}
 OBJECTIVE = {"metric": "loss/val", "direction": "minimize"}
 INPUTS, HIDDEN, CLASSES, BATCH, BATCHES = 32, 256, 10, 64, 32
+STEP_SECONDS = [0.0]  # the training step's time, measured first (main)
+SAVE_SECONDS: dict[str, list[float]] = {"savegame": [], "torch": []}  # each checkpoint's time, this process
 
 
 # ------------------------------------------------------------------------------- the training
@@ -129,7 +131,9 @@ def train(config: dict[str, Any], run: Any) -> None:
                 work.step(index)
                 steps.record(run.step)  # run.step counts this step already (1-based)
             run.log("loss/val", work.val_loss())
+            started = time.perf_counter()
             run.save()
+            SAVE_SECONDS["savegame"].append(time.perf_counter() - started)
 
 
 def plain_objective(config: dict[str, Any], folder: Path | None):
@@ -148,8 +152,10 @@ def plain_objective(config: dict[str, Any], folder: Path | None):
             best = min(best, value)
             trial.report(value, (epoch + 1) * config["steps"])
             if folder is not None:
+                started = time.perf_counter()
                 torch.save({"model": work.model.state_dict(), "optimizer": work.optimizer.state_dict(),
                             "epoch": epoch + 1}, folder / f"trial-{trial.number:04d}.pt")
+                SAVE_SECONDS["torch"].append(time.perf_counter() - started)
             if trial.should_prune():  # a no-op with the NopPruner, but every real loop has it
                 raise optuna.TrialPruned()
         return best
@@ -245,6 +251,10 @@ def overhead(config: dict[str, Any], n_trials: int, rounds: int, work_dir: Path)
           f"{100 * (ours - bare) / bare:+.1f}%; the anchor's torch.save alone: {1e3 * (fair - bare):+.1f} ms "
           f"per trial; spread between rounds of the fair anchor: "
           f"{100 * (max(seconds[names[1]]) - min(seconds[names[1]])) / fair:.1f}%")
+    ours_save, torch_save = (statistics.median(SAVE_SECONDS[kind]) for kind in ("savegame", "torch"))
+    print(f"one checkpoint (median): savegame's run.save {1e3 * ours_save:.1f} ms (atomic and fsynced, with the RNG "
+          f"and data position), the anchor's torch.save {1e3 * torch_save:.1f} ms; x{config['epochs']} per trial: "
+          f"{1e3 * config['epochs'] * (ours_save - torch_save):.0f} ms of the difference")
 
 
 # ------------------------------------------------------------------------------ the CLI's sweeps
@@ -297,34 +307,82 @@ def check_complete(trials: list[Any], n_trials: int, what: str) -> None:
 
 # ------------------------------------------------------------------------------ (2) parallel speed
 
+def optuna_worker(journal: str, n_trials: str, config: str) -> None:
+    """One process of the plain Optuna anchor in (2): ``study.optimize`` with ``n_trials`` of its
+    own on the study in ``journal`` (Optuna's way to run a study in several processes), training
+    as ``plain_objective`` does, torch.save per epoch included."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(journal))
+    study = optuna.load_study(study_name="plain", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0),
+                              pruner=optuna.pruners.NopPruner())
+    study.optimize(plain_objective(json.loads(config), Path(journal).parent), n_trials=int(n_trials))
+
+
+def optuna_processes(config: dict[str, Any], n_trials: int, processes: int, folder: Path) -> list[Any]:
+    """The anchor of (2): ``processes`` plain Optuna processes sharing one journal study, each
+    with its share of ``n_trials``; the study's trials once all have ended."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = folder / "study.journal"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.create_study(study_name="plain", storage=storage, direction="minimize")  # made once, before the workers
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "OMP_NUM_THREADS": "1"}
+    shares = [n_trials // processes + (k < n_trials % processes) for k in range(processes)]
+    children = [subprocess.Popen([sys.executable, "-c", "import sys, bench_sweep; bench_sweep.optuna_worker(*sys.argv[1:])",
+                                  str(journal), str(share), json.dumps(config)], env=env) for share in shares]
+    if any(child.wait(timeout=600) != 0 for child in children):
+        raise SystemExit("a plain Optuna worker process failed (its error is above)")
+    return sorted(optuna.load_study(study_name="plain", storage=storage).get_trials(deepcopy=False),
+                  key=lambda t: t.number)
+
+
 def parallel(config: dict[str, Any], n_trials: int, work_dir: Path) -> None:
-    results = {}
-    for workers in (1, 2):
-        folder = Path(tempfile.mkdtemp(dir=work_dir))
-        spec = folder / "parallel.yaml"
-        write_spec(spec, config, n_trials)
-        started = time.perf_counter()
-        finish(cli(spec, folder / "sweep", "--workers", str(workers)), spec)
-        wall = time.perf_counter() - started
-        trials = load_trials(folder / "sweep")
-        check_complete(trials, n_trials, f"--workers {workers}")
-        counted = [t for t in trials if not t.system_attrs.get("savegame:surplus")]
-        busy = (max(t.datetime_complete for t in counted) - min(t.datetime_start for t in counted)).total_seconds()
-        trial_seconds = statistics.median((t.datetime_complete - t.datetime_start).total_seconds() for t in counted)
-        results[workers] = (60 * n_trials / wall, 60 * n_trials / busy, wall, trial_seconds)
-        shutil.rmtree(folder)
+    """Trials per minute with 1 and 2 processes: savegame's CLI (--workers N) and the plain Optuna
+    anchor (N processes on one study), which shows how far this machine itself scales."""
+    rates: dict[tuple[str, int], tuple[float, float, float]] = {}  # (who, N): (wall s, per min whole, per min busy)
+    for processes in (1, 2):
+        for who in ("savegame", "optuna"):
+            folder = Path(tempfile.mkdtemp(dir=work_dir))
+            started = time.perf_counter()
+            if who == "savegame":
+                spec = folder / "parallel.yaml"
+                write_spec(spec, config, n_trials)
+                finish(cli(spec, folder / "sweep", "--workers", str(processes)), spec)
+                wall = time.perf_counter() - started
+                trials = load_trials(folder / "sweep")
+            else:
+                trials = optuna_processes(config, n_trials, processes, folder)
+                wall = time.perf_counter() - started
+            check_complete(trials, n_trials, f"{who} with {processes} process(es)")
+            counted = [t for t in trials if not t.system_attrs.get("savegame:surplus")]
+            busy = (max(t.datetime_complete for t in counted) - min(t.datetime_start for t in counted)).total_seconds()
+            rates[who, processes] = (wall, 60 * n_trials / wall, 60 * n_trials / busy)
+            shutil.rmtree(folder)
 
     steps = config["epochs"] * config["steps"]
-    print(f"\n## (2) parallel speed: `savegame sweep run` with {n_trials} trials of {steps} steps, "
-          f"--workers 1 and --workers 2 (one torch thread each) on {os.cpu_count()} cores")
-    print("| workers | command wall s | trials/min, whole command | trials/min, first trial start -> last end "
-          "| median s per trial |")
-    print("|---|---|---|---|---|")
-    for workers, (whole, busy, wall, trial_seconds) in results.items():
-        print(f"| {workers} | {wall:.1f} | {whole:.1f} | {busy:.1f} | {trial_seconds:.2f} |")
-    whole, busy = results[2][0] / results[1][0], results[2][1] / results[1][1]
-    print(f"2 workers / 1 worker: {whole:.2f}x for the whole command (process start-ups included; goal >= 1.6x: "
-          f"{'met' if whole >= 1.6 else 'NOT met'}), {busy:.2f}x between the first trial's start and the last one's end")
+    print(f"\n## (2) parallel speed: {n_trials} trials of {steps} steps (~{steps * STEP_SECONDS[0]:.1f} s of "
+          f"training each), one torch thread per process, on {os.cpu_count()} cores; trials per minute for the "
+          "whole command (process start-ups included) and [first trial's start -> last trial's end]")
+    print("| | 1 process | 2 processes | 2 / 1 |")
+    print("|---|---|---|---|")
+    labels = {"savegame": "`savegame sweep run --workers N`",
+              "optuna": "plain Optuna: N processes of study.optimize on one journal study (torch.save per epoch)"}
+    ratios = {}
+    for who, label in labels.items():
+        (wall1, whole1, busy1), (wall2, whole2, busy2) = rates[who, 1], rates[who, 2]
+        ratios[who] = (whole2 / whole1, busy2 / busy1)
+        print(f"| {label} | {whole1:.1f}/min ({wall1:.1f} s) [{busy1:.1f}/min] | {whole2:.1f}/min ({wall2:.1f} s) "
+              f"[{busy2:.1f}/min] | {ratios[who][0]:.2f}x [{ratios[who][1]:.2f}x] |")
+    whole, busy = ratios["savegame"]
+    print(f"savegame, 2 workers / 1: {whole:.2f}x for the whole command (goal >= 1.6x: "
+          f"{'met' if whole >= 1.6 else 'NOT met'}), {busy:.2f}x between the first trial's start and the last one's "
+          f"end; the anchor shows this machine's own scaling of the same work: {ratios['optuna'][0]:.2f}x, so "
+          f"savegame gets {100 * whole / ratios['optuna'][0]:.0f}% of it")
 
 
 # ------------------------------------------------------------------------ (3) redone after a kill
@@ -395,7 +453,7 @@ def main() -> None:
 
     print(machine(optuna=optuna.__version__))
     torch.set_num_threads(1)
-    step = step_seconds()
+    step = STEP_SECONDS[0] = step_seconds()
     epochs = 4
     # trial lengths (seconds) and counts for (1) and (2); the steps per epoch follow from the step time
     overhead_seconds, overhead_trials, rounds = (0.4, 2, 2) if args.quick else (1.5, 8, 3)

@@ -62,6 +62,17 @@ def show(tmp_path: Path) -> dict:
     return json.loads(done.stdout)
 
 
+def kill_a_worker_mid_trial(tmp_path: Path, sweep: subprocess.Popen) -> tuple[str, int]:
+    """SIGKILL the worker process of the first trial past its second epoch (a checkpoint behind
+    it); (that trial's folder name, the pid killed). The pid is the trial folder lock's holder."""
+    lines = wait_for(tmp_path, lambda ls: any(int(line.split()[1]) == 20 for line in ls), process=sweep)
+    victim_trial = next(line.split()[0] for line in lines if int(line.split()[1]) == 20)
+    lock = tmp_path / "sweeps" / "toy" / "trials" / victim_trial / "LOCK"
+    victim = json.loads(lock.read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    return victim_trial, victim
+
+
 def mid_trial(number_of_lines: int):
     """Kill once this many epochs have ended since the start, in a trial past its first epoch."""
     return lambda lines: len(lines) >= number_of_lines and int(lines[-1].split()[1]) in (20, 30)
@@ -106,11 +117,7 @@ def test_a_sweep_killed_twice_and_run_again_resumes_its_trials_and_runs_each_onc
 def test_a_killed_worker_leaves_its_trial_to_another_which_resumes_it(tmp_path):
     (tmp_path / "toy.yaml").write_text(SPEC % {"n": 4, "sleep": 0.03})
     sweep = start(tmp_path, "--workers", "2")
-    lines = wait_for(tmp_path, lambda ls: any(int(line.split()[1]) == 20 for line in ls), process=sweep)
-    victim_trial = next(line.split()[0] for line in lines if int(line.split()[1]) == 20)
-    lock = tmp_path / "sweeps" / "toy" / "trials" / victim_trial / "LOCK"
-    victim = json.loads(lock.read_text())["pid"]
-    os.kill(victim, signal.SIGKILL)
+    victim_trial, victim = kill_a_worker_mid_trial(tmp_path, sweep)
     assert sweep.wait(timeout=300) == 0, sweep.stdout.read()
     table = show(tmp_path)
     assert sorted(t["number"] for t in table["trials"]) == [0, 1, 2, 3]

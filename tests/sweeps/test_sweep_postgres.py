@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 pytest.importorskip("optuna")
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sweep_kill import SPEC, show, start, wait_for  # noqa: E402
+from test_sweep_kill import SPEC, kill_a_worker_mid_trial, start  # noqa: E402
 
 URL = os.environ.get("SAVEGAME_TEST_POSTGRES")
 if not URL:
@@ -33,11 +32,7 @@ def test_three_workers_on_postgresql_one_killed_lose_nothing_and_run_nothing_twi
     name = f"pg-{tmp_path.name}-{os.getpid()}-{int(time.time())}"  # one study per run of the test
     (tmp_path / "toy.yaml").write_text(f"name: {name}\n" + SPEC % {"n": 6, "sleep": 0.03})
     sweep = start(tmp_path, "--workers", "3", "--storage", URL, "--dir", "sweeps/toy")
-    lines = wait_for(tmp_path, lambda ls: any(int(line.split()[1]) == 20 for line in ls), process=sweep)
-    victim_trial = next(line.split()[0] for line in lines if int(line.split()[1]) == 20)
-    lock = tmp_path / "sweeps" / "toy" / "trials" / victim_trial / "LOCK"
-    victim = json.loads(lock.read_text())["pid"]
-    os.kill(victim, signal.SIGKILL)
+    victim_trial, victim = kill_a_worker_mid_trial(tmp_path, sweep)
     assert sweep.wait(timeout=300) == 0, sweep.stdout.read()
     assert "savegame:savegame@" not in (tmp_path / "sweeps" / "toy" / "sweep.json").read_text()  # no password kept
 
