@@ -15,8 +15,11 @@ same time on any machine.
    the torch.save anchor.
 2. Parallel speed: the same sweep through the CLI, ``savegame sweep run SPEC.yaml`` with
    ``--workers 1`` and ``--workers 2`` (each worker one torch thread); trials per minute for the
-   whole command (start-up included) and between the first trial's start and the last one's end.
-   Goal: >= 1.6x with 2 workers.
+   whole command (start-up included) and between the first trial's start and the last one's end,
+   and the seconds before the first trial and after the last. The anchor, which shows how far the
+   machine itself scales the same work: plain Optuna in 1 and 2 processes of ``study.optimize`` on
+   one journal study (left out with --quick: every process start-up costs seconds). Goal: >= 1.6x
+   with 2 workers.
 3. Work redone after a SIGKILL: a sweep run through the CLI is killed (SIGKILL) in the middle of a
    trial's third epoch (its checkpoint at step 20 of 40 written), then the same command is run to
    the end. The training function appends a line per step it executes to a file, so the steps
@@ -26,8 +29,8 @@ same time on any machine.
    kill (counted in the same run) is done again. Goal: savegame redoes at most the steps since the
    killed trial's last checkpoint.
 
-    python bench/bench_sweep.py           # ~3 min on 2 cores
-    python bench/bench_sweep.py --quick   # smoke run: smaller trials, fewer of them (< 60 s)
+    python bench/bench_sweep.py           # 3-3.5 min on 2 cores
+    python bench/bench_sweep.py --quick   # smoke run: smaller trials, fewer, no anchor in 2 (< 60 s)
 
 The CLI runs import this file as the module ``bench_sweep`` (its ``train``), with bench/ on
 PYTHONPATH.
@@ -204,11 +207,11 @@ def overhead(config: dict[str, Any], n_trials: int, rounds: int, work_dir: Path)
     import savegame
 
     variants = {
-        "savegame.sweep (Run folder, checkpoint per epoch, live doctor)": lambda folder: savegame_sweep(
-            config, n_trials, folder),
-        "Optuna study.optimize + torch.save per epoch (the fair anchor)": lambda folder: optuna_sweep(
-            config, n_trials, folder, save=True),
-        "Optuna study.optimize, no save": lambda folder: optuna_sweep(config, n_trials, folder, save=False),
+        "savegame.sweep (Run folder, checkpoint per epoch, live doctor)": lambda folder, n: savegame_sweep(
+            config, n, folder),
+        "Optuna study.optimize + torch.save per epoch (the fair anchor)": lambda folder, n: optuna_sweep(
+            config, n, folder, save=True),
+        "Optuna study.optimize, no save": lambda folder, n: optuna_sweep(config, n, folder, save=False),
     }
     names = list(variants)
     seconds: dict[str, list[float]] = {name: [] for name in names}
@@ -217,14 +220,14 @@ def overhead(config: dict[str, Any], n_trials: int, rounds: int, work_dir: Path)
         warnings.simplefilter("ignore", savegame.DoctorWarning)  # its verdicts are not what is measured
         for name in names:  # warm-up, untimed: imports, the first torch ops, Optuna's first study
             folder = Path(tempfile.mkdtemp(dir=work_dir))
-            variants[name](folder)
+            variants[name](folder, 1)
             shutil.rmtree(folder)
         for index in range(rounds):
             for name in names[index % len(names):] + names[:index % len(names)]:  # rotating order
                 folder = Path(tempfile.mkdtemp(dir=work_dir))
                 gc.collect()
                 started = time.perf_counter()
-                study = variants[name](folder)
+                study = variants[name](folder, n_trials)
                 seconds[name].append((time.perf_counter() - started) / n_trials)
                 trials = study.get_trials(deepcopy=False)
                 if len(trials) != n_trials or {t.state.name for t in trials} != {"COMPLETE"}:
@@ -236,21 +239,28 @@ def overhead(config: dict[str, Any], n_trials: int, rounds: int, work_dir: Path)
         raise SystemExit(f"the variants did not sample the same learning rates: {learning_rates}")
 
     steps = config["epochs"] * config["steps"]
-    print(f"\n## (1) per-trial overhead: {n_trials} trials of {config['epochs']} epochs x {config['steps']} steps "
-          f"= {steps} steps, random sampler seed 0 (the same learning rates in all three), journal storage; "
-          f"{rounds} rounds in rotating order, medians")
+    print(f"\n## (1) per-trial overhead: sweeps of {n_trials} trials of {config['epochs']} epochs x {config['steps']} "
+          f"steps = {steps} steps, random sampler seed 0 (the same learning rates in all three), journal storage; "
+          f"{rounds} rounds, the three in a rotating order in each; s per trial = the sweep's wall time / {n_trials}")
     print("| variant | s per trial (median) | each round |")
     print("|---|---|---|")
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name in names:
-        print(f"| {name} | {medians[name]:.3f} | {', '.join(f'{v:.3f}' for v in seconds[name])} |")
-    ours, fair, bare = (medians[name] for name in names)
-    print(f"savegame over the torch.save anchor: {1e3 * (ours - fair):+.1f} ms per trial = "
-          f"{100 * (ours - fair) / fair:+.1f}% (goal <= 5%: {'met' if ours <= 1.05 * fair else 'NOT met'})")
-    print(f"savegame over the no-save anchor: {1e3 * (ours - bare):+.1f} ms per trial = "
-          f"{100 * (ours - bare) / bare:+.1f}%; the anchor's torch.save alone: {1e3 * (fair - bare):+.1f} ms "
-          f"per trial; spread between rounds of the fair anchor: "
-          f"{100 * (max(seconds[names[1]]) - min(seconds[names[1]])) / fair:.1f}%")
+        print(f"| {name} | {statistics.median(seconds[name]):.3f} | {', '.join(f'{v:.3f}' for v in seconds[name])} |")
+    # each round's ratio, to the anchor measured next to it, so that a drift between rounds cancels out
+    ours, fair, bare = (seconds[name] for name in names)
+    over_fair = statistics.median(o / f - 1 for o, f in zip(ours, fair))
+    over_bare = statistics.median(o / b - 1 for o, b in zip(ours, bare))
+    fixed = over_fair * statistics.median(fair)  # seconds per trial, much the same whatever the trial's length
+    print(f"savegame over the torch.save anchor (median of the rounds' ratios): {100 * over_fair:+.1f}% = "
+          f"{1e3 * fixed:+.0f} ms per trial (goal <= 5%: "
+          f"{'met' if over_fair <= 0.05 else 'NOT met'})")
+    if fixed > 0:  # it comes per trial and per checkpoint, not per step: longer trials dilute it
+        print(f"as a cost per trial with {config['epochs']} checkpoints, that is <= 5% for trials of "
+              f">= {fixed / 0.05:.1f} s")
+    spread = (max(fair) - min(fair)) / statistics.median(fair)
+    print(f"savegame over the no-save anchor: {100 * over_bare:+.1f}% = "
+          f"{1e3 * over_bare * statistics.median(bare):+.0f} ms per trial; the rounds of the torch.save anchor "
+          f"spread over {100 * spread:.0f}% of its median (the machine's noise)")
     ours_save, torch_save = (statistics.median(SAVE_SECONDS[kind]) for kind in ("savegame", "torch"))
     print(f"one checkpoint (median): savegame's run.save {1e3 * ours_save:.1f} ms (atomic and fsynced, with the RNG "
           f"and data position), the anchor's torch.save {1e3 * torch_save:.1f} ms; x{config['epochs']} per trial: "
@@ -266,18 +276,24 @@ def write_spec(path: Path, config: dict[str, Any], n_trials: int) -> None:
     path.write_text(json.dumps(spec, indent=2))
 
 
-def cli(spec: Path, sweep_dir: Path, *args: str, steps_file: Path | None = None) -> subprocess.Popen:
-    """``python -m savegame.cli sweep run SPEC --dir SWEEPDIR ARGS`` in a new process, with bench/
-    on PYTHONPATH (for ``bench_sweep:train``) and one OpenMP thread; its output goes to a log
-    file beside the spec, shown when it fails."""
+def child_env(steps_file: Path | None = None) -> dict[str, str]:
+    """The environment of a sweep process: bench/ on PYTHONPATH (it imports this file as
+    ``bench_sweep``), one OpenMP thread, and the step log's path where one is wanted."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "OMP_NUM_THREADS": "1"}
     env.pop(STEPS_ENV, None)
     if steps_file is not None:
         env[STEPS_ENV] = str(steps_file)
-    log = open(spec.with_suffix(".log"), "a")
-    return subprocess.Popen([sys.executable, "-m", "savegame.cli", "sweep", "run", str(spec), "--dir", str(sweep_dir),
-                             *args], cwd=spec.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return env
+
+
+def cli(spec: Path, sweep_dir: Path, *args: str, steps_file: Path | None = None) -> subprocess.Popen:
+    """``python -m savegame.cli sweep run SPEC --dir SWEEPDIR ARGS`` in a new process; its output
+    goes to a log file beside the spec, shown when it fails."""
+    with open(spec.with_suffix(".log"), "a") as log:  # the child has its own copy of the file
+        return subprocess.Popen([sys.executable, "-m", "savegame.cli", "sweep", "run", str(spec), "--dir",
+                                 str(sweep_dir), *args], cwd=spec.parent, env=child_env(steps_file), stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def finish(process: subprocess.Popen, spec: Path, timeout: float = 600) -> None:
@@ -330,59 +346,69 @@ def optuna_processes(config: dict[str, Any], n_trials: int, processes: int, fold
     journal = folder / "study.journal"
     storage = JournalStorage(JournalFileBackend(str(journal)))
     optuna.create_study(study_name="plain", storage=storage, direction="minimize")  # made once, before the workers
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "OMP_NUM_THREADS": "1"}
     shares = [n_trials // processes + (k < n_trials % processes) for k in range(processes)]
-    children = [subprocess.Popen([sys.executable, "-c", "import sys, bench_sweep; bench_sweep.optuna_worker(*sys.argv[1:])",
-                                  str(journal), str(share), json.dumps(config)], env=env) for share in shares]
+    command = [sys.executable, "-c", "import sys, bench_sweep; bench_sweep.optuna_worker(*sys.argv[1:])"]
+    children = [subprocess.Popen([*command, str(journal), str(share), json.dumps(config)], env=child_env())
+                for share in shares]
     if any(child.wait(timeout=600) != 0 for child in children):
         raise SystemExit("a plain Optuna worker process failed (its error is above)")
     return sorted(optuna.load_study(study_name="plain", storage=storage).get_trials(deepcopy=False),
                   key=lambda t: t.number)
 
 
-def parallel(config: dict[str, Any], n_trials: int, work_dir: Path) -> None:
+def parallel(config: dict[str, Any], n_trials: int, work_dir: Path, *, anchor: bool = True) -> None:
     """Trials per minute with 1 and 2 processes: savegame's CLI (--workers N) and the plain Optuna
-    anchor (N processes on one study), which shows how far this machine itself scales."""
-    rates: dict[tuple[str, int], tuple[float, float, float]] = {}  # (who, N): (wall s, per min whole, per min busy)
+    anchor (N processes on one study), which shows how far this machine itself scales. Without
+    ``anchor`` (--quick) only savegame's rows: each process start-up costs seconds here."""
+    import datetime
+
+    labels = {"savegame": "`savegame sweep run --workers N`",
+              "optuna": "plain Optuna: N processes of study.optimize on one journal study, torch.save per epoch"}
+    if not anchor:
+        del labels["optuna"]
+    rows: dict[tuple[str, int], dict[str, float]] = {}
     for processes in (1, 2):
-        for who in ("savegame", "optuna"):
+        for who in labels:
             folder = Path(tempfile.mkdtemp(dir=work_dir))
-            started = time.perf_counter()
+            began, started = datetime.datetime.now(), time.perf_counter()  # Optuna's trial times are naive local
             if who == "savegame":
                 spec = folder / "parallel.yaml"
                 write_spec(spec, config, n_trials)
                 finish(cli(spec, folder / "sweep", "--workers", str(processes)), spec)
-                wall = time.perf_counter() - started
+                wall, ended = time.perf_counter() - started, datetime.datetime.now()
                 trials = load_trials(folder / "sweep")
             else:
                 trials = optuna_processes(config, n_trials, processes, folder)
-                wall = time.perf_counter() - started
+                wall, ended = time.perf_counter() - started, datetime.datetime.now()
             check_complete(trials, n_trials, f"{who} with {processes} process(es)")
             counted = [t for t in trials if not t.system_attrs.get("savegame:surplus")]
-            busy = (max(t.datetime_complete for t in counted) - min(t.datetime_start for t in counted)).total_seconds()
-            rates[who, processes] = (wall, 60 * n_trials / wall, 60 * n_trials / busy)
+            first, last = min(t.datetime_start for t in counted), max(t.datetime_complete for t in counted)
+            rows[who, processes] = {"wall": wall, "whole": 60 * n_trials / wall,
+                                    "busy": 60 * n_trials / (last - first).total_seconds(),
+                                    "trial": statistics.median((t.datetime_complete - t.datetime_start).total_seconds()
+                                                               for t in counted),
+                                    "before": (first - began).total_seconds(), "after": (ended - last).total_seconds()}
             shutil.rmtree(folder)
 
     steps = config["epochs"] * config["steps"]
-    print(f"\n## (2) parallel speed: {n_trials} trials of {steps} steps (~{steps * STEP_SECONDS[0]:.1f} s of "
-          f"training each), one torch thread per process, on {os.cpu_count()} cores; trials per minute for the "
-          "whole command (process start-ups included) and [first trial's start -> last trial's end]")
-    print("| | 1 process | 2 processes | 2 / 1 |")
-    print("|---|---|---|---|")
-    labels = {"savegame": "`savegame sweep run --workers N`",
-              "optuna": "plain Optuna: N processes of study.optimize on one journal study (torch.save per epoch)"}
-    ratios = {}
-    for who, label in labels.items():
-        (wall1, whole1, busy1), (wall2, whole2, busy2) = rates[who, 1], rates[who, 2]
-        ratios[who] = (whole2 / whole1, busy2 / busy1)
-        print(f"| {label} | {whole1:.1f}/min ({wall1:.1f} s) [{busy1:.1f}/min] | {whole2:.1f}/min ({wall2:.1f} s) "
-              f"[{busy2:.1f}/min] | {ratios[who][0]:.2f}x [{ratios[who][1]:.2f}x] |")
-    whole, busy = ratios["savegame"]
+    print(f"\n## (2) parallel speed: {n_trials} trials of {steps} steps (~{steps * STEP_SECONDS[0]:.1f} s of training "
+          f"each at the step time measured first), one torch thread per process, on {os.cpu_count()} cores")
+    print("| | processes | wall s | trials/min, whole command | trials/min, first trial's start -> last one's end "
+          "| s before the first trial | s after the last | median s per trial |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (who, processes), row in rows.items():
+        print(f"| {labels[who]} | {processes} | {row['wall']:.1f} | {row['whole']:.1f} | {row['busy']:.1f} | "
+              f"{row['before']:.1f} | {row['after']:.1f} | {row['trial']:.2f} |")
+    ratio = {who: (rows[who, 2]["whole"] / rows[who, 1]["whole"], rows[who, 2]["busy"] / rows[who, 1]["busy"])
+             for who in labels}
+    whole, busy = ratio["savegame"]
     print(f"savegame, 2 workers / 1: {whole:.2f}x for the whole command (goal >= 1.6x: "
-          f"{'met' if whole >= 1.6 else 'NOT met'}), {busy:.2f}x between the first trial's start and the last one's "
-          f"end; the anchor shows this machine's own scaling of the same work: {ratios['optuna'][0]:.2f}x, so "
-          f"savegame gets {100 * whole / ratios['optuna'][0]:.0f}% of it")
+          f"{'met' if whole >= 1.6 else 'NOT met'}), {busy:.2f}x from the first trial's start to the last one's end")
+    if anchor:
+        print(f"the anchor, 2 processes / 1 (this machine's own scaling of the same work): {ratio['optuna'][0]:.2f}x "
+              f"for the whole command, {ratio['optuna'][1]:.2f}x from the first trial's start to the last one's end")
+    else:
+        print("the anchor (plain Optuna in 1 and 2 processes) is left out with --quick")
 
 
 # ------------------------------------------------------------------------ (3) redone after a kill
@@ -453,11 +479,12 @@ def main() -> None:
 
     print(machine(optuna=optuna.__version__))
     torch.set_num_threads(1)
-    step = STEP_SECONDS[0] = step_seconds()
+    step = STEP_SECONDS[0] = step_seconds(100 if args.quick else 200)
     epochs = 4
     # trial lengths (seconds) and counts for (1) and (2); the steps per epoch follow from the step time
-    overhead_seconds, overhead_trials, rounds = (0.4, 2, 2) if args.quick else (1.5, 8, 3)
-    parallel_seconds, parallel_trials = (0.5, 4) if args.quick else (2.0, 8)
+    overhead_seconds, overhead_trials, rounds = (0.3, 2, 2) if args.quick else (1.0, 3, 6)
+    parallel_seconds, parallel_trials = (0.2, 2) if args.quick else (2.0, 8)
+    killed_trials = 2 if args.quick else 3  # trial 0 ends before the kill, trial 1 is killed, any later one runs after
     print(f"training step (MLP {INPUTS}-{HIDDEN}-{HIDDEN}-{CLASSES}, Adam, batch {BATCH}, 1 torch thread): "
           f"{step * 1e3:.2f} ms; {epochs} epochs per trial")
 
@@ -466,13 +493,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as work:
         work_dir = Path(work)
-        started = time.perf_counter()
+        took = [time.perf_counter()]
         overhead(trial_config(overhead_seconds), overhead_trials, rounds, work_dir)
-        parallel(trial_config(parallel_seconds), parallel_trials, work_dir)
+        took.append(time.perf_counter())
+        parallel(trial_config(parallel_seconds), parallel_trials, work_dir, anchor=not args.quick)
+        took.append(time.perf_counter())
         # 4 epochs of 10 steps, each step slowed to >= 20 ms so that the kill, polled every 5 ms,
         # lands inside the third epoch (after the checkpoint at step 20): kill once 25 have run
-        redone_after_kill({"epochs": 4, "steps": 10, "sleep": 0.02}, 3, 25, work_dir)
-        print(f"\n(the three took {time.perf_counter() - started:.0f} s)")
+        redone_after_kill({"epochs": 4, "steps": 10, "sleep": 0.02}, killed_trials, 25, work_dir)
+        took.append(time.perf_counter())
+        print(f"\n(the three took {', '.join(f'{b - a:.0f}' for a, b in zip(took, took[1:]))} s)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .spec import SweepSpec
 from .study import SPEC_FILE, SweepError, open_study, optuna_module
-from .worker import counted, resolve_train, work
+from .worker import counted, find_train, resolve_train, work
 
 __all__ = ["run_sweep", "summary_line", "STORAGE_ENV"]
 
@@ -31,7 +31,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     """Run ``spec``'s trials in ``sweep_dir`` to ``n_trials`` ended; the Optuna study."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SweepError(f"workers: expected a whole number >= 1, got {workers!r}")
-    resolve_train(spec.train)  # an unimportable train fails here, before any trial starts
+    if workers == 1 or callable(spec.train):
+        resolve_train(spec.train)  # an unimportable train fails here, before any trial starts
+    else:
+        find_train(spec.train)  # the workers import it: here only find it, without importing torch for nothing
     if workers > 1 and callable(spec.train) and spec.train.__module__ == "__main__":
         raise SweepError("workers > 1 runs each worker in a process of its own, which must import train: define it "
                          "in a module (not the __main__ script) or pass it as 'module:function'")
@@ -56,7 +59,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
             if line != last:
                 say(line)
                 last = line
-            time.sleep(1.0)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         for child in children:
             child.terminate()

@@ -24,6 +24,7 @@ Two workers that ask at once for the last trial both get a new one; the one numb
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import socket
 import sys
@@ -37,7 +38,7 @@ from .spec import SweepSpec
 from .study import SweepError, optuna_module
 from .trial import DIR, HEARTBEAT, OWNER, run_trial
 
-__all__ = ["work", "resolve_train", "requeue_orphans", "counted", "SURPLUS", "GRACE_SECONDS"]
+__all__ = ["work", "resolve_train", "find_train", "requeue_orphans", "counted", "SURPLUS", "GRACE_SECONDS"]
 
 SURPLUS = "savegame:surplus"
 GRACE_SECONDS = 60.0
@@ -67,6 +68,23 @@ def resolve_train(train: str | Callable[..., Any]) -> Callable[..., Any]:
     if not callable(function):
         raise SweepError(f"train: {train!r} is a {type(function).__name__}, not a function")
     return function
+
+
+def find_train(train: str) -> None:
+    """Check that the module of ``"module:function"`` can be found (with the current directory on
+    the import path), without importing it: the error of :func:`resolve_train`, before any trial."""
+    module_name = train.partition(":")[0]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as error:
+        found, reason = None, str(error)
+    else:
+        reason = "no such module"
+    if found is None:
+        raise SweepError(f"train: cannot import {module_name!r} ({reason}); run the sweep from the folder that holds "
+                         f"it, or install it (pip install -e .)")
 
 
 def counted(trials: list[Any]) -> list[Any]:
@@ -115,7 +133,7 @@ def _folder_free(folder: Path) -> bool:
     return True
 
 
-def work(study: Any, spec: SweepSpec, sweep_dir: Path, *, poll: float = 1.0, grace: float = GRACE_SECONDS,
+def work(study: Any, spec: SweepSpec, sweep_dir: Path, *, poll: float = 0.2, grace: float = GRACE_SECONDS,
          on_trial: Callable[[int, str | None], None] | None = None) -> int:
     """Run trials of ``study`` until ``spec.n_trials`` have ended; the number this worker ran."""
     optuna = optuna_module()
