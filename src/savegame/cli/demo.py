@@ -82,8 +82,9 @@ def run_sweep_demo(args: argparse.Namespace, console: Console) -> int:
     folder = Path(args.dir or "sweeps/demo")
     console.print(f"sweep: {spec.n_trials} trials of the digits CNN over lr and width ({args.workers} workers) "
                   f"in {folder}; Ctrl-C or a kill, then rerun: it resumes", markup=False)
-    run_sweep(spec, folder, workers=args.workers, progress=lambda line: console.print(line, markup=False))
-    show_table(console, folder)
+    study = run_sweep(spec, folder, workers=args.workers,
+                      progress=lambda ended, line: console.print(line, markup=False))
+    show_table(console, study, folder)
     console.print("next, try:")
     for command in (f"savegame board {folder}      # HPARAMS: every trial, its state, beside its curves",
                     f"savegame sweep best {folder}", f"savegame report {folder} -o sweep.html"):

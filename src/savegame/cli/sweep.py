@@ -10,7 +10,6 @@ Running the same ``sweep run`` again after a crash (even SIGKILL) goes on where 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ..sweeps.study import load_study
+    from ..sweeps.study import load_study, read_record
     from ..sweeps.table import best_row, trial_rows
 
     if args.action == "run":
@@ -51,11 +50,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise CliError(f"{args.sweep_dir} is not a folder; pass a sweep folder (sweeps/<name> by default)")
     study = load_study(args.sweep_dir, storage=args.storage)
     rows = trial_rows(study, args.sweep_dir)
-    best = best_row(study, args.sweep_dir)
+    best = best_row(rows)
     if args.action == "best":
         if best is None:
             raise CliError(f"no trial of {args.sweep_dir} has completed yet")
-        spec_record = json.loads((args.sweep_dir / "sweep.json").read_text())
+        spec_record = read_record(args.sweep_dir)
         config = {**spec_record["spec"]["constants"], **best["params"]}
         if args.json:
             print_json({"trial": best["number"], "value": best["value"], "config": config})
@@ -69,17 +68,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
         print_json({"trials": [{k: r[k] for k in ("number", "state", "value", "params", "dir", "resumes", "step")}
                                for r in rows], "best": best})
         return 0
-    show_table(console, args.sweep_dir, storage=args.storage)
+    show_table(console, study, args.sweep_dir, rows)
     return 0
 
 
-def show_table(console: Console, sweep_dir: Path, *, storage: str | None = None) -> None:
-    """The trials of ``sweep_dir`` as a table, best first, and why each pruned or failed one ended."""
-    from ..sweeps.study import load_study
+def show_table(console: Console, study: object, sweep_dir: Path, rows: list[dict] | None = None) -> None:
+    """The trials of ``study`` (its ``rows``, else read) as a table, best first, and why each pruned
+    or failed one ended."""
     from ..sweeps.table import trial_rows
 
-    study = load_study(sweep_dir, storage=storage)
-    rows = trial_rows(study, sweep_dir)
+    rows = trial_rows(study, sweep_dir) if rows is None else rows
     listing = table(f"sweep {study.study_name}", "trial", "state", "value", "params", "step", "resumes",
                     right=("trial", "value", "step", "resumes"))
     for row in rows:
@@ -106,9 +104,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                   transient=False) as bar:
         task = bar.add_task("trials", total=spec.n_trials)
 
-        def show(line: str) -> None:
-            done = int(line.split("/", 1)[0])
-            bar.update(task, completed=done, description=line.split(" · ", 1)[-1])
+        def show(ended: int, line: str) -> None:
+            bar.update(task, completed=ended, description=line.split(" · ", 1)[-1])
 
         run_sweep(spec, sweep_dir, storage=args.storage, workers=args.workers, allow_changes=args.allow_changes,
                   progress=show)

@@ -105,12 +105,10 @@ def run_report(args: argparse.Namespace, console: Any) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise LogdirError(f"-o {output} is a folder; name the HTML file to write, e.g. -o {output / 'report.html'}")
-    sections = []
-    for path in args.runs:  # a sweep folder (sweep.json) gets its sweep section too
-        if (Path(path) / "sweep.json").is_file():
-            from ..sweeps.report import sweep_section
+    from ..sweeps.report import is_sweep_dir, sweep_section
 
-            sections.append(sweep_section(Path(path)))
+    # a sweep folder gets its sweep section too
+    sections = [sweep_section(Path(path)) for path in args.runs if is_sweep_dir(Path(path))]
     out = write_report(runs, diagnoses, output, sections=sections)
     console.print(table(diagnoses, title="diagnosis"))
     console.print(f"report: {out}", markup=False, soft_wrap=True)

@@ -243,9 +243,12 @@ def _overfitting(q, t, **_) -> Decision | None:
 def _too_slow(q, t, **_) -> Decision | None:
     straight = q.half_share is not None and q.half_share < t.converged
     if q.progress < t.low_progress and ((q.tail_share is not None and q.tail_share >= t.late) or straight):
-        return Decision("lr_too_low", f"a slow decline still going: {q.progress:.0%} of the start removed, "
-                        f"{q.tail_share:.0%} of that in the last fifth",
-                        {"progress": round(q.progress, 4), "tail_share": round(q.tail_share, 4)})
+        shape = (f"{q.half_share:.0%} of that in its first half: a straight decline" if straight
+                 else f"{q.tail_share:.0%} of that in the last fifth")
+        return Decision("lr_too_low", f"a slow decline: {q.progress:.0%} of the start removed, {shape}",
+                        {"progress": round(q.progress, 4),
+                         "tail_share": round(q.tail_share, 4) if q.tail_share is not None else None,
+                         "half_share": round(q.half_share, 4) if q.half_share is not None else None})
     return None
 
 

@@ -144,7 +144,7 @@ def quantities(curves: Curves, *, classes: int | None = None) -> Quantities:
         final_over_chance=main.end / chance if chance else None,
         acc_final=acc_final, acc_chance=1.0 / found if found else None,
         train_points=train.points if train is not None else 0, val_points=val.points if val is not None else 0,
-        half_share=((start - main.at(_middle(main))) / total_drop if total_drop > 1e-12 * scale else None))
+        half_share=((start - main.at(_step_at(main, 0.5))) / total_drop if total_drop > 1e-12 * scale else None))
 
 
 def _bounce(series: Series | None) -> float | None:
@@ -172,11 +172,12 @@ def _best_before(f: CurveFeatures, step: int, scale: float) -> float:
 
 def tail_start(f: CurveFeatures) -> int:
     """The first step of the curve's last fifth (:data:`TAIL`), where the end is read."""
-    return int(f.steps[0] + (1 - TAIL) * (f.steps[-1] - f.steps[0]))
+    return _step_at(f, 1 - TAIL)
 
 
-def _middle(f: CurveFeatures) -> int:
-    return int(f.steps[0] + 0.5 * (f.steps[-1] - f.steps[0]))
+def _step_at(f: CurveFeatures, fraction: float) -> int:
+    """The step ``fraction`` of the way through the curve's steps."""
+    return int(f.steps[0] + fraction * (f.steps[-1] - f.steps[0]))
 
 
 def _tail_gain(f: CurveFeatures) -> float:

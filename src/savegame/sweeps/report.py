@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .study import SPEC_FILE, load_study
+from .study import SPEC_FILE, load_study, read_record
 from .table import trial_rows
 
 __all__ = ["is_sweep_dir", "sweep_section"]
@@ -31,7 +31,7 @@ def sweep_section(sweep_dir: Path, *, storage: str | None = None) -> str:
     """The section's HTML (its figures inline as PNG)."""
     study = load_study(sweep_dir, storage=storage)
     rows = trial_rows(study, sweep_dir)
-    metric = _metric(study, rows)
+    metric = read_record(sweep_dir).get("spec", {}).get("objective", {}).get("metric", "objective")
     e = html.escape
     out = [f'<section id="sweep"><h2>sweep {e(study.study_name)}</h2>',
            f"<p class=sub>{len(rows)} trial(s), objective {e(metric)} ({study.direction.name.lower()}), "
@@ -46,15 +46,6 @@ def sweep_section(sweep_dir: Path, *, storage: str | None = None) -> str:
         out.append(f"<p class=sub>No parameter importances: {e(why)}</p>")
     out.append("</section>")
     return "\n".join(out)
-
-
-def _metric(study: Any, rows: list[dict[str, Any]]) -> str:
-    import json
-
-    try:
-        return json.loads((Path(rows[0]["dir"]).parents[1] / SPEC_FILE).read_text())["spec"]["objective"]["metric"]
-    except (IndexError, OSError, KeyError, ValueError):
-        return "objective"
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> str:

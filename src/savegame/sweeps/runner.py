@@ -9,7 +9,6 @@ the others, which take it up from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,17 +17,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .spec import SweepSpec
-from .study import SPEC_FILE, SweepError, open_study, optuna_module
+from .study import SweepError, open_study, optuna_module
 from .worker import counted, find_train, resolve_train, work
 
-__all__ = ["run_sweep", "summary_line", "STORAGE_ENV"]
+__all__ = ["run_sweep", "summary", "STORAGE_ENV"]
 
 STORAGE_ENV = "SAVEGAME_SWEEP_STORAGE"  # the storage URL for worker processes (not on their command line)
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, workers: int = 1,
-              allow_changes: bool = False, progress: Callable[[str], None] | None = None) -> Any:
-    """Run ``spec``'s trials in ``sweep_dir`` to ``n_trials`` ended; the Optuna study."""
+              allow_changes: bool = False, progress: Callable[[int, str], None] | None = None) -> Any:
+    """Run ``spec``'s trials in ``sweep_dir`` to ``n_trials`` ended; the Optuna study. ``progress``
+    is called with the trials ended and the :func:`summary` line, each time they change."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SweepError(f"workers: expected a whole number >= 1, got {workers!r}")
     if workers == 1 or callable(spec.train):
@@ -39,9 +39,9 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
         raise SweepError("workers > 1 runs each worker in a process of its own, which must import train: define it "
                          "in a module (not the __main__ script) or pass it as 'module:function'")
     study = open_study(sweep_dir, spec, storage=storage, allow_changes=allow_changes)
-    say = progress or (lambda line: None)
+    say = progress or (lambda ended, line: None)
     if workers == 1:
-        work(study, spec, sweep_dir, on_trial=lambda number, state: say(summary_line(study, spec)))
+        work(study, spec, sweep_dir, on_trial=lambda number, state: say(*summary(study, spec)))
         return study
     env = dict(os.environ)
     if storage:
@@ -55,24 +55,24 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     last = None
     try:
         while any(child.poll() is None for child in children):
-            line = summary_line(study, spec)
-            if line != last:
-                say(line)
-                last = line
+            now = summary(study, spec)
+            if now != last:
+                say(*now)
+                last = now
             time.sleep(0.2)
     except KeyboardInterrupt:
         for child in children:
             child.terminate()
         raise
     failed = [child.returncode for child in children if child.returncode != 0]
-    say(summary_line(study, spec))
+    say(*summary(study, spec))
     if len(failed) == len(children):
         raise SweepError(f"every worker exited with an error (exit codes {failed}); see their output above")
     return study
 
 
-def summary_line(study: Any, spec: SweepSpec) -> str:
-    """``7/16 trials ended (5 complete, 2 pruned) · 2 running · best 0.9312 (trial 4)``."""
+def summary(study: Any, spec: SweepSpec) -> tuple[int, str]:
+    """The trials ended, and ``7/16 trials ended (5 complete, 2 pruned) · 2 running · best 0.9312 (trial 4)``."""
     state = optuna_module().trial.TrialState
     trials = counted(study.get_trials(deepcopy=False))
     ended = [t for t in trials if t.state.is_finished()]
@@ -84,8 +84,5 @@ def summary_line(study: Any, spec: SweepSpec) -> str:
     if complete:
         best = (min if spec.direction == "minimize" else max)(complete, key=lambda t: t.value)
         line += f" · best {best.value:.6g} (trial {best.number})"
-    return line
+    return len(ended), line
 
-
-def read_record(sweep_dir: Path) -> dict[str, Any]:
-    return json.loads((sweep_dir / SPEC_FILE).read_text())

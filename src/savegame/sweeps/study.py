@@ -32,7 +32,8 @@ from ..errors import SavegameError
 from ..optional import require
 from .spec import SweepSpec
 
-__all__ = ["open_study", "SweepError", "JOURNAL", "SPEC_FILE", "storage_url", "hide_password"]
+__all__ = ["open_study", "load_study", "read_record", "SweepError", "JOURNAL", "SPEC_FILE", "storage_url",
+           "hide_password"]
 
 JOURNAL = "study.journal"
 SPEC_FILE = "sweep.json"
@@ -55,7 +56,7 @@ def storage_url(sweep_dir: Path, url: str | None) -> str:
     journal file."""
     if url:
         return url
-    recorded = _read_spec_file(sweep_dir).get("storage")
+    recorded = read_record(sweep_dir).get("storage")
     if isinstance(recorded, str) and recorded:
         if "***@" in recorded:
             raise SweepError(f"{sweep_dir} keeps its study in {recorded}; pass --storage (storage=) with the full URL "
@@ -103,7 +104,7 @@ def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, 
 def load_study(sweep_dir: Path, *, storage: str | None = None) -> Any:
     """The study of an existing sweep folder, for reading (``sweep show``, ``sweep best``, the report)."""
     optuna = optuna_module()
-    recorded = _read_spec_file(sweep_dir)
+    recorded = read_record(sweep_dir)
     if not recorded:
         raise SweepError(f"{sweep_dir} is not a sweep folder (no {SPEC_FILE}); pass the folder that "
                          "`savegame sweep run` made (sweeps/<name> by default)")
@@ -128,7 +129,8 @@ def make_pruner(spec: SweepSpec) -> Any:
             "asha": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}[spec.pruner]()
 
 
-def _read_spec_file(sweep_dir: Path) -> dict[str, Any]:
+def read_record(sweep_dir: Path) -> dict[str, Any]:
+    """What ``sweep.json`` records (name, spec, n_trials, storage), or {} before the first run."""
     try:
         data = json.loads((sweep_dir / SPEC_FILE).read_text())
     except FileNotFoundError:
@@ -140,7 +142,7 @@ def _read_spec_file(sweep_dir: Path) -> dict[str, Any]:
 
 
 def _check_spec(sweep_dir: Path, spec: SweepSpec, url: str, allow_changes: bool) -> None:
-    recorded = _read_spec_file(sweep_dir)
+    recorded = read_record(sweep_dir)
     fingerprint = spec.fingerprint()
     if recorded and not allow_changes:
         if recorded.get("name") != spec.name:

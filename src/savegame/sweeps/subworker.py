@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from .runner import STORAGE_ENV, read_record
+    from .runner import STORAGE_ENV
     from .spec import spec_from_record
-    from .study import open_study
+    from .study import open_study, read_record
     from .worker import work
 
     sweep_dir = Path(argv[0])

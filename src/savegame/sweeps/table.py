@@ -34,9 +34,9 @@ def trial_rows(study: Any, sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def best_row(study: Any, sweep_dir: Path) -> dict[str, Any] | None:
-    """The best COMPLETE trial's row, or None before one completed."""
-    return next((row for row in trial_rows(study, sweep_dir) if row["state"] == "COMPLETE"), None)
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best COMPLETE trial's row of :func:`trial_rows`, or None before one completed."""
+    return next((row for row in rows if row["state"] == "COMPLETE"), None)
 
 
 def _row(trial: Any, sweep_dir: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ..atomic import replace_file
 from ..errors import RunLockedError
 from ..hooks import Hook
 from .spec import SweepSpec
-from .study import SweepError
+from .study import SweepError, optuna_module
 
 __all__ = ["TrialReporter", "run_trial", "trial_dir", "OWNER", "HEARTBEAT", "REASON", "DIR", "TRIAL_FILE", "ERROR_FILE"]
 
@@ -154,7 +154,7 @@ def run_trial(study: Any, spec: SweepSpec, train: Callable[..., Any], trial: Any
             params[name] = param.suggest(trial, name)
         except ValueError as error:  # Optuna's: a categorical's choices changed, log turned on or off
             # back in the queue, so that the next run with the spec put back takes it at once
-            study._storage.set_trial_state_values(trial._trial_id, __import__("optuna").trial.TrialState.WAITING)
+            study._storage.set_trial_state_values(trial._trial_id, optuna_module().trial.TrialState.WAITING)
             raise SweepError(f"space.{name} changed in a way the study cannot take ({error}): trials already "
                              "sampled it the old way. Put it back, or start a new sweep folder (--dir)") from None
     config = spec.config(params)
@@ -202,7 +202,7 @@ def _result(values: Mapping[int, float], spec: SweepSpec, reporter: TrialReporte
 
 def _tell(study: Any, trial: Any, folder: Path, state: str, value: float | None, reason: str | None,
           params: Mapping[str, Any]) -> str:
-    optuna = __import__("optuna")
+    optuna = optuna_module()
     if reason is not None:
         study._storage.set_trial_system_attr(trial._trial_id, REASON, reason)
     record = {"number": trial.number, "state": state, "value": value, "params": dict(params), "reason": reason}
