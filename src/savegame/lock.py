@@ -66,8 +66,9 @@ class RunLock:
             )
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(fd, 0)
+        # no fsync: the kernel's lock is the lock, and these words only name its holder to other
+        # processes, which read them from the page cache (after a power cut the holder is gone anyway)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        os.fsync(fd)
         self._fd = fd
         self._key = key
         _HELD_HERE.add(key)

@@ -95,10 +95,10 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
-    """Replace ``<run_dir>/run.json`` atomically."""
+def write_run_info(run_dir: Path, info: dict[str, Any], *, durable: bool = True) -> None:
+    """Replace ``<run_dir>/run.json`` atomically (and durably, unless not ``durable``)."""
     info["updated"] = time.time()
-    write_json_atomic(Path(run_dir) / RUN_FILE, info, allow_nan=False)
+    write_json_atomic(Path(run_dir) / RUN_FILE, info, allow_nan=False, durable=durable)
 
 
 def write_json_atomic(path: Path, value: Any, *, allow_nan: bool = True, durable: bool = True) -> None:

@@ -4,6 +4,7 @@ leave earlier checkpoints intact."""
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -137,8 +138,10 @@ def test_a_flipped_bit_in_the_tensors_fails_reading_and_verification(tmp_path):
 
 def test_a_flipped_bit_in_the_manifest_is_caught_by_commit(tmp_path):
     path = save(tmp_path, 1).path
-    text = (path / "manifest.json").read_text().replace('"step": 1', '"step": 3')
-    (path / "manifest.json").write_text(text)
+    text = (path / "manifest.json").read_text()
+    changed = re.sub(r'"step":\s*1\b', '"step":3', text, count=1)
+    assert changed != text
+    (path / "manifest.json").write_text(changed)
     with pytest.raises(CheckpointCorruptError, match="manifest.json does not match COMMIT"):
         read_checkpoint(path)
     assert "manifest.json does not match COMMIT" in verify_checkpoint(path)[0]

@@ -50,6 +50,17 @@ def test_written_piece_hashes_are_what_hash_tensors_finds_and_the_info_equals_ha
     assert record == hash_tensors(path, piece_bytes=1024)
 
 
+def test_chunks_hashed_on_the_helper_thread_or_inline_give_the_same_file_and_hashes(tmp_path, tensors, small_units,
+                                                                                   monkeypatch):
+    infos = []
+    for small in (0, 1 << 30):  # every chunk on the helper thread (with writeback hints), then none
+        monkeypatch.setattr(tensor_write, "_SMALL", small)
+        infos.append(write_tensors(tmp_path / f"t{small}.safetensors", tensors))
+    assert infos[0] == infos[1] and infos[0] == hash_file(tmp_path / "t0.safetensors")
+    assert (tmp_path / "t0.safetensors").read_bytes() == (tmp_path / f"t{1 << 30}.safetensors").read_bytes()
+    assert infos[0].tensor_hashes == hash_tensors(tmp_path / "t0.safetensors", piece_bytes=1024)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("readers", [1, 3])
 def test_reads_into_given_and_fresh_tensors_give_the_safetensors_librarys_bits(tmp_path, tensors, small_units,

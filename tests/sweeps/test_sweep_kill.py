@@ -125,3 +125,30 @@ def test_a_killed_worker_leaves_its_trial_to_another_which_resumes_it(tmp_path):
     info = json.loads((tmp_path / "sweeps" / "toy" / "trials" / victim_trial / "run.json").read_text())
     assert info["resumes"] and info["resumes"][0]["pid"] != victim  # another worker took it up
     assert info["resumes"][0]["from_step"] >= 10
+
+
+def test_workers_started_before_the_study_exit_quietly_when_it_cannot_be_opened(tmp_path):
+    """The workers start (and import) while the parent opens the study; when it cannot, they exit
+    without a word and the parent's one-line error is all the user sees."""
+    (tmp_path / "toy.yaml").write_text(SPEC % {"n": 2, "sleep": 0})
+    sweep = start(tmp_path, "--workers", "2", "--storage", "postgresql://u:secret@127.0.0.1:9/db")
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 2, output
+    assert "cannot open the sweep storage postgresql://u:***@127.0.0.1:9/db" in output
+    assert output.count("error") == 1 and "Traceback" not in output and "secret" not in output
+    assert not (tmp_path / "sweeps" / "toy" / "trials").exists()
+    workers = subprocess.run(["pgrep", "-f", "savegame.sweeps.subworker"], capture_output=True, text=True)
+    assert workers.stdout == ""  # none left behind (the parent waited for them)
+
+
+def test_a_training_module_that_fails_to_import_in_the_workers_is_one_line_each_not_a_traceback(tmp_path):
+    (tmp_path / "bad_train.py").write_text("raise RuntimeError('no GPU here')\n\ndef train(config, run):\n    pass\n")
+    (tmp_path / "toy.yaml").write_text(SPEC.replace("toy_train:train", "bad_train:train") % {"n": 2, "sleep": 0})
+    sweep = start(tmp_path, "--workers", "2")
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 2, output
+    assert "Traceback" not in output, output
+    for worker in (0, 1):
+        assert f"savegame sweep worker {worker}: error: train: importing 'bad_train' raised RuntimeError: no GPU here" \
+            in output
+    assert "every worker exited with an error" in output

@@ -123,6 +123,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> None:
+    """The ``savegame`` command's process: :func:`main`, then a quick exit (``process_exit``)."""
+    from ..process_exit import exit_with
+
+    exit_with(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``savegame`` command; its exit code (2: bad input, 130: interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)

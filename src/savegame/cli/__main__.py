@@ -1,8 +1,6 @@
 """``python -m savegame.cli``: the ``savegame`` command."""
 
-import sys
-
 if __name__ == "__main__":
-    from . import main
+    from . import console_main
 
-    sys.exit(main())
+    console_main()

@@ -3,7 +3,9 @@
 With ``workers=1`` the trials run in this process. With more, each worker is a process of its own
 (``python -m savegame.sweeps.subworker``) on the same study, and this one shows the progress
 until they are done; each worker gets ``cores // N`` torch threads (at least 1), so N workers on
-N cores do not fight over them. A worker that dies (SIGKILL, out of memory) leaves its trial to
+N cores do not fight over them. The workers start first and import torch, Optuna and the
+training module while this process opens the study; they begin once it is open (or exit, if it
+cannot be). A worker that dies (SIGKILL, out of memory) leaves its trial to
 the others, which take it up from its last checkpoint.
 """
 
@@ -18,11 +20,11 @@ from typing import Any, Callable
 
 from .spec import SweepSpec
 from .study import SweepError, open_study, optuna_module
+from .subworker import GO, STORAGE_ENV, TRAIN_ENV
 from .worker import counted, find_train, resolve_train, work
 
 __all__ = ["run_sweep", "summary", "STORAGE_ENV"]
 
-STORAGE_ENV = "SAVEGAME_SWEEP_STORAGE"  # the storage URL for worker processes (not on their command line)
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, workers: int = 1,
@@ -38,20 +40,18 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     if workers > 1 and callable(spec.train) and spec.train.__module__ == "__main__":
         raise SweepError("workers > 1 runs each worker in a process of its own, which must import train: define it "
                          "in a module (not the __main__ script) or pass it as 'module:function'")
-    study = open_study(sweep_dir, spec, storage=storage, allow_changes=allow_changes)
     say = progress or (lambda ended, line: None)
     if workers == 1:
+        study = open_study(sweep_dir, spec, storage=storage, allow_changes=allow_changes)
         work(study, spec, sweep_dir, on_trial=lambda number, state: say(*summary(study, spec)))
         return study
-    env = dict(os.environ)
-    if storage:
-        env[STORAGE_ENV] = storage
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    env["SAVEGAME_SWEEP_THREADS"] = str(threads)
-    children = [subprocess.Popen([sys.executable, "-m", "savegame.sweeps.subworker", str(sweep_dir)],
-                                 env={**env, "SAVEGAME_SWEEP_WORKER": str(i)}, cwd=os.getcwd())
-                for i in range(workers)]
+    children = _start_workers(spec, sweep_dir, storage, workers)
+    try:
+        study = open_study(sweep_dir, spec, storage=storage, allow_changes=allow_changes)
+    except BaseException:
+        _tell_workers(children, "stop")
+        raise
+    _tell_workers(children, GO)
     last = None
     try:
         while any(child.poll() is None for child in children):
@@ -69,6 +69,33 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     if len(failed) == len(children):
         raise SweepError(f"every worker exited with an error (exit codes {failed}); see their output above")
     return study
+
+
+def _start_workers(spec: SweepSpec, sweep_dir: Path, storage: str | None, workers: int) -> list[subprocess.Popen]:
+    """The worker processes, started now: they import what they need, then wait for ``go``."""
+    env = dict(os.environ)
+    if storage:
+        env[STORAGE_ENV] = storage
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env["SAVEGAME_SWEEP_THREADS"] = str(threads)
+    env[TRAIN_ENV] = spec.fingerprint()["train"]  # "module:function", as the workers read it from the record
+    return [subprocess.Popen([sys.executable, "-m", "savegame.sweeps.subworker", str(sweep_dir)], stdin=subprocess.PIPE,
+                             text=True, env={**env, "SAVEGAME_SWEEP_WORKER": str(i)}, cwd=os.getcwd())
+            for i in range(workers)]
+
+
+def _tell_workers(children: list[subprocess.Popen], word: str) -> None:
+    """``go`` (the study is open) or anything else (exit), to every worker still waiting."""
+    for child in children:
+        try:
+            child.stdin.write(word + "\n")
+            child.stdin.close()
+        except OSError:  # it died already (its error is on the terminal); the others go on
+            pass
+    if word != GO:
+        for child in children:
+            child.wait()
 
 
 def summary(study: Any, spec: SweepSpec) -> tuple[int, str]:

@@ -44,10 +44,16 @@ class SweepError(SavegameError, RuntimeError):
     """A sweep cannot start or go on: the message says why and what to do."""
 
 
+_QUIETED: list[Any] = []  # optuna, once its logging is set to warnings only
+
+
 def optuna_module():
     """Optuna, imported on first use with an error that says what to install."""
+    if _QUIETED:
+        return _QUIETED[0]  # set_verbosity walks every logger (torch has many): 1 ms a trial
     optuna = require("optuna", "savegame sweep", INSTALL)
     optuna.logging.set_verbosity(logging.WARNING)
+    _QUIETED.append(optuna)
     return optuna
 
 

@@ -166,10 +166,10 @@ def run_trial(study: Any, spec: SweepSpec, train: Callable[..., Any], trial: Any
     except RunLockedError:
         return None
     storage = study._storage  # the study's own storage object: Optuna's public BaseStorage API
-    storage.set_trial_system_attr(trial._trial_id, OWNER, {"host": socket.gethostname(), "pid": os.getpid(),
-                                                           "since": time.time()})
+    # the folder first: a worker that finds an owner looks for its lock there
     storage.set_trial_system_attr(trial._trial_id, DIR, str(folder))
-    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time())
+    storage.set_trial_system_attr(trial._trial_id, OWNER, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                           "since": time.time()})  # "since": the first beat
     beat = _Heartbeat(storage, trial._trial_id, heartbeat)
     try:
         with run:
@@ -206,7 +206,8 @@ def _tell(study: Any, trial: Any, folder: Path, state: str, value: float | None,
     if reason is not None:
         study._storage.set_trial_system_attr(trial._trial_id, REASON, reason)
     record = {"number": trial.number, "state": state, "value": value, "params": dict(params), "reason": reason}
-    replace_file(folder / TRIAL_FILE, json.dumps(record, indent=2, default=str))
+    # not fsynced: the study holds the trial's state durably, this copy is for a person reading the folder
+    replace_file(folder / TRIAL_FILE, json.dumps(record, indent=2, default=str), durable=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna warns on every FAIL it is told
         # the grid sampler calls study.stop() once its grid is used up, which Optuna allows only inside
