@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -108,8 +108,9 @@ _PLAIN = frozenset({bool, int, str, type(None)})  # values the encoder returns a
 
 
 class _Encoder:
-    def __init__(self, *, copy: bool) -> None:
+    def __init__(self, *, copy: bool, copier: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.copy = copy
+        self.copier = copier
         self.tensors: dict[str, torch.Tensor] = {}
         # Tied weights: state_dict() returns a fresh detached object per key, so identity is not
         # enough; the same view of the same memory (pointer, shape, strides, dtype) is one tensor.
@@ -144,7 +145,7 @@ class _Encoder:
         out: dict[str, Any] = {"$tensor": self.seen.get(key)}
         if out["$tensor"] is None:
             name = self.name_for(path)
-            self.tensors[name] = _host_copy(t, copy=self.copy)
+            self.tensors[name] = self.copier(name, t) if self.copier is not None else _host_copy(t, copy=self.copy)
             self.seen[key] = out["$tensor"] = name
         if t.device.type != "cpu":
             out["device"] = str(t.device)
@@ -240,12 +241,14 @@ def _enc_np_scalar(x: np.generic, path: tuple) -> dict:
     return {"$np": dtype.name, "value": value}
 
 
-def encode(tree: Any, *, copy: bool = False) -> tuple[Any, dict[str, torch.Tensor]]:
+def encode(tree: Any, *, copy: bool = False,
+           copier: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
     """Split ``tree`` into a JSON-able tree and a dict of named, contiguous CPU tensors.
 
     Tensor names are the key paths joined with ``/`` (``optimizer/state/0/exp_avg``); a tensor
     reached twice (tied weights) is stored once and referenced twice. With ``copy=True`` every
-    tensor is a private copy, so training may keep changing the originals (async saves).
+    tensor is a private copy, so training may keep changing the originals (async saves);
+    ``copier(name, tensor)``, when given, makes those copies instead (``HostBuffers.copy``).
     Raises :class:`NotSerializableError` naming the key path of any value it cannot hold.
 
     >>> import torch
@@ -253,7 +256,7 @@ def encode(tree: Any, *, copy: bool = False) -> tuple[Any, dict[str, torch.Tenso
     >>> tree
     {'state': {'$dict': [[0, {'step': {'$tensor': 'state/0/step'}}]]}}
     """
-    encoder = _Encoder(copy=copy)
+    encoder = _Encoder(copy=copy, copier=copier)
     return encoder(tree), encoder.tensors
 
 

@@ -30,6 +30,7 @@ import torch
 import xxhash
 
 from savegame.checkpoint import codec
+from savegame.checkpoint.host_buffers import HostBuffers
 from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, VERSION, CheckpointInfo, FileInfo,
                                         fsync_dir, is_committed, metrics_to_json, savegame_version)
 from savegame.checkpoint.tensor_write import write_tensors
@@ -57,17 +58,24 @@ class Snapshot:
     tensors: dict[str, torch.Tensor] = field(repr=False)
 
 
-def snapshot(state: Any, *, copy: bool = True) -> Snapshot:
+def snapshot(state: Any, *, copy: bool = True, buffers: HostBuffers | None = None) -> Snapshot:
     """Encode ``state`` and copy its tensors to host memory (the part of a save that must run on
     the training thread). ``copy=False`` skips copying CPU tensors, for a save that persists at
-    once on the same thread. Raises ``NotSerializableError`` naming the key path.
+    once on the same thread; ``buffers`` makes the copies into buffers kept from the last snapshot
+    (and waits for CUDA copies to land). Raises ``NotSerializableError`` naming the key path.
 
     >>> import torch
     >>> w = torch.zeros(1); snap = snapshot({"w": w}); _ = w.add_(1)
     >>> snap.tensors["w"]
     tensor([0.])
     """
-    tree, tensors = codec.encode(state, copy=copy)
+    if buffers is None:
+        tree, tensors = codec.encode(state, copy=copy)
+        return Snapshot(tree=tree, tensors=tensors)
+    try:
+        tree, tensors = codec.encode(state, copier=buffers.copy)
+    finally:
+        buffers.synchronize()
     return Snapshot(tree=tree, tensors=tensors)
 
 
