@@ -5,7 +5,6 @@ thread, and a failed save's error raised once, with earlier checkpoints intact."
 from __future__ import annotations
 
 import errno
-import subprocess
 import threading
 
 import pytest
@@ -85,19 +84,6 @@ def test_one_save_in_flight_the_next_waits_and_the_owner_hears_on_its_own_thread
     # retention ran in the background, on the list as it was at the snapshot
     assert [c.step for c in background.checkpoints] == [2] and [c.step for c in list_checkpoints(tmp_path / "checkpoints")] == [2]
     background.close()
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root; skipped otherwise)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk: {done.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_in_a_background_save_raises_once_at_the_next_call_and_keeps_the_earlier_ones(tiny_disk):

@@ -240,19 +240,6 @@ def test_a_file_in_the_way_fails_the_save_cleanly(tmp_path):
     assert verify_checkpoint(previous.path) == []
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root; skipped otherwise)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full or read-only disk: {done.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
 def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tiny_disk):
     previous = save(tiny_disk, 1)
     with pytest.raises(SaveFailedError) as e:
