@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from savegame.checkpoint.store import verify_checkpoint
+
 from tb_read import read_scalars
 
 SCRIPT = Path(__file__).parent / "fixtures" / "train_script.py"
@@ -93,6 +95,26 @@ def test_twenty_random_sigkills_end_bit_identical_to_an_uninterrupted_run(tmp_pa
 
 
 @pytest.mark.slow
+def test_sigkills_with_async_saves_end_bit_identical_to_an_uninterrupted_sync_run(tmp_path):
+    """Issue 14: the kill test again, the killed runs saving in the background (kills land during
+    background writes and retention), the reference saving synchronously."""
+    extra = ["--epochs", "3", "--width", "768"]
+    reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
+    out = tmp_path / "killed.safetensors"
+    during_save = kill_loop(tmp_path / "killed", out, [*extra, "--async-save"], kills=10, seed=os.getpid() + 2,
+                            total_steps=3 * 40)
+    resumed = run_to_end(tmp_path / "killed", out, *extra, "--async-save")
+    assert during_save >= 1, "no kill landed inside a save"
+    for name in reference:
+        assert resumed[name].equal(reference[name]), name
+    assert curves(tmp_path / "killed") == curves(tmp_path / "ref")
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir() if ".tmp-" in p.name] == []
+    problems = {p.name: verify_checkpoint(p) for p in checkpoints.iterdir()}
+    assert all(found == [] for found in problems.values()), problems  # every kept one whole
+
+
+@pytest.mark.slow
 def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
     extra = ["--epochs", "2", "--width", "512", "--workers", "2"]
     reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
@@ -114,9 +136,10 @@ def wait_for_checkpoint(run_dir, process, timeout=60):
     pytest.fail("the training process wrote no checkpoint")
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_a_preemption_signal_saves_exits_zero_and_the_rerun_ends_identical(tmp_path, signal_number):
-    extra = ["--epochs", "2", "--width", "256"]
+@pytest.mark.parametrize("signal_number, saving", [(signal.SIGTERM, "sync"), (signal.SIGINT, "sync"),
+                                                   (signal.SIGTERM, "async")])
+def test_a_preemption_signal_saves_exits_zero_and_the_rerun_ends_identical(tmp_path, signal_number, saving):
+    extra = ["--epochs", "2", "--width", "256"] + (["--async-save"] if saving == "async" else [])
     reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
     run_dir, out = tmp_path / "preempted", tmp_path / "out.safetensors"
     process = subprocess.Popen(command(run_dir, out, *extra), stdout=subprocess.PIPE,

@@ -2,8 +2,8 @@
 
 ``save(state, ...)`` first takes a **snapshot** on the caller's thread (the state tree encoded, its
 tensors referenced, or copied to host memory when the write happens later), then **persists** it
-(write, fsync, ``COMMIT``, rename) and applies retention (the keep policy's deletions, ``COMMIT``
-first), and last runs **on_committed** on the caller's thread: the list of checkpoints and the
+(write, fsync, ``COMMIT``, rename) and applies retention (the keep policy's deletions, each
+folder renamed aside before it is removed), and last runs **on_committed** on the caller's thread: the list of checkpoints and the
 owner's own step (``run.json``, hooks). It returns a :class:`SaveHandle`.
 
 By default all of it runs before ``save`` returns. With ``background=True`` the snapshot copies

@@ -21,9 +21,11 @@ same command continues from the newest valid checkpoint exactly where the last p
 
 from __future__ import annotations
 
+import atexit
 import sys
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .checkpoint.layout import CheckpointInfo
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
@@ -68,12 +70,19 @@ class Run:
             :class:`savegame.Doctor`): warns about new findings, logs them, samples training
             signals, and stops the run (saving first) when it diverges. See ``savegame.doctor``.
         hooks: :class:`savegame.Hook` objects that watch the run (a sweep's pruner, your own).
+        async_save: ``run.save()`` returns once the state is copied to host memory (buffers kept
+            from one save to the next: one host copy of the state); the write, fsync, commit and
+            the keep policy's deletions run on a thread while training goes on. One save is in
+            flight at a time (the next waits for it); ``run.wait()``, ``finish()`` (the end of a
+            ``with`` block), a preemption's save and the interpreter's exit wait for it. A failed
+            background save raises its error at the next call into the run, once, and never costs
+            an earlier checkpoint. ``run.checkpoints`` lists a save once it has committed.
     """
 
     def __init__(self, dir: str | Path, *, config: Mapping[str, Any] | None = None,
                  save: SavePolicy | None = None, keep: KeepPolicy | None = None,
                  resume: str | int | Path = "auto", handle_signals: bool = True,
-                 doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = ()) -> None:
+                 doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = (), async_save: bool = False) -> None:
         check_resume_argument(resume)
         self.dir = Path(dir)
         self.folder = RunFolder(self.dir)
@@ -89,6 +98,7 @@ class Run:
         self._stop_reason: str | None = None  # request_stop(): end the loops, mark "stopped"
         self._stop_saves = False  # whether the stop saves the current state (not a diverged one)
         self._begun = False
+        self._undo_save: Callable[[], None] | None = None  # the save policy's undo, for the save in flight
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = self.folder.lock()
@@ -98,7 +108,8 @@ class Run:
             # (containers restart with the same pid): clean them all, put back interrupted overwrites.
             self.folder.checkpoint_root.mkdir(exist_ok=True)
             self.folder.clean_temps(include_live=True)
-            self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed)
+            self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed,
+                                       background=async_save)
             self._info, self._config_changes = open_run_info(self.folder, self.config)
             self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
             self._apply_run_state()
@@ -111,6 +122,8 @@ class Run:
         self._guard = PreemptionGuard()
         if handle_signals:
             self._guard.install()
+        if async_save:  # a script that never calls finish() still commits its last save's run.json
+            atexit.register(self._wait_at_exit)
         if self.resumed_from is None:
             self._begin()  # a new run has nothing to check against: start at once
 
@@ -212,6 +225,7 @@ class Run:
             raise TypeError("run.log(): pass a tag and a value, or one dict of {tag: value}")
         step = self.step if step is None else step
         self._begin()
+        self._collect(wait=False)
         hosts = self._logs.log(values, step=step, reduce=reduce, every_step=every_step)
         if hosts:
             self._call("on_log", hosts, step, every_step=every_step, reduce=reduce)
@@ -272,19 +286,29 @@ class Run:
             return
 
     def save(self, *, metrics: Mapping[str, Any] | None = None, force: bool = False) -> CheckpointInfo | None:
-        """Save a checkpoint if the save policy says so (or ``force``); returns it, else None.
+        """Save a checkpoint if the save policy says so (or ``force``); returns it, else None
+        (also with ``async_save``, where it commits later: ``run.wait()`` returns it).
 
         Call it after the optimizer step, inside the batch loop and/or at the end of the epoch.
         A preemption (SIGTERM, Ctrl-C) that arrived during the step saves here, with these metrics.
         """
         self._begin()
+        self._collect(wait=False)  # a background save that failed raises here
         context = self.saves.context(self.progress, plain_metrics(metrics) if metrics else NO_METRICS)
         preempted = self._guard.requested
+        if preempted:
+            self._collect(wait=True)  # the save in flight may be this step's
         decided = self.saves.policy.should_save(context) or force or self._stop_saves
-        info = self._write(context) if decided or (preempted and self._saved_this_step() is None) else None
+        info = self._write(context, wait=preempted) if decided or (preempted and self._saved_this_step() is None) \
+            else None
         if preempted:
             self._check_preemption()  # the step is saved now, with its metrics: exit
         return info
+
+    def wait(self) -> CheckpointInfo | None:
+        """Wait for the background save in flight (``async_save=True``) to commit; returns it
+        (None when none was in flight), or raises its error."""
+        return self._collect(wait=True)
 
     def finish(self, status: str = "finished", message: str | None = None) -> None:
         """Mark the run ``status`` in run.json, release the folder and the signal handlers."""
@@ -296,7 +320,13 @@ class Run:
             status, message = "stopped", self._stop_reason
         self._guard.uninstall()
         self._resumption.close()  # a run that never started its loop still holds the checkpoint
+        if self._saver.background:
+            atexit.unregister(self._wait_at_exit)
+        save_error = None
         try:
+            save_error = self._last_save_failed(status)  # waits for the save in flight
+            if save_error is not None:
+                stopped, status, message = False, "failed", f"its last save failed: {save_error}"
             if status != "failed":
                 self._begin()  # the block ended cleanly: the resume checked out (a failed one changes no file)
             if stopped:
@@ -307,8 +337,11 @@ class Run:
             self._info["status"] = status
             self._info["message"] = message
             self.folder.write_info(self._info)
+            self._saver.close()  # nothing is in flight now: this stops the background thread
         finally:
             self._lock.release()
+        if save_error is not None:
+            raise save_error
 
     def __enter__(self) -> "Run":
         return self
@@ -327,8 +360,48 @@ class Run:
         return best_checkpoint(self.checkpoints, *metric) if metric is not None else None
 
     # -- saving ------------------------------------------------------------------------------
-    def _write(self, context: SaveContext) -> CheckpointInfo:
-        with self.saves.saving(context):
+    def _collect(self, *, wait: bool) -> CheckpointInfo | None:
+        """Hear of the background save in flight, if it has ended (``wait``: once it has): it is
+        listed and recorded in run.json, or its error is raised, once, with the save policy put
+        back to where it was before that save."""
+        if not self._saver.in_flight:
+            return None
+        try:
+            info = self._saver.collect(wait=wait)
+        except BaseException:
+            undo, self._undo_save = self._undo_save, None
+            if undo is not None:
+                undo()
+            raise
+        if not self._saver.in_flight:
+            self._undo_save = None
+        return info
+
+    def _last_save_failed(self, status: str) -> BaseException | None:
+        """At finish: wait for the save in flight; its error, to raise once the run is closed
+        (None when it committed, or when the run is failing already: then it is a warning)."""
+        try:
+            self._collect(wait=True)
+        except BaseException as error:
+            if status == "failed":  # the with-block's own exception goes on; do not hide it
+                warnings.warn(f"{self.dir}: the last background save failed too: {error}", stacklevel=3)
+                return None
+            return error
+        return None
+
+    def _wait_at_exit(self) -> None:
+        """The interpreter exits without finish(): the save in flight is committed by then (its
+        thread is joined first); record it in run.json."""
+        try:
+            self._collect(wait=True)
+        except BaseException as error:  # nowhere left to raise it
+            print(f"savegame: {self.dir}: the last save failed: {error}", file=sys.stderr, flush=True)
+
+    def _write(self, context: SaveContext, *, wait: bool = True) -> CheckpointInfo | None:
+        """Save now. With ``async_save`` the write goes on in the background and this returns
+        None, unless ``wait`` (a preemption's or a stop's save: the process ends after it)."""
+        self._collect(wait=True)  # one save in flight: the last one commits (or raises) first
+        with self.saves.saving(context) as undo:
             state = {name: obj.state_dict() for name, obj in self._objects.items()}
             state["extras"] = self.extras
             state[RESERVED] = {**self.progress.state_dict(), "config": self.config,
@@ -342,7 +415,10 @@ class Run:
             self._saver.protected = {resumed.step} if resumed is not None and self.step <= resumed.step else set()
             handle = self._saver.save(state, step=self.step, epoch=self.epoch, metrics=context.metrics,
                                       info={"objects": objects})
-        return handle.result()
+        if not self._saver.background:
+            return handle.result()
+        self._undo_save = undo
+        return self._collect(wait=True) if wait else None
 
     def _committed(self, info: CheckpointInfo) -> None:
         """The checkpointer committed ``info`` and applied retention: record it in run.json."""
@@ -351,12 +427,15 @@ class Run:
         self._call("on_save", info)
 
     def _before_batch(self) -> None:
+        if self._saver.in_flight:  # hear of a finished background save (or its error) at the next batch
+            self._collect(wait=False)
         self._check_preemption()
         if self._stop_reason is not None:
             raise _Stopped
 
     def _stop_now(self) -> None:
         """A stop was requested: save this step (unless saved already, or asked not to) and say why."""
+        self._collect(wait=True)  # the save in flight may be this step's
         if self._stop_saves and self._saved_this_step() is None:
             self._write(self.saves.context(self.progress))
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
@@ -373,6 +452,7 @@ class Run:
         if not self._guard.requested:
             return
         signal_name = self._guard.signal_name
+        self._collect(wait=True)  # the save in flight may be this step's
         info = self._saved_this_step() or self._write(self.saves.context(self.progress))
         message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
                    f"{info.path}. To resume, run the same command again: {rerun_command()}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .checkpoint.policy import SaveContext, SavePolicy
 from .progress import Progress
@@ -48,15 +48,21 @@ class SaveTiming:
                            last_save_epochs_done=self.last_epochs_done, last_save_time=self.last_time)
 
     @contextmanager
-    def saving(self, context: SaveContext) -> Iterator[None]:
+    def saving(self, context: SaveContext) -> Iterator[Callable[[], None]]:
         """Around one save: the policy hears of it first (its state, stored with the checkpoint,
-        then counts this save); if the save raises, the policy goes back to where it was."""
-        before = self.policy.state_dict()
+        then counts this save); if the save raises, the policy goes back to where it was. It
+        yields that undo, for a save that fails later, in the background."""
+        before, epochs_before = self.policy.state_dict(), self.last_epochs_done
+
+        def undo() -> None:
+            self.policy.load_state_dict(before)
+            self.last_epochs_done = epochs_before
+
         self.policy.saved(context)
         try:
-            yield
+            yield undo
         except BaseException:
-            self.policy.load_state_dict(before)
+            undo()
             raise
         self.last_epochs_done = context.epochs_done
 

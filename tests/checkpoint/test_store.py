@@ -208,10 +208,32 @@ def test_quarantine_renames_without_clobbering(tmp_path):
     assert moved.name == "step-000001.corrupt-2" and verify_checkpoint(moved) == []
 
 
-def test_delete_removes_commit_first_and_everything(tmp_path):
+def test_delete_removes_everything(tmp_path):
     path = save(tmp_path, 1).path
     delete_checkpoint(path)
-    assert not path.exists()
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_delete_killed_midway_leaves_no_half_checkpoint_and_the_next_start_cleans_it(tmp_path, monkeypatch):
+    kept, doomed = save(tmp_path, 1), save(tmp_path, 2)
+    real_unlink = os.unlink
+    calls = []
+
+    def killed_after_one_file(path, *args, **kwargs):  # the process dies after removing one file
+        calls.append(path)
+        if len(calls) > 1:
+            raise KeyboardInterrupt("killed")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        delete_checkpoint(doomed.path)
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    leftover = [p.name for p in tmp_path.iterdir() if p.name != kept.path.name]
+    assert len(leftover) == 1 and leftover[0].startswith("step-000002.del-")  # never under its own name
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1]
+    assert [p.name for p in remove_stale_temps(tmp_path, include_live=True)] == leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.path.name] and verify_checkpoint(kept.path) == []
 
 
 def test_stale_temps_of_dead_processes_are_removed(tmp_path):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, For
 FORMAT = "savegame.checkpoint"
 VERSION = 1
 TENSORS, MANIFEST, COMMIT = "tensors.safetensors", "manifest.json", "COMMIT"
-TEMP = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
+# tmp: a save in flight; old: a checkpoint moved aside while its step is saved again; del: one
+# being deleted. None is listed as a checkpoint; remove_stale_temps cleans them up.
+TEMP = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)-[0-9a-f]+$")
 SET_ASIDE = ("corrupt", "superseded")
 
 
@@ -221,8 +224,11 @@ def quarantine(path: str | os.PathLike, label: str = "corrupt") -> Path:
 
 
 def delete_checkpoint(path: str | os.PathLike) -> None:
-    """Delete a checkpoint folder, ``COMMIT`` first: a crash mid-delete never leaves a partial
-    folder that still looks committed.
+    """Delete a checkpoint folder: renamed first to ``<name>.del-<pid>-<random>`` (one atomic
+    step, made durable), then removed. A crash before the rename leaves the checkpoint whole (the
+    keep policy drops it again later); a crash after it leaves a folder no listing takes for a
+    checkpoint, which the next start removes (``remove_stale_temps``). Never a half-deleted folder
+    under the checkpoint's own name.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -232,10 +238,10 @@ def delete_checkpoint(path: str | os.PathLike) -> None:
     False
     """
     path = Path(path)
-    if (path / COMMIT).exists():
-        os.unlink(path / COMMIT)
-        fsync_dir(path)
-    shutil.rmtree(path)
+    doomed = path.with_name(f"{path.name}.del-{os.getpid()}-{secrets.token_hex(4)}")
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed)
 
 
 def pid_alive(pid: int) -> bool:
