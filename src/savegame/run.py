@@ -76,7 +76,10 @@ class Run:
             flight at a time (the next waits for it); ``run.wait()``, ``finish()`` (the end of a
             ``with`` block), a preemption's save and the interpreter's exit wait for it. A failed
             background save raises its error at the next call into the run, once, and never costs
-            an earlier checkpoint. ``run.checkpoints`` lists a save once it has committed.
+            an earlier checkpoint. ``run.checkpoints`` lists a save once it has committed. The
+            copy is taken on the calling thread before ``save()`` returns: a tensor that another
+            thread changes during it may be saved partly old, partly new (nothing is guaranteed
+            then, as with a synchronous save); once ``save()`` has returned, changes are safe.
     """
 
     def __init__(self, dir: str | Path, *, config: Mapping[str, Any] | None = None,
