@@ -145,11 +145,7 @@ class Checkpointer:
                             protected: set[int]) -> tuple[CheckpointInfo, list[CheckpointInfo]]:
         """The background part: persist, then retention on the list as it was at the snapshot."""
         committed = persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info, overwrite=overwrite)
-        kept = [c for c in checkpoints if c.step != committed.step] + [committed]
-        for doomed in plan_deletions(kept, self.keep, protected=protected):
-            delete_checkpoint(doomed.path)
-            kept.remove(doomed)
-        return committed, kept
+        return committed, _retain(checkpoints, committed, self.keep, protected)
 
     def collect(self, *, wait: bool = False) -> CheckpointInfo | None:
         """Finish a background save here, on the owner's thread: the checkpoint list, then
@@ -183,9 +179,17 @@ class Checkpointer:
 
     def committed(self, info: CheckpointInfo) -> None:
         """A checkpoint committed: list it, delete what the keep policy drops, tell the owner."""
-        self.checkpoints = [c for c in self.checkpoints if c.step != info.step] + [info]
-        for doomed in plan_deletions(self.checkpoints, self.keep, protected=self.protected):
-            delete_checkpoint(doomed.path)
-            self.checkpoints.remove(doomed)
+        self.checkpoints = _retain(self.checkpoints, info, self.keep, self.protected)
         if self._on_committed is not None:
             self._on_committed(info)
+
+
+def _retain(checkpoints: list[CheckpointInfo], committed: CheckpointInfo, keep: KeepPolicy,
+            protected: set[int]) -> list[CheckpointInfo]:
+    """Retention after a commit: the list with ``committed`` in it (in place of a checkpoint of
+    the same step), less what ``keep`` drops, which is deleted from disk; a new list."""
+    kept = [c for c in checkpoints if c.step != committed.step] + [committed]
+    for doomed in plan_deletions(kept, keep, protected=protected):
+        delete_checkpoint(doomed.path)
+        kept.remove(doomed)
+    return kept

@@ -430,8 +430,7 @@ class Run:
         self._call("on_save", info)
 
     def _before_batch(self) -> None:
-        if self._saver.in_flight:  # hear of a finished background save (or its error) at the next batch
-            self._collect(wait=False)
+        self._collect(wait=False)  # hear of a finished background save (or its error) at the next batch
         self._check_preemption()
         if self._stop_reason is not None:
             raise _Stopped

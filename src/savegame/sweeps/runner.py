@@ -26,7 +26,6 @@ from .worker import counted, find_train, resolve_train, work
 __all__ = ["run_sweep", "summary", "STORAGE_ENV"]
 
 
-
 def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, workers: int = 1,
               allow_changes: bool = False, progress: Callable[[int, str], None] | None = None) -> Any:
     """Run ``spec``'s trials in ``sweep_dir`` to ``n_trials`` ended; the Optuna study. ``progress``
