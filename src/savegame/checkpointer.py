@@ -36,10 +36,11 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
-from .checkpoint.commit import persist, plain_metrics, snapshot
+from .checkpoint.commit import persist_incremental, plain_metrics, snapshot
 from .checkpoint.host_buffers import HostBuffers
 from .checkpoint.layout import CheckpointInfo, checkpoint_dirname, delete_checkpoint
 from .checkpoint.policy import KeepPolicy, plan_deletions
+from .checkpoint.sharing import StoredCheckpoint, stored_checkpoint
 from .folder import RunFolder
 
 
@@ -84,10 +85,13 @@ class Checkpointer:
         on_committed: called with each committed checkpoint, after retention, on the caller's
             thread (the Run updates ``run.json`` there).
         background: persist and apply retention on a thread of their own (see the module docstring).
+        incremental: share the tensors that did not change with the newest committed checkpoint
+            instead of writing them again (``checkpoint/sharing.py``).
     """
 
     def __init__(self, folder: RunFolder, *, keep: KeepPolicy,
-                 on_committed: Callable[[CheckpointInfo], None] | None = None, background: bool = False) -> None:
+                 on_committed: Callable[[CheckpointInfo], None] | None = None, background: bool = False,
+                 incremental: bool = True) -> None:
         self.folder = folder
         self.keep = keep
         self.checkpoints: list[CheckpointInfo] = folder.checkpoints()
@@ -97,6 +101,11 @@ class Checkpointer:
         self._buffers = HostBuffers() if background else None
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: tuple[Future, SaveHandle] | None = None
+        self.incremental = incremental
+        # The newest committed checkpoint as sharing sees it (read from disk at the first save,
+        # then what each save wrote), and the fingerprints of the snapshot it was written from.
+        self._previous: StoredCheckpoint | None = None
+        self._previous_fingerprints: dict[str, Any] = {}
 
     @property
     def in_flight(self) -> bool:
@@ -115,10 +124,12 @@ class Checkpointer:
         if self.background:
             return self._save_in_background(state, path, step=step, epoch=epoch, metrics=metrics, info=info,
                                             overwrite=overwrite)
-        snap = snapshot(state, copy=False)  # persisted before save() returns: no host copy needed
+        # persisted before save() returns: no host copy needed
+        snap = snapshot(state, copy=False, fingerprints=self.incremental)
         handle = SaveHandle()
         try:
-            committed = persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info, overwrite=overwrite)
+            committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
+                                      overwrite=overwrite, newest=newest)
         except BaseException as error:
             handle._finish(error=error)
             raise
@@ -129,23 +140,49 @@ class Checkpointer:
     def _save_in_background(self, state: Any, path: Any, *, step: int, epoch: int,
                             metrics: Mapping[str, Any] | None, info: Mapping[str, Any] | None,
                             overwrite: bool) -> SaveHandle:
-        snap = snapshot(state, buffers=self._buffers)
+        snap = snapshot(state, buffers=self._buffers, fingerprints=self.incremental)
         plain = plain_metrics(metrics)  # a 0-d CUDA tensor is read here, on the caller's stream
         handle = SaveHandle(wait=lambda: self.collect(wait=True))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savegame-save")
         # the list and the protected steps as they are now: the thread never touches the owner's
+        newest = self.checkpoints[-1] if self.checkpoints else None
         future = self._pool.submit(self._persist_and_retain, snap, path, step, epoch, plain, info, overwrite,
-                                   list(self.checkpoints), set(self.protected))
+                                   list(self.checkpoints), set(self.protected), newest)
         self._in_flight = (future, handle)
         return handle
 
     def _persist_and_retain(self, snap: Any, path: Any, step: int, epoch: int, metrics: Mapping[str, float],
                             info: Mapping[str, Any] | None, overwrite: bool, checkpoints: list[CheckpointInfo],
-                            protected: set[int]) -> tuple[CheckpointInfo, list[CheckpointInfo]]:
+                            protected: set[int], newest: CheckpointInfo | None,
+                            ) -> tuple[CheckpointInfo, list[CheckpointInfo]]:
         """The background part: persist, then retention on the list as it was at the snapshot."""
-        committed = persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info, overwrite=overwrite)
+        committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
+                                  overwrite=overwrite, newest=newest)
         return committed, _retain(checkpoints, committed, self.keep, protected)
+
+    def _persist(self, snap: Any, path: Any, *, newest: CheckpointInfo | None, **kwargs: Any) -> CheckpointInfo:
+        """Persist one snapshot, sharing unchanged tensors with ``newest``. Runs on the thread that
+        writes (the only one that touches ``_previous`` while a save is in flight)."""
+        previous = self._share_with(newest) if self.incremental else None
+        try:
+            committed, stored = persist_incremental(snap, path, previous=previous,
+                                                    previous_fingerprints=self._previous_fingerprints, **kwargs)
+        except BaseException:
+            self._previous = None  # read the newest checkpoint from disk at the next save
+            raise
+        self._previous, self._previous_fingerprints = stored, snap.fingerprints
+        return committed
+
+    def _share_with(self, newest: CheckpointInfo | None) -> StoredCheckpoint | None:
+        if newest is None:
+            return None
+        if self._previous is None or self._previous.path != newest.path:
+            try:
+                self._previous, self._previous_fingerprints = stored_checkpoint(newest.path), {}
+            except (OSError, ValueError):  # damaged or gone: this save is a full one
+                self._previous = None
+        return self._previous
 
     def collect(self, *, wait: bool = False) -> CheckpointInfo | None:
         """Finish a background save here, on the owner's thread: the checkpoint list, then

@@ -80,12 +80,17 @@ class Run:
             copy is taken on the calling thread before ``save()`` returns: a tensor that another
             thread changes during it may be saved partly old, partly new (nothing is guaranteed
             then, as with a synchronous save); once ``save()`` has returned, changes are safe.
+        incremental: a tensor whose bytes equal the newest checkpoint's is not written again:
+            that checkpoint's file is hard-linked into the new folder (a frozen backbone is written
+            once, not at every save). On by default; ``False`` writes every tensor at every save,
+            so no two checkpoints share a file. See ``savegame.checkpoint.sharing``.
     """
 
     def __init__(self, dir: str | Path, *, config: Mapping[str, Any] | None = None,
                  save: SavePolicy | None = None, keep: KeepPolicy | None = None,
                  resume: str | int | Path = "auto", handle_signals: bool = True,
-                 doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = (), async_save: bool = False) -> None:
+                 doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = (), async_save: bool = False,
+                 incremental: bool = True) -> None:
         check_resume_argument(resume)
         self.dir = Path(dir)
         self.folder = RunFolder(self.dir)
@@ -112,7 +117,7 @@ class Run:
             self.folder.checkpoint_root.mkdir(exist_ok=True)
             self.folder.clean_temps(include_live=True)
             self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed,
-                                       background=async_save)
+                                       background=async_save, incremental=incremental)
             self._info, self._config_changes = open_run_info(self.folder, self.config)
             self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
             self._apply_run_state()

@@ -129,7 +129,8 @@ def test_bad_metrics_step_and_info_are_refused_before_writing(tmp_path):
 def test_a_flipped_bit_in_the_tensors_fails_reading_and_verification(tmp_path):
     path = save(tmp_path, 1).path
     flip_byte(path / "tensors.safetensors", -3)
-    with pytest.raises(CheckpointCorruptError, match="tensors.safetensors does not match its recorded hash"):
+    # the piece hashes name the damaged tensor
+    with pytest.raises(CheckpointCorruptError, match="tensors.safetensors does not match its manifest: tensor 'model/"):
         read_checkpoint(path)
     problems = verify_checkpoint(path)
     assert len(problems) == 1 and "tensors.safetensors" in problems[0] and "expected size" in problems[0]
@@ -172,8 +173,8 @@ def test_missing_commit_means_an_interrupted_save(tmp_path):
 
 def test_a_newer_format_version_asks_for_an_upgrade(tmp_path):
     path = save(tmp_path, 1).path
-    rewrite_manifest(path, lambda m: m.update(version=2, savegame_version="9.0"))
-    with pytest.raises(FormatVersionError, match="savegame 9.0 in checkpoint format version 2.*pip install -U"):
+    rewrite_manifest(path, lambda m: m.update(version=3, savegame_version="9.0"))
+    with pytest.raises(FormatVersionError, match="savegame 9.0 in checkpoint format version 3.*pip install -U"):
         read_checkpoint(path)
     rewrite_manifest(path, lambda m: m.update(format="other.tool"))
     with pytest.raises(FormatVersionError, match="not a savegame checkpoint"):

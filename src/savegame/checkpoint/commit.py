@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -31,11 +32,13 @@ import xxhash
 
 from savegame.checkpoint import codec
 from savegame.checkpoint.host_buffers import HostBuffers
-from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, VERSION, CheckpointInfo, FileInfo,
+from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, CheckpointInfo, FileInfo,
                                         fsync_dir, is_committed, metrics_to_json, savegame_version)
+from savegame.checkpoint.sharing import SharePlan, StoredCheckpoint, fingerprint, plan_sharing, written
 from savegame.checkpoint.tensor_write import write_tensors
 from savegame.errors import SaveFailedError
 
+_log = logging.getLogger(__name__)
 _DISK_PROBLEMS = {
     errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
     errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
@@ -47,7 +50,8 @@ _DISK_PROBLEMS = {
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A state ready to persist: its JSON tree and host-memory tensors, safe to pass to a thread.
+    """A state ready to persist: its JSON tree and host-memory tensors, safe to pass to a thread;
+    ``fingerprints`` of the original tensors when taken for an incremental save.
 
     >>> import torch
     >>> sorted(snapshot({"w": torch.ones(1)}).tensors)
@@ -56,27 +60,32 @@ class Snapshot:
 
     tree: Any
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    fingerprints: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def snapshot(state: Any, *, copy: bool = True, buffers: HostBuffers | None = None) -> Snapshot:
+def snapshot(state: Any, *, copy: bool = True, buffers: HostBuffers | None = None,
+             fingerprints: bool = False) -> Snapshot:
     """Encode ``state`` and copy its tensors to host memory (the part of a save that must run on
     the training thread). ``copy=False`` skips copying CPU tensors, for a save that persists at
     once on the same thread; ``buffers`` makes the copies into buffers kept from the last snapshot
-    (and waits for CUDA copies to land). Raises ``NotSerializableError`` naming the key path.
+    (and waits for CUDA copies to land); ``fingerprints`` notes each tensor's version counter
+    (see ``sharing.fingerprint``). Raises ``NotSerializableError`` naming the key path.
 
     >>> import torch
     >>> w = torch.zeros(1); snap = snapshot({"w": w}); _ = w.add_(1)
     >>> snap.tensors["w"]
     tensor([0.])
     """
+    prints: dict[str, Any] = {}
+    noted = dict(fingerprints=prints, fingerprint=fingerprint) if fingerprints else {}
     if buffers is None:
-        tree, tensors = codec.encode(state, copy=copy)
-        return Snapshot(tree=tree, tensors=tensors)
+        tree, tensors = codec.encode(state, copy=copy, **noted)
+        return Snapshot(tree=tree, tensors=tensors, fingerprints=prints)
     try:
-        tree, tensors = codec.encode(state, copier=buffers.copy)
+        tree, tensors = codec.encode(state, copier=buffers.copy, **noted)
     finally:
         buffers.synchronize()
-    return Snapshot(tree=tree, tensors=tensors)
+    return Snapshot(tree=tree, tensors=tensors, fingerprints=prints)
 
 
 def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -145,6 +154,27 @@ def persist(
     >>> persist(snapshot({"w": torch.ones(1)}), path, step=10, epoch=1, metrics={"loss": 0.5}).metrics
     {'loss': 0.5}
     """
+    return persist_incremental(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
+                               overwrite=overwrite)[0]
+
+
+def persist_incremental(
+    snap: Snapshot, path: str | os.PathLike, *, step: int, epoch: int,
+    metrics: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None, overwrite: bool = False,
+    previous: StoredCheckpoint | None = None, previous_fingerprints: Mapping[str, Any] | None = None,
+) -> tuple[CheckpointInfo, StoredCheckpoint]:
+    """:func:`persist`, sharing with ``previous`` (the newest committed checkpoint) the tensors whose
+    bytes did not change (``sharing.plan_sharing``: its files are hard-linked, not written again);
+    returns the checkpoint and what it holds, to share with at the next save.
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> root, frozen = Path(tempfile.mkdtemp()), torch.ones(1 << 20)
+    >>> _, first = persist_incremental(snapshot({"frozen": frozen}), root / "a", step=1, epoch=0)
+    >>> _, second = persist_incremental(snapshot({"frozen": frozen}), root / "b", step=2, epoch=0, previous=first)
+    >>> second.tensors["frozen"].file.startswith("shared-")
+    True
+    """
     path = Path(path)
     for name, value in (("step", step), ("epoch", epoch)):
         if type(value) is not int or value < 0:
@@ -159,16 +189,20 @@ def persist(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp.mkdir()
-        tensor_file = write_tensors(temp / TENSORS, snap.tensors, metadata={"format": FORMAT})
+        plan = _link_shared(plan_sharing(snap.tensors, previous, fingerprints=snap.fingerprints,
+                                         previous_fingerprints=previous_fingerprints), snap.tensors, temp)
+        tensor_file = write_tensors(temp / TENSORS, plan.write, metadata={"format": FORMAT})
+        # tensor_hashes: per-piece hashes, so a restore verifies each tensor as it reads it
+        # (older readers ignore the key; the whole-file hash stays for them and for verify)
+        files = {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash,
+                           "tensor_hashes": tensor_file.tensor_hashes}}
+        origin = previous.path.name if previous is not None else ""
+        files.update((name, shared.record(origin)) for name, shared in plan.links.items())
         manifest = {
-            "format": FORMAT, "version": VERSION, "step": step, "epoch": epoch, "metrics": metrics_to_json(plain),
-            "created": time.time(), "savegame_version": savegame_version(),
-            "torch_version": torch.__version__, "info": info_tree,
-            # tensor_hashes: per-piece hashes, so a restore verifies each tensor as it reads it
-            # (older readers ignore the key; the whole-file hash stays for them and for verify)
-            "files": {TENSORS: {"size": tensor_file.size, "hash": tensor_file.hash,
-                                "tensor_hashes": tensor_file.tensor_hashes}},
-            "state": snap.tree,
+            # version 2 only when it shares files: every checkpoint an older savegame could read stays readable
+            "format": FORMAT, "version": 2 if plan.links else 1, "step": step, "epoch": epoch,
+            "metrics": metrics_to_json(plain), "created": time.time(), "savegame_version": savegame_version(),
+            "torch_version": torch.__version__, "info": info_tree, "files": files, "state": snap.tree,
         }
         # compact: the C encoder (indent makes json fall back to Python, 1 ms a save here); `savegame show`
         # and `python -m json.tool` print it for a person
@@ -176,7 +210,7 @@ def persist(
         manifest_file = write_small(temp / MANIFEST, data)
         commit = json.dumps({MANIFEST: {"size": manifest_file.size, "hash": manifest_file.hash}})
         commit_size = write_small(temp / COMMIT, commit.encode()).size
-        fsync_dir(temp)  # the three files are durable, and their names in the temp folder
+        fsync_dir(temp)  # the three files are durable, and their names (and the links) in the temp folder
         if replace:
             old = _aside(path, "old")
             os.rename(path, old)
@@ -192,8 +226,26 @@ def persist(
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new checkpoint is committed; the old is garbage
+    size = sum(int(e["size"]) for e in files.values()) + manifest_file.size + commit_size
+    stored = written(path, files, plan.write, previous, plan.links)
     return CheckpointInfo(path=path, step=step, epoch=epoch, metrics=plain, created=manifest["created"],
-                          size=tensor_file.size + manifest_file.size + commit_size)
+                          size=size), stored
+
+
+def _link_shared(plan: SharePlan, tensors: Mapping[str, torch.Tensor], temp: Path) -> SharePlan:
+    """Hard-link the plan's shared files into ``temp``. A file system without hard links (or a
+    source that vanished) makes those tensors be written instead: always correct, only bigger."""
+    for name, shared in list(plan.links.items()):
+        try:
+            os.link(shared.source, temp / name)
+        except OSError as e:
+            _log.info("savegame: writing %d unchanged tensors again: cannot hard-link %s (%s)",
+                      len(shared.tensors), shared.source, e)
+            del plan.links[name]
+            plan.write.update((n, tensors[n]) for n in shared.tensors)
+    if plan.links:  # the writer lays tensors out in the snapshot's order, as a full save does
+        plan.write = {n: t for n, t in tensors.items() if n in plan.write}
+    return plan
 
 
 def _undo(path: Path, temp: Path, old: Path | None, *, renamed: bool = False) -> None:

@@ -3,7 +3,8 @@ quarantine, deletion and the leftovers of interrupted saves.
 
 A checkpoint ``<root>/step-000480/`` holds ``tensors.safetensors``, ``manifest.json`` (format
 version, step, epoch, metrics, file sizes and hashes, the JSON half of the state) and ``COMMIT``,
-written last. Only folders holding ``COMMIT`` count. ``savegame ls``, the doctor and the report list
+written last; with incremental saves also ``shared-<hash>.safetensors`` files, hard links to an
+earlier checkpoint's tensors that did not change (``sharing.py``). Only folders holding ``COMMIT`` count. ``savegame ls``, the doctor and the report list
 and rank checkpoints through this module alone, so they never import torch.
 
 >>> checkpoint_dirname(480), list_checkpoints("/nonexistent")
@@ -29,7 +30,7 @@ from savegame.atomic import fsync_folder as fsync_dir
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
 
 FORMAT = "savegame.checkpoint"
-VERSION = 1
+VERSION = 2  # the newest manifest version this savegame reads (2: files shared between checkpoints)
 TENSORS, MANIFEST, COMMIT = "tensors.safetensors", "manifest.json", "COMMIT"
 # tmp: a save in flight; old: a checkpoint moved aside while its step is saved again; del: one
 # being deleted. None is listed as a checkpoint; remove_stale_temps cleans them up.
@@ -148,7 +149,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if type(version) is int and version > VERSION:
         raise FormatVersionError(
             f"{path} was written by savegame {manifest.get('savegame_version', '?')} in checkpoint format "
-            f"version {version}; this savegame ({savegame_version()}) reads version {VERSION}. "
+            f"version {version}; this savegame ({savegame_version()}) reads versions up to {VERSION}. "
             "Fix: pip install -U savegame."
         )
     if not is_committed(path):
@@ -167,8 +168,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{recorded.hash}, found size {found.size} and hash {found.hash}. The manifest was altered "
             "or damaged; use another checkpoint."
         )
-    if not isinstance(manifest, dict) or version != VERSION or not {"step", "epoch", "files", "state"} <= manifest.keys():
-        raise CheckpointCorruptError(f"{path / MANIFEST} is not a valid version-{VERSION} manifest.")
+    if not isinstance(manifest, dict) or not 1 <= version <= VERSION or not {"step", "epoch", "files", "state"} <= manifest.keys():
+        raise CheckpointCorruptError(f"{path / MANIFEST} is not a valid version-{version} manifest.")
     return manifest
 
 

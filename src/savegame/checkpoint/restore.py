@@ -49,8 +49,8 @@ from torch import nn
 from savegame.checkpoint import codec
 from savegame.checkpoint.restore_plan import (_module_targets, _optimizer_targets, _plain_tensor, _refs, _top_level,
                                               _without_overlaps, load_planned, plan_load)
-from savegame.checkpoint.store import MANIFEST, TENSORS, FileInfo, read_manifest
-from savegame.checkpoint.tensor_read import TensorFile
+from savegame.checkpoint.store import MANIFEST, read_manifest
+from savegame.checkpoint.tensor_set import TensorSet
 from savegame.errors import CheckpointCorruptError, PartiallyRestoredError, StateMismatchError
 
 # PartiallyRestoredError lives in savegame.errors (torch-free) and plan_load in restore_plan; both
@@ -64,7 +64,7 @@ _PINNED = 1 << 30
 
 class CheckpointReader:
     """A committed checkpoint opened for restoring: its manifest checked against ``COMMIT``, its
-    tensor file's header parsed (and, with piece hashes, checked); no tensor data read yet.
+    tensor files' headers parsed (and, with piece hashes, checked); no tensor data read yet.
 
     :meth:`restore_into` loads objects, :meth:`read` returns saved values; each call reads the
     tensors it needs once. With piece hashes each call verifies just its own tensors; an older
@@ -87,16 +87,7 @@ class CheckpointReader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        entry = self.manifest["files"].get(TENSORS)
-        if not isinstance(entry, dict) or not (self.path / TENSORS).is_file():
-            raise CheckpointCorruptError(f"{self.path / TENSORS} is missing: the checkpoint lost its tensors. "
-                                         "Restore it from a backup or use another checkpoint.")
-        try:
-            expected = FileInfo(size=entry["size"], hash=entry["hash"])
-        except KeyError as e:
-            raise CheckpointCorruptError(f"{self.path / MANIFEST} does not record the {e} of {TENSORS}; "
-                                         "use another checkpoint.") from e
-        self._file = TensorFile(self.path / TENSORS, expected=expected, tensor_hashes=entry.get("tensor_hashes"))
+        self._file = TensorSet(self.path, self.manifest)
         try:
             self._top = _top_level(self.manifest["state"])
             self._uses = Counter(name for _, name in _refs(self.manifest["state"]))
@@ -147,10 +138,10 @@ class CheckpointReader:
         plan = plan_load(str(self.path), {k: shapes.get(k) for k in self._top}, into, strict=strict, stacklevel=3)
         used = list(dict.fromkeys(chain((name for name, _, _ in plan), also)))
         needed = set().union(*(self._key_refs[key] for key in used))
-        if unknown := sorted(n for n in needed if n not in self._file.names):
+        if unknown := sorted(n for n in needed if n not in self._file):
             raise CheckpointCorruptError(
-                f"{self.path / MANIFEST}: the saved state refers to tensor {unknown[0]!r}, which {TENSORS} "
-                "does not hold. The manifest was altered or written by an incompatible tool; restore this "
+                f"{self.path / MANIFEST}: the saved state refers to tensor {unknown[0]!r}, which its tensor "
+                "files do not hold. The manifest was altered or written by an incompatible tool; restore this "
                 "checkpoint from a backup or use another one.")
         in_place, staged = self._destinations(plan, shapes, placeholders)
         targets = {n: in_place[n][0] if n in in_place else staged.get(n) for n in needed}
@@ -199,7 +190,7 @@ class CheckpointReader:
         arrays = {n for marker, n in refs if marker == "$ndarray"}
         tensors = {}
         for _, n in refs:
-            if n in self._file.names and n not in tensors:
+            if n in self._file and n not in tensors:
                 dtype, shape = self._file.spec(n)
                 tensors[n] = torch.zeros(shape, dtype=dtype) if n in arrays else \
                     torch.empty(shape, dtype=dtype, device="meta")

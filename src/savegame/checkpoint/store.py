@@ -26,9 +26,8 @@ from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, SET_ASIDE, TEN
                                         FileInfo, checkpoint_dirname, delete_checkpoint, is_committed,
                                         list_checkpoints, metrics_from_json, metrics_to_json, quarantine,
                                         read_manifest, remove_stale_temps)
-from savegame.checkpoint.tensor_format import read_header
 from savegame.checkpoint.tensor_hash import hash_file
-from savegame.checkpoint.tensor_read import read_tensors
+from savegame.checkpoint.tensor_set import TensorSet
 from savegame.errors import CheckpointCorruptError
 
 __all__ = [
@@ -40,8 +39,9 @@ __all__ = [
 
 
 def read_checkpoint(path: str | os.PathLike, *, verify: bool = True, map_location: Any = None) -> tuple[Any, dict]:
-    """Read a committed checkpoint: ``(state, manifest)``. ``verify`` checks the tensor file's
-    size and hash in the same pass that reads it (the manifest is always checked).
+    """Read a committed checkpoint: ``(state, manifest)``. ``verify`` checks each tensor file's
+    size and hashes in the same pass that reads it (the manifest is always checked), its own file
+    and those it shares with earlier checkpoints alike.
 
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -51,12 +51,8 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True, map_locatio
     """
     path = Path(path)
     manifest = read_manifest(path)
-    entry = manifest["files"].get(TENSORS)
-    if not isinstance(entry, dict) or not (path / TENSORS).is_file():
-        raise CheckpointCorruptError(f"{path / TENSORS} is missing: the checkpoint lost its tensors. "
-                                     "Restore it from a backup or use another checkpoint.")
-    expected = FileInfo(size=entry["size"], hash=entry["hash"]) if verify else None
-    tensors = read_tensors(path / TENSORS, expected=expected)
+    with TensorSet(path, manifest, verify=verify) as files:
+        tensors = files.read(dict.fromkeys(files.names))
     try:
         state = codec.decode(manifest["state"], tensors, map_location=map_location)
     except CheckpointCorruptError as e:
@@ -94,7 +90,8 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
                             f"hash {entry.get('hash')}, found size {found.size} and hash {found.hash}.")
     if not problems:
         try:
-            names = set(read_header(path / TENSORS)[0]) - {"__metadata__"}
+            with TensorSet(path, manifest, verify=False) as files:  # headers and the sharing record
+                names = files.names
             codec.decode(manifest["state"], {n: torch.empty(0) for n in names})
         except (ValueError, OSError) as e:
             problems.append(str(e))
