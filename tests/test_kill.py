@@ -115,6 +115,29 @@ def test_sigkills_with_async_saves_end_bit_identical_to_an_uninterrupted_sync_ru
 
 
 @pytest.mark.slow
+def test_sigkills_with_incremental_saves_end_bit_identical_to_a_run_with_full_saves(tmp_path):
+    """Issue 14: the kill test with a frozen layer, so each checkpoint hard-links the file that
+    holds it; the keep policy deletes the first writer of that file again and again, and kills
+    land during those deletions. The reference writes every tensor at every save."""
+    extra = ["--epochs", "3", "--width", "768", "--freeze"]
+    reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra, "--full-saves")
+    out = tmp_path / "killed.safetensors"
+    during_save = kill_loop(tmp_path / "killed", out, extra, kills=10, seed=os.getpid() + 3, total_steps=3 * 40)
+    resumed = run_to_end(tmp_path / "killed", out, *extra)
+    assert during_save >= 1, "no kill landed inside a save"
+    for name in reference:
+        assert resumed[name].equal(reference[name]), name
+    assert curves(tmp_path / "killed") == curves(tmp_path / "ref")
+    checkpoints = sorted((tmp_path / "killed" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints if "." in p.name] == []  # no temp, no half-deleted folder
+    problems = {p.name: verify_checkpoint(p) for p in checkpoints}
+    assert all(found == [] for found in problems.values()), problems
+    shared = [p.name for p in checkpoints if any(f.name.startswith("shared-") for f in p.iterdir())]
+    assert shared, "no checkpoint shared the frozen layer"
+    assert len(shared) >= len(checkpoints) - 1  # only the first save after a fresh start writes it
+
+
+@pytest.mark.slow
 def test_sigkills_with_worker_processes_end_bit_identical(tmp_path):
     extra = ["--epochs", "2", "--width", "512", "--workers", "2"]
     reference = run_to_end(tmp_path / "ref", tmp_path / "ref.safetensors", *extra)
