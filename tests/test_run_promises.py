@@ -281,7 +281,7 @@ def test_a_resume_from_another_folders_checkpoint_does_not_apply_its_log_offsets
 def test_a_failed_save_does_not_move_on_improvements_best(tmp_path, monkeypatch):
     import savegame.checkpointer as checkpointer
 
-    real = checkpointer.persist
+    real = checkpointer.persist_incremental
     fail = {"next": False}
 
     def flaky(*args, **kwargs):
@@ -290,7 +290,7 @@ def test_a_failed_save_does_not_move_on_improvements_best(tmp_path, monkeypatch)
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(checkpointer, "persist", flaky)
+    monkeypatch.setattr(checkpointer, "persist_incremental", flaky)
     net = torch.nn.Linear(2, 1)
     with savegame.Run(tmp_path, handle_signals=False, save=savegame.OnImprovement("loss/val")) as run:
         run.track(model=net)

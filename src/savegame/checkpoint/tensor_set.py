@@ -49,8 +49,12 @@ def tensor_sources(path: Path, manifest: Mapping[str, Any]) -> list[tuple[str, d
     of the checkpoint at ``path``, own file first; raises :class:`CheckpointCorruptError` naming the
     file when the record is malformed or a file is missing.
 
-    >>> tensor_sources(Path("c"), {"files": {"tensors.safetensors": {"size": 8, "hash": "x"}}})[0][2] is None
-    True
+    >>> import tempfile, torch
+    >>> from savegame.checkpoint.commit import write_checkpoint
+    >>> from savegame.checkpoint.layout import read_manifest
+    >>> info = write_checkpoint(Path(tempfile.mkdtemp()) / "c", {"w": torch.ones(2)}, step=1, epoch=0)
+    >>> [(name, provides) for name, _, provides in tensor_sources(info.path, read_manifest(info.path))]
+    [('tensors.safetensors', None)]
     """
     files = manifest["files"]
     if not isinstance(files, dict) or not isinstance(files.get(TENSORS), dict):
