@@ -16,11 +16,11 @@ import torch
 import savegame
 from savegame.checkpoint import sharing
 from savegame.checkpoint.commit import persist_incremental, snapshot
-from savegame.checkpoint.layout import delete_checkpoint, list_checkpoints, read_manifest, remove_stale_temps
+from savegame.checkpoint.layout import list_checkpoints, read_manifest, remove_stale_temps
 from savegame.checkpoint.sharing import plan_sharing, stored_checkpoint
 from savegame.checkpoint.store import read_checkpoint, verify_checkpoint
 from savegame.checkpoint.tensor_format import read_header
-from savegame.checkpoint.tensor_hash import hash_file
+from manifests import rewrite_manifest
 from savegame.errors import CheckpointCorruptError
 
 MiB = 1 << 20
@@ -51,15 +51,6 @@ def save_steps(tmp_path, steps, *, keep=None, **run_kwargs):
             run.step = step
             run.save()
     return net, opt, sorted(c.path for c in list_checkpoints(tmp_path / "run" / "checkpoints"))
-
-
-def rewrite_manifest(path, change):
-    """Change a manifest and re-sign COMMIT, as a tool that edits checkpoints would."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    info = hash_file(path / "manifest.json")
-    (path / "COMMIT").write_text(json.dumps({"manifest.json": {"size": info.size, "hash": info.hash}}))
 
 
 def inode(path):

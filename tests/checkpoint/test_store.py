@@ -2,7 +2,6 @@
 leave earlier checkpoints intact."""
 
 import errno
-import json
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from savegame.checkpoint.store import (
     quarantine, read_checkpoint, read_manifest, remove_stale_temps, snapshot, verify_checkpoint,
     write_checkpoint,
 )
+from manifests import rewrite_manifest
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, SaveFailedError
 
 
@@ -28,14 +28,6 @@ def state():
 
 def save(root, step, **kwargs):
     return write_checkpoint(root / checkpoint_dirname(step), state(), step=step, epoch=step // 10, **kwargs)
-
-
-def rewrite_manifest(path, change):
-    manifest = json.loads((path / "manifest.json").read_text())
-    change(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    info = hash_file(path / "manifest.json")
-    (path / "COMMIT").write_text(json.dumps({"manifest.json": {"size": info.size, "hash": info.hash}}))
 
 
 def flip_byte(file, index):
