@@ -130,3 +130,45 @@ def test_a_script_that_never_calls_finish_still_commits_and_records_its_last_sav
     checkpoint = tmp_path / "r" / "checkpoints" / "step-000003"
     assert verify_checkpoint(checkpoint) == []
     assert json.loads((tmp_path / "r" / "run.json").read_text())["saved_steps"] == [3]
+
+
+def test_the_event_files_are_fsynced_on_the_writing_thread_before_the_commit(tmp_path, monkeypatch):
+    """A checkpoint records each event file's size; an async save makes those bytes durable on its
+    own thread, before its commit, not on the training thread."""
+    import threading
+
+    import savegame.run as run_module
+
+    calls = []
+    real = run_module.fsync_files
+
+    def recording(paths):
+        paths = list(paths)
+        calls.append((threading.current_thread().name, [p.name for p in paths],
+                      any("." not in p.parent.name for p in (tmp_path / "checkpoints").glob("step-*/COMMIT"))))
+        real(paths)
+
+    monkeypatch.setattr(run_module, "fsync_files", recording)
+    with savegame.Run(tmp_path, async_save=True, handle_signals=False) as run:
+        run.track(model=torch.nn.Linear(2, 1))
+        run.log("loss", 1.0, step=0)
+        run.save()
+        run.wait()
+    (thread, names, committed_before), = calls
+    assert thread.startswith("savegame-save") and not committed_before
+    assert names and all(".tfevents." in name for name in names)
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "step-000000")[0]
+    sizes = checkpoint["_savegame"]["log"]["files"]
+    assert all((tmp_path / name).stat().st_size >= size for name, size in sizes.items()) and sizes
+
+
+def test_a_sync_save_fsyncs_the_event_files_itself(tmp_path, monkeypatch):
+    import savegame.run as run_module
+
+    calls = []
+    monkeypatch.setattr(run_module, "fsync_files", lambda paths: calls.append(list(paths)))
+    with savegame.Run(tmp_path, handle_signals=False) as run:
+        run.track(model=torch.nn.Linear(2, 1))
+        run.log("loss", 1.0, step=0)
+        run.save()
+    assert calls == []  # the log writer fsynced them before the state was taken

@@ -113,23 +113,24 @@ class Checkpointer:
         return self._in_flight is not None
 
     def save(self, state: Any, *, step: int, epoch: int, metrics: Mapping[str, float] | None = None,
-             info: Mapping[str, Any] | None = None) -> SaveHandle:
+             info: Mapping[str, Any] | None = None, before_commit: Callable[[], None] | None = None) -> SaveHandle:
         """Snapshot ``state`` now, persist it as ``step-<step>`` (replacing a checkpoint of the
         same step), then apply retention; returns the handle. In the background, the save in
-        flight is waited for (and its error raised) first."""
+        flight is waited for (and its error raised) first. ``before_commit`` runs on the writing
+        thread just before the commit (what must be durable before the checkpoint is)."""
         self.collect(wait=True)
         newest = self.checkpoints[-1] if self.checkpoints else None
         path = self.folder.checkpoint_root / checkpoint_dirname(step)
         overwrite = newest is not None and newest.step == step
         if self.background:
             return self._save_in_background(state, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                            overwrite=overwrite)
+                                            overwrite=overwrite, before_commit=before_commit)
         # persisted before save() returns: no host copy needed
         snap = snapshot(state, copy=False, fingerprints=self.incremental)
         handle = SaveHandle()
         try:
             committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                      overwrite=overwrite, newest=newest)
+                                      overwrite=overwrite, newest=newest, before_commit=before_commit)
         except BaseException as error:
             handle._finish(error=error)
             raise
@@ -139,7 +140,7 @@ class Checkpointer:
 
     def _save_in_background(self, state: Any, path: Any, *, step: int, epoch: int,
                             metrics: Mapping[str, Any] | None, info: Mapping[str, Any] | None,
-                            overwrite: bool) -> SaveHandle:
+                            overwrite: bool, before_commit: Callable[[], None] | None) -> SaveHandle:
         snap = snapshot(state, buffers=self._buffers, fingerprints=self.incremental)
         plain = plain_metrics(metrics)  # a 0-d CUDA tensor is read here, on the caller's stream
         handle = SaveHandle(wait=lambda: self.collect(wait=True))
@@ -148,17 +149,18 @@ class Checkpointer:
         # the list and the protected steps as they are now: the thread never touches the owner's
         newest = self.checkpoints[-1] if self.checkpoints else None
         future = self._pool.submit(self._persist_and_retain, snap, path, step, epoch, plain, info, overwrite,
-                                   list(self.checkpoints), set(self.protected), newest)
+                                   list(self.checkpoints), set(self.protected), newest, before_commit)
         self._in_flight = (future, handle)
         return handle
 
     def _persist_and_retain(self, snap: Any, path: Any, step: int, epoch: int, metrics: Mapping[str, float],
                             info: Mapping[str, Any] | None, overwrite: bool, checkpoints: list[CheckpointInfo],
                             protected: set[int], newest: CheckpointInfo | None,
+                            before_commit: Callable[[], None] | None,
                             ) -> tuple[CheckpointInfo, list[CheckpointInfo]]:
         """The background part: persist, then retention on the list as it was at the snapshot."""
         committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                  overwrite=overwrite, newest=newest)
+                                  overwrite=overwrite, newest=newest, before_commit=before_commit)
         return committed, _retain(checkpoints, committed, self.keep, protected)
 
     def _persist(self, snap: Any, path: Any, *, newest: CheckpointInfo | None, **kwargs: Any) -> CheckpointInfo:

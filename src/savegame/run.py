@@ -24,9 +24,11 @@ from __future__ import annotations
 import atexit
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+from .atomic import fsync_files
 from .checkpoint.layout import CheckpointInfo
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
@@ -412,8 +414,13 @@ class Run:
         with self.saves.saving(context) as undo:
             state = {name: obj.state_dict() for name, obj in self._objects.items()}
             state["extras"] = self.extras
+            # The checkpoint records each event file's size, which must be on disk before it
+            # commits: a sync save fsyncs the files here, an async one on its writing thread.
+            background = self._saver.background
             state[RESERVED] = {**self.progress.state_dict(), "config": self.config,
-                               "save_policy": self.saves.policy.state_dict(), "log": self._logs.state_dict()}
+                               "save_policy": self.saves.policy.state_dict(),
+                               "log": self._logs.state_dict(fsync=not background)}
+            before_commit = partial(fsync_files, self._logs.open_files()) if background else None
             objects = {name: {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "kind": object_kind(obj)}
                        for name, obj in self._objects.items()}
             # The checkpoint this process resumed from is protected only until a newer one has
@@ -422,7 +429,7 @@ class Run:
             resumed = self.resumed_from
             self._saver.protected = {resumed.step} if resumed is not None and self.step <= resumed.step else set()
             handle = self._saver.save(state, step=self.step, epoch=self.epoch, metrics=context.metrics,
-                                      info={"objects": objects})
+                                      info={"objects": objects}, before_commit=before_commit)
         if not self._saver.background:
             return handle.result()
         self._undo_save = undo

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import xxhash
@@ -162,10 +162,12 @@ def persist_incremental(
     snap: Snapshot, path: str | os.PathLike, *, step: int, epoch: int,
     metrics: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None, overwrite: bool = False,
     previous: StoredCheckpoint | None = None, previous_fingerprints: Mapping[str, Any] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> tuple[CheckpointInfo, StoredCheckpoint]:
     """:func:`persist`, sharing with ``previous`` (the newest committed checkpoint) the tensors whose
     bytes did not change (``sharing.plan_sharing``: its files are hard-linked, not written again);
-    returns the checkpoint and what it holds, to share with at the next save.
+    returns the checkpoint and what it holds, to share with at the next save. ``before_commit``
+    runs just before the commit (a background save fsyncs the run's event files there).
 
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -210,6 +212,8 @@ def persist_incremental(
         manifest_file = write_small(temp / MANIFEST, data)
         commit = json.dumps({MANIFEST: {"size": manifest_file.size, "hash": manifest_file.hash}})
         commit_size = write_small(temp / COMMIT, commit.encode()).size
+        if before_commit is not None:
+            before_commit()
         fsync_dir(temp)  # the three files are durable, and their names (and the links) in the temp folder
         if replace:
             old = _aside(path, "old")

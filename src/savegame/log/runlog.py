@@ -93,16 +93,24 @@ class RunLog:
     def stats_pending(self) -> bool:
         return self._stats_pending
 
-    def state_dict(self) -> dict[str, Any]:
-        """What a resume needs to cut the logs back to this moment; flushes and fsyncs first."""
+    def state_dict(self, *, fsync: bool = True) -> dict[str, Any]:
+        """What a resume needs to cut the logs back to this moment; flushes and fsyncs first
+        (``fsync=False``: the caller fsyncs :meth:`open_files` before its checkpoint commits, as
+        an asynchronous save does on its own thread)."""
         files, max_step, embeddings = dict(self._kept_files), self._max_step, self._kept_embeddings
         if self._writer is not None and not self._closed:
-            files.update(self._writer._flush_for_checkpoint())
+            files.update(self._writer._flush_for_checkpoint(fsync=fsync))
             written = self._writer._max_step()
             max_step = written if max_step is None else max_step if written is None else max(max_step, written)
             embeddings = self._writer._embedding_count()  # it read the kept ones at its start
         return {"files": files, "max_step": max_step, "embeddings": embeddings,
                 "epoch_stats": self._stats.state_dict()}
+
+    def open_files(self) -> list[Path]:
+        """The event files this process writes (those a checkpoint's sizes must find on disk)."""
+        if self._writer is None or self._closed:
+            return []
+        return self._writer._event_files()
 
     def close(self, *, step: int, hparams_status: str | None) -> None:
         """End the hparams session with the run's status (when it has hparams), then close."""

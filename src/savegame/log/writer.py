@@ -331,12 +331,18 @@ class SummaryWriter(SummaryKinds):
         """In a forked child: the log thread is the parent's; this copy stays silent."""
         self._state = _SILENT
 
-    def _flush_for_checkpoint(self) -> dict[str, int]:
-        """Write and fsync everything logged so far; the committed size of each event file."""
+    def _flush_for_checkpoint(self, fsync: bool = True) -> dict[str, int]:
+        """Write (and fsync) everything logged so far; the committed size of each event file."""
         if self._state is not _OPEN:
             return {}
-        self._worker.flush(fsync=True)
+        self._worker.flush(fsync=fsync)
         return self._worker.offsets()
+
+    def _event_files(self) -> list[Path]:
+        """The event files this writer has open (its sub-runs' included)."""
+        if self._state is not _OPEN or self._worker is None:
+            return []
+        return [self._worker.root / name for name in self._worker.offsets()]
 
 
 # -- helpers ---------------------------------------------------------------------------------
