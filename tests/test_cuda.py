@@ -18,7 +18,7 @@ class Crash(Exception):
     pass
 
 
-def train_on_gpu(run_dir, crash_at=None):
+def train_on_gpu(run_dir, crash_at=None, **run_kwargs):
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ def train_on_gpu(run_dir, crash_at=None):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda")
     try:
-        with savegame.Run(run_dir, save=savegame.EverySteps(5), handle_signals=False) as run:
+        with savegame.Run(run_dir, save=savegame.EverySteps(5), handle_signals=False, **run_kwargs) as run:
             run.track(model=net, optimizer=opt, scaler=scaler)
             for _ in run.epochs(3):
                 for xb, yb in run.iterate(loader):
@@ -98,3 +98,47 @@ def test_logging_cuda_values_every_step_adds_no_device_synchronization(tmp_path)
     expected = [(i + 1, v) for i, v in enumerate(torch.stack(losses).float().cpu().tolist())]
     assert [(p.step, p.value) for p in curves["loss"]] == pytest.approx(expected)
     assert [(p.step, p.value) for p in curves["loss_direct"]] == pytest.approx(expected)
+
+
+def test_async_saves_of_a_cuda_state_resume_bit_identical_to_sync_ones(tmp_path):
+    """Issue 14: pinned buffers and a side stream; the snapshot must hold the values the training
+    stream had computed at run.save(), though training goes on at once."""
+    reference = train_on_gpu(tmp_path / "sync")
+    assert train_on_gpu(tmp_path / "async", crash_at=23, async_save=True) is None
+    resumed = train_on_gpu(tmp_path / "async", async_save=True)
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
+
+
+def test_an_async_snapshot_is_the_state_at_the_call_even_as_the_gpu_keeps_writing(tmp_path):
+    w = torch.zeros(64 << 20, device="cuda")  # 256 MiB: the copy takes long enough to race
+    with savegame.Run(tmp_path, async_save=True, handle_signals=False) as run:
+        run.track(model=torch.nn.ParameterList([torch.nn.Parameter(w)]))
+        for step in range(1, 4):
+            with torch.no_grad():
+                w.fill_(float(step))  # queued on the training stream before the save
+            run.step = step
+            run.save()
+            with torch.no_grad():
+                w.fill_(-1.0)  # queued right after: must not reach the snapshot
+        run.wait()
+    for step in range(1, 4):
+        saved = read_checkpoint(tmp_path / "checkpoints" / f"step-{step:06d}")[0]["model"]["0"]
+        assert saved.min().item() == saved.max().item() == float(step), step
+
+
+def test_incremental_saves_share_a_frozen_cuda_backbone(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 4)).cuda()
+    net[0].requires_grad_(False)
+    opt = torch.optim.AdamW(net[1].parameters())
+    with savegame.Run(tmp_path, async_save=True, handle_signals=False) as run:
+        run.track(model=net, optimizer=opt)
+        for step in range(1, 4):
+            net(torch.randn(8, 1024, device="cuda")).sum().backward()
+            opt.step()
+            run.step = step
+            run.save()
+    last = tmp_path / "checkpoints" / "step-000003"
+    assert any(f.name.startswith("shared-") for f in last.iterdir())
+    state = read_checkpoint(last)[0]["model"]
+    assert torch.equal(state["0.weight"], net[0].weight.cpu()) and torch.equal(state["1.weight"], net[1].weight.cpu())
