@@ -22,7 +22,8 @@ _EXPORTS = {
     ".checkpoint.store": ["CheckpointInfo"],
     ".errors": ["CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
                 "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
-                "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError"],
+                "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
+                "DistributedNotSupportedError"],
     ".io": ["export_weights", "import_weights", "load", "save"],
     ".log.writer": ["SummaryWriter"],
     ".preflight": ["PreflightReport"],
@@ -43,6 +44,7 @@ __all__ = [
     "CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
     "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
     "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
+    "DistributedNotSupportedError",
 ]
 
 
@@ -69,7 +71,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
                                     KeepAny, KeepBest, KeepEvery, KeepLast, Never, OnImprovement, When)
     from .checkpoint.store import CheckpointInfo
     from .doctor import Diagnosis, Doctor, DoctorWarning, diagnose, load_runs
-    from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, LogWriteError,
+    from .errors import (CheckpointCorruptError, CheckpointNotFoundError, DistributedNotSupportedError,
+                         FormatVersionError, LogWriteError,
                          MetricNotFoundError, MissingDependencyError, NotSerializableError, PartiallyRestoredError,
                          PreflightFailedError, RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
     from .io import export_weights, import_weights, load, save

@@ -74,6 +74,10 @@ class LogWriteError(SavegameError, RuntimeError):
     """The log thread could not build or write something logged earlier (named in the message)."""
 
 
+class DistributedNotSupportedError(SavegameError, RuntimeError):
+    """A savegame feature was used in a multi-process (torchrun) job it does not support yet."""
+
+
 class MissingDependencyError(SavegameError, ImportError):
     """An optional package is needed for this call; the message says what to ``pip install``."""
 

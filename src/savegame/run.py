@@ -33,6 +33,7 @@ from .checkpoint.layout import CheckpointInfo
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
 from .checkpointer import Checkpointer
+from .distributed import check_one_process
 from .folder import RunFolder
 from .hooks import Hook, check_hooks
 from .io import object_kind
@@ -94,6 +95,7 @@ class Run:
                  doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = (), async_save: bool = False,
                  incremental: bool = True) -> None:
         check_resume_argument(resume)
+        check_one_process("savegame.Run")  # before any file of the folder is touched
         self.dir = Path(dir)
         self.folder = RunFolder(self.dir)
         self.config = dict(config or {})

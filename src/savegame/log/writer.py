@@ -348,7 +348,6 @@ class SummaryWriter(SummaryKinds):
 # -- helpers ---------------------------------------------------------------------------------
 
 def _rank() -> int:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0") or 0)
+    from ..distributed import world
+
+    return world().rank

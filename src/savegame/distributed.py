@@ -1,0 +1,83 @@
+"""Which process this is in a ``torchrun`` / ``torch.distributed`` job: one source for every part
+of savegame that must behave differently on rank 0, or refuse what it does not support yet.
+
+The process group, once initialized, is the truth; before that, torchrun's environment variables
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) say what it will be, so a ``Run`` made before
+``init_process_group`` knows it too.
+
+>>> one = world()
+>>> (one.rank, one.size) if not one.distributed else "inside torchrun"
+(0, 1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import DistributedNotSupportedError
+
+__all__ = ["World", "world", "DistributedNotSupportedError", "check_one_process"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size`` processes, ``local_rank`` on its host;
+    ``initialized``: whether ``torch.distributed``'s process group is up.
+
+    >>> World(rank=1, size=2, local_rank=1, initialized=False).distributed
+    True
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+    initialized: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value.strip() else default
+    except ValueError:
+        return default  # not torchrun's: a variable of the same name set for something else
+
+
+def world() -> World:
+    """This process's :class:`World`, from the process group if initialized, else the environment."""
+    local_rank = _env_int("LOCAL_RANK", 0)
+    try:
+        import torch.distributed as dist
+    except ImportError:  # a torch built without distributed support
+        dist = None
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, initialized=True)
+    return World(rank=_env_int("RANK", 0), size=_env_int("WORLD_SIZE", 1), local_rank=local_rank,
+                 initialized=False)
+
+
+def check_one_process(what: str) -> None:
+    """Refuse ``what`` in a job of several processes, saying what happens otherwise and what to do.
+
+    ``Run`` calls it: every rank would open the run folder, so ranks on one host would fight for
+    its lock and ranks on other hosts would each write checkpoints of their own, with no rank's
+    RNG or data position but its own saved. Support for torchrun (rank 0 owning the folder, each
+    rank's state saved, sharded states through torch.distributed.checkpoint) is being built.
+
+    >>> check_one_process("savegame.Run")  # one process: nothing to say
+    """
+    here = world()
+    if not here.distributed:
+        return
+    raise DistributedNotSupportedError(
+        f"{what} was created in rank {here.rank} of a {here.size}-process job (torchrun / torch.distributed), "
+        "and savegame does not support multi-process runs yet: every rank would open the run folder (ranks on "
+        "one host fight for its lock, ranks on other hosts each write checkpoints of their own) and only one "
+        "rank's RNG and data position would be saved. Run it as one process for now (python train.py, or "
+        "torchrun --nproc_per_node 1), or save with torch.distributed.checkpoint yourself; savegame's own "
+        "torchrun support (rank 0 owning the folder, every rank's state saved) is in progress."
+    )
