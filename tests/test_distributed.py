@@ -22,12 +22,14 @@ SCRIPT = textwrap.dedent("""
     before = world()
     dist.init_process_group("gloo")
     after = world()
-    print(f"rank {after.rank}: before {before.rank}/{before.size} {before.initialized}, "
-          f"after {after.rank}/{after.size} {after.initialized}", flush=True)
+    lines = [f"rank {after.rank}: before {before.rank}/{before.size} {before.initialized}, "
+             f"after {after.rank}/{after.size} {after.initialized}"]
     try:
         savegame.Run(sys.argv[1])
     except savegame.DistributedNotSupportedError as error:
-        print(f"rank {after.rank}: refused: {error}", flush=True)
+        lines.append(f"rank {after.rank}: refused: {error}")
+    with open(f"{sys.argv[2]}/rank-{after.rank}.txt", "w") as f:  # one file each: stdout interleaves
+        f.write("\\n".join(lines))
     dist.destroy_process_group()
 """)
 
@@ -67,9 +69,56 @@ def test_under_torchrun_every_rank_is_refused_with_the_same_message(tmp_path):
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env)
+                           str(script), str(tmp_path / "run"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     for rank in (0, 1):
-        assert f"rank {rank}: before {rank}/2 False, after {rank}/2 True" in done.stdout
-        assert f"rank {rank}: refused: savegame.Run was created in rank {rank} of a 2-process job" in done.stdout
+        said = (tmp_path / f"rank-{rank}.txt").read_text()
+        assert f"rank {rank}: before {rank}/2 False, after {rank}/2 True" in said
+        assert f"rank {rank}: refused: savegame.Run was created in rank {rank} of a 2-process job" in said
     assert not (tmp_path / "run").exists()
+
+
+COORDINATED = textwrap.dedent("""
+    import sys
+    import time
+    import torch.distributed as dist
+    from savegame.distributed import Coordinator, world
+
+    dist.init_process_group("gloo")
+    rank = world().rank
+    coordinator = Coordinator()
+    decided = coordinator.from_rank0(f"saved by rank {rank}")
+    preempted = coordinator.any(rank == 1)  # a SIGTERM that reached rank 1 only
+    calm = coordinator.any(False)
+    gathered = coordinator.gather({"rank": rank, "rng": [rank] * 3})
+    started = time.perf_counter()
+    for _ in range(200):
+        coordinator.any(False)
+    each = (time.perf_counter() - started) / 200
+    coordinator.barrier()
+    with open(f"{sys.argv[1]}/rank-{rank}.txt", "w") as f:  # one file each: stdout interleaves
+        f.write(f"rank {rank}: {decided!r} {preempted} {calm} {gathered!r} any() {1e6 * each:.0f} us")
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.slow
+def test_the_coordinator_agrees_across_two_real_ranks(tmp_path):
+    script = tmp_path / "coordinated.py"
+    script.write_text(COORDINATED)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)]
+    assert lines[0].startswith("rank 0: 'saved by rank 0' True False [{'rank': 0, 'rng': [0, 0, 0]}, "
+                               "{'rank': 1, 'rng': [1, 1, 1]}] any()")
+    assert lines[1].startswith("rank 1: 'saved by rank 0' True False None any()")
+
+
+def test_the_coordinator_needs_a_process_group():
+    from savegame.distributed import Coordinator
+
+    with pytest.raises(savegame.DistributedNotSupportedError, match="init_process_group"):
+        Coordinator()

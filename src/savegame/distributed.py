@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .errors import DistributedNotSupportedError
 
-__all__ = ["World", "world", "DistributedNotSupportedError", "check_one_process"]
+__all__ = ["World", "world", "Coordinator", "DistributedNotSupportedError", "check_one_process"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,49 @@ def check_one_process(what: str) -> None:
         "torchrun --nproc_per_node 1), or save with torch.distributed.checkpoint yourself; savegame's own "
         "torchrun support (rank 0 owning the folder, every rank's state saved) is in progress."
     )
+
+
+class Coordinator:
+    """The few collectives a multi-process run needs, on a gloo group of savegame's own.
+
+    A group of its own: collectives must run in the same order on every rank, and savegame's
+    (a save decision, a preemption flag, the ranks' RNG states) must never interleave with the
+    training's NCCL ones, nor with those of a save running on another thread. gloo, because
+    these are a few small CPU values, and gloo runs beside NCCL on GPU jobs. Every rank must make
+    the Coordinator at the same point (``new_group`` is collective), after ``init_process_group``.
+    """
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        here = world()
+        if not here.initialized:
+            raise DistributedNotSupportedError(
+                "savegame needs torch.distributed.init_process_group(...) to have run before it coordinates "
+                "the ranks of a multi-process job; call it first (torchrun sets the environment it reads).")
+        self.world = here
+        self._dist = dist
+        self.group = dist.new_group(backend="gloo")
+
+    def from_rank0(self, value: object) -> object:
+        """Rank 0's ``value``, on every rank (what rank 0 decided: to save now, which checkpoint)."""
+        box = [value if self.world.rank == 0 else None]
+        self._dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (a preemption signal that reached one rank)."""
+        import torch
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        self._dist.all_reduce(value, op=self._dist.ReduceOp.MAX, group=self.group)
+        return bool(value.item())
+
+    def gather(self, value: object) -> list[object] | None:
+        """Every rank's ``value``, in rank order, on rank 0 (None on the others)."""
+        out: list[object] | None = [None] * self.world.size if self.world.rank == 0 else None
+        self._dist.gather_object(value, out, dst=0, group=self.group)
+        return out
+
+    def barrier(self) -> None:
+        self._dist.barrier(group=self.group)
