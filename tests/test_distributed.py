@@ -122,3 +122,32 @@ def test_the_coordinator_needs_a_process_group():
 
     with pytest.raises(savegame.DistributedNotSupportedError, match="init_process_group"):
         Coordinator()
+
+
+def _sampled(run_dir, crash_at=None):
+    """A rank's view of a 2-replica DistributedSampler (shuffled, set_epoch each epoch), batches
+    seen until ``crash_at`` (a crash: the with-block fails) or the end."""
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    data = TensorDataset(torch.arange(40))
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=7)
+    seen = []
+    try:
+        with savegame.Run(run_dir, handle_signals=False) as run:
+            for epoch in run.epochs(3):
+                sampler.set_epoch(epoch)
+                for (x,) in run.iterate(DataLoader(data, batch_size=4, sampler=sampler)):
+                    seen.append(x.tolist())
+                    run.save()
+                    if run.step == crash_at:
+                        raise KeyboardInterrupt  # dies here, after the save of this step
+    except KeyboardInterrupt:
+        pass
+    return seen
+
+
+def test_a_distributed_samplers_positions_resume_exactly_set_epoch_included(tmp_path):
+    reference = _sampled(tmp_path / "ref")
+    first = _sampled(tmp_path / "run", crash_at=7)  # inside the second epoch
+    rest = _sampled(tmp_path / "run")
+    assert len(reference) == 15 and first + rest == reference
