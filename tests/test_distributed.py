@@ -63,19 +63,24 @@ def test_rank_alone_without_a_world_size_is_one_process(tmp_path, monkeypatch):
     assert run.checkpoints
 
 
-@pytest.mark.slow
-def test_under_torchrun_every_rank_is_refused_with_the_same_message(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
+def on_two_ranks(tmp_path, source, *args):
+    """Run ``source`` as a script on 2 real torchrun ranks (gloo); each rank writes what it found to
+    ``<tmp_path>/rank-<r>.txt`` (one file each: their stdout interleaves); returns those texts."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path / "run"), str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, env=env)
+                           str(script), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
+    return [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_is_refused_with_the_same_message(tmp_path):
+    said = on_two_ranks(tmp_path, SCRIPT, tmp_path / "run", tmp_path)
     for rank in (0, 1):
-        said = (tmp_path / f"rank-{rank}.txt").read_text()
-        assert f"rank {rank}: before {rank}/2 False, after {rank}/2 True" in said
-        assert f"rank {rank}: refused: savegame.Run was created in rank {rank} of a 2-process job" in said
+        assert f"rank {rank}: before {rank}/2 False, after {rank}/2 True" in said[rank]
+        assert f"rank {rank}: refused: savegame.Run was created in rank {rank} of a 2-process job" in said[rank]
     assert not (tmp_path / "run").exists()
 
 
@@ -105,13 +110,7 @@ COORDINATED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_the_coordinator_agrees_across_two_real_ranks(tmp_path):
-    script = tmp_path / "coordinated.py"
-    script.write_text(COORDINATED)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    lines = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)]
+    lines = on_two_ranks(tmp_path, COORDINATED, tmp_path)
     assert lines[0].startswith("rank 0: 'saved by rank 0' True False [{'rank': 0, 'rng': [0, 0, 0]}, "
                                "{'rank': 1, 'rng': [1, 1, 1]}] any()")
     assert lines[1].startswith("rank 1: 'saved by rank 0' True False None any()")
