@@ -3,8 +3,9 @@
 ``save(state, ...)`` first takes a **snapshot** on the caller's thread (the state tree encoded, its
 tensors referenced, or copied to host memory when the write happens later), then **persists** it
 (write, fsync, ``COMMIT``, rename) and applies retention (the keep policy's deletions, each
-folder renamed aside before it is removed), and last runs **on_committed** on the caller's thread: the list of checkpoints and the
-owner's own step (``run.json``, hooks). It returns a :class:`SaveHandle`.
+folder renamed aside before it is removed), and last runs **on_committed** on the caller's
+thread: the list of checkpoints and the owner's own step (``run.json``, hooks). It returns a
+:class:`SaveHandle`.
 
 By default all of it runs before ``save`` returns. With ``background=True`` the snapshot copies
 the tensors into host buffers kept from one save to the next (``HostBuffers``: one host copy of
@@ -124,7 +125,7 @@ class Checkpointer:
         overwrite = newest is not None and newest.step == step
         if self.background:
             return self._save_in_background(state, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                            overwrite=overwrite, before_commit=before_commit)
+                                            overwrite=overwrite, newest=newest, before_commit=before_commit)
         # persisted before save() returns: no host copy needed
         snap = snapshot(state, copy=False, fingerprints=self.incremental)
         handle = SaveHandle()
@@ -140,14 +141,14 @@ class Checkpointer:
 
     def _save_in_background(self, state: Any, path: Any, *, step: int, epoch: int,
                             metrics: Mapping[str, Any] | None, info: Mapping[str, Any] | None,
-                            overwrite: bool, before_commit: Callable[[], None] | None) -> SaveHandle:
+                            overwrite: bool, newest: CheckpointInfo | None,
+                            before_commit: Callable[[], None] | None) -> SaveHandle:
         snap = snapshot(state, buffers=self._buffers, fingerprints=self.incremental)
         plain = plain_metrics(metrics)  # a 0-d CUDA tensor is read here, on the caller's stream
         handle = SaveHandle(wait=lambda: self.collect(wait=True))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savegame-save")
         # the list and the protected steps as they are now: the thread never touches the owner's
-        newest = self.checkpoints[-1] if self.checkpoints else None
         future = self._pool.submit(self._persist_and_retain, snap, path, step, epoch, plain, info, overwrite,
                                    list(self.checkpoints), set(self.protected), newest, before_commit)
         self._in_flight = (future, handle)

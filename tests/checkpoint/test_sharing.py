@@ -274,3 +274,29 @@ def test_the_cost_of_deciding_is_recorded_in_the_plan(tmp_path):
     assert plan.hashed_bytes == frozen.numel() * 4 and list(plan.links)
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert manifest["files"]["tensors.safetensors"]["tensor_hashes"]["tensors"]["w"] == list(first.tensors["w"].pieces)
+
+
+def test_a_record_that_does_not_match_its_file_makes_the_next_save_a_full_one(tmp_path):
+    _, _, paths = save_steps(tmp_path, 1)
+
+    def drop_a_tensor(manifest):
+        del manifest["files"]["tensors.safetensors"]["tensor_hashes"]["tensors"]["model/0.weight"]
+
+    rewrite_manifest(paths[0], drop_a_tensor)
+    assert stored_checkpoint(paths[0]) is None  # nothing to share with, and no error
+    # (a Run would set it aside as damaged at its resume; a Checkpointer that has it as its newest
+    # checkpoint saves in full)
+    from savegame.checkpointer import Checkpointer
+    from savegame.folder import RunFolder
+
+    net, opt = frozen_model()
+    saver = Checkpointer(RunFolder(tmp_path / "run"), keep=savegame.Keep(last=5))
+    info = saver.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, step=2, epoch=0).result()
+    assert shared_files(info.path) == {} and verify_checkpoint(info.path) == []
+
+
+def test_a_manifest_whose_version_is_not_a_number_is_corrupt(tmp_path):
+    _, _, paths = save_steps(tmp_path, 1)
+    rewrite_manifest(paths[0], lambda m: m.update(version="2"))
+    with pytest.raises(CheckpointCorruptError, match="not a valid savegame manifest \\(version '2'"):
+        read_manifest(paths[0])

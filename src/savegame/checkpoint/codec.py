@@ -109,11 +109,10 @@ _PLAIN = frozenset({bool, int, str, type(None)})  # values the encoder returns a
 
 class _Encoder:
     def __init__(self, *, copy: bool, copier: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-                 fingerprint: Callable[[torch.Tensor], Any] | None = None) -> None:
+                 seen_tensor: Callable[[str, torch.Tensor], None] | None = None) -> None:
         self.copy = copy
         self.copier = copier
-        self.fingerprint = fingerprint
-        self.fingerprints: dict[str, Any] = {}
+        self.seen_tensor = seen_tensor
         self.tensors: dict[str, torch.Tensor] = {}
         # Tied weights: state_dict() returns a fresh detached object per key, so identity is not
         # enough; the same view of the same memory (pointer, shape, strides, dtype) is one tensor.
@@ -148,8 +147,8 @@ class _Encoder:
         out: dict[str, Any] = {"$tensor": self.seen.get(key)}
         if out["$tensor"] is None:
             name = self.name_for(path)
-            if self.fingerprint is not None:
-                self.fingerprints[name] = self.fingerprint(t)  # of the source, before the copy
+            if self.seen_tensor is not None:
+                self.seen_tensor(name, t)  # the source, before the copy
             self.tensors[name] = self.copier(name, t) if self.copier is not None else _host_copy(t, copy=self.copy)
             self.seen[key] = out["$tensor"] = name
         if t.device.type != "cpu":
@@ -247,16 +246,15 @@ def _enc_np_scalar(x: np.generic, path: tuple) -> dict:
 
 
 def encode(tree: Any, *, copy: bool = False, copier: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-           fingerprints: dict[str, Any] | None = None,
-           fingerprint: Callable[[torch.Tensor], Any] | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
+           seen_tensor: Callable[[str, torch.Tensor], None] | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
     """Split ``tree`` into a JSON-able tree and a dict of named, contiguous CPU tensors.
 
     Tensor names are the key paths joined with ``/`` (``optimizer/state/0/exp_avg``); a tensor
     reached twice (tied weights) is stored once and referenced twice. With ``copy=True`` every
     tensor is a private copy, so training may keep changing the originals (async saves);
     ``copier(name, tensor)``, when given, makes those copies instead (``HostBuffers.copy``).
-    With ``fingerprint``, ``fingerprints[name]`` gets ``fingerprint(tensor)`` of each original
-    (incremental saves use it to skip comparing tensors an in-place op changed).
+    ``seen_tensor(name, tensor)`` is called with each original tensor (incremental saves note its
+    version counter there, to skip comparing tensors an in-place op changed).
     Raises :class:`NotSerializableError` naming the key path of any value it cannot hold.
 
     >>> import torch
@@ -264,11 +262,8 @@ def encode(tree: Any, *, copy: bool = False, copier: Callable[[str, torch.Tensor
     >>> tree
     {'state': {'$dict': [[0, {'step': {'$tensor': 'state/0/step'}}]]}}
     """
-    encoder = _Encoder(copy=copy, copier=copier, fingerprint=fingerprint)
-    out = encoder(tree), encoder.tensors
-    if fingerprints is not None:
-        fingerprints.update(encoder.fingerprints)
-    return out
+    encoder = _Encoder(copy=copy, copier=copier, seen_tensor=seen_tensor)
+    return encoder(tree), encoder.tensors
 
 
 def _corrupt(path: tuple, what: str) -> CheckpointCorruptError:

@@ -77,12 +77,12 @@ def snapshot(state: Any, *, copy: bool = True, buffers: HostBuffers | None = Non
     tensor([0.])
     """
     prints: dict[str, Any] = {}
-    noted = dict(fingerprints=prints, fingerprint=fingerprint) if fingerprints else {}
+    noted = (lambda name, t: prints.__setitem__(name, fingerprint(t))) if fingerprints else None
     if buffers is None:
-        tree, tensors = codec.encode(state, copy=copy, **noted)
+        tree, tensors = codec.encode(state, copy=copy, seen_tensor=noted)
         return Snapshot(tree=tree, tensors=tensors, fingerprints=prints)
     try:
-        tree, tensors = codec.encode(state, copier=buffers.copy, **noted)
+        tree, tensors = codec.encode(state, copier=buffers.copy, seen_tensor=noted)
     finally:
         buffers.synchronize()
     return Snapshot(tree=tree, tensors=tensors, fingerprints=prints)

@@ -4,7 +4,8 @@ quarantine, deletion and the leftovers of interrupted saves.
 A checkpoint ``<root>/step-000480/`` holds ``tensors.safetensors``, ``manifest.json`` (format
 version, step, epoch, metrics, file sizes and hashes, the JSON half of the state) and ``COMMIT``,
 written last; with incremental saves also ``shared-<hash>.safetensors`` files, hard links to an
-earlier checkpoint's tensors that did not change (``sharing.py``). Only folders holding ``COMMIT`` count. ``savegame ls``, the doctor and the report list
+earlier checkpoint's tensors that did not change (``sharing.py``). Only folders holding
+``COMMIT`` count. ``savegame ls``, the doctor and the report list
 and rank checkpoints through this module alone, so they never import torch.
 
 >>> checkpoint_dirname(480), list_checkpoints("/nonexistent")
@@ -168,8 +169,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
             f"{recorded.hash}, found size {found.size} and hash {found.hash}. The manifest was altered "
             "or damaged; use another checkpoint."
         )
-    if not isinstance(manifest, dict) or not 1 <= version <= VERSION or not {"step", "epoch", "files", "state"} <= manifest.keys():
-        raise CheckpointCorruptError(f"{path / MANIFEST} is not a valid version-{version} manifest.")
+    if not isinstance(manifest, dict) or type(version) is not int or not 1 <= version <= VERSION \
+            or not {"step", "epoch", "files", "state"} <= manifest.keys():
+        raise CheckpointCorruptError(f"{path / MANIFEST} is not a valid savegame manifest (version {version!r}; "
+                                     f"this savegame reads versions 1 to {VERSION}).")
     return manifest
 
 

@@ -109,7 +109,8 @@ def fingerprint(t: torch.Tensor) -> tuple | None:
 
 def stored_checkpoint(path: str | os.PathLike) -> StoredCheckpoint | None:
     """Read what the committed checkpoint at ``path`` holds (its manifest and its files' headers);
-    None if it records no piece hashes to compare with (written before they were kept).
+    None if it records no piece hashes to compare with (written before they were kept), or a
+    record that does not match its files (a hand-edited manifest): the next save is then a full one.
 
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -128,10 +129,11 @@ def stored_checkpoint(path: str | os.PathLike) -> StoredCheckpoint | None:
             return None
         entries, _ = read_header(path / name)
         files[name] = entry
-        for tensor in provides if provides is not None else record["tensors"]:
-            e = entries[tensor]
-            tensors[tensor] = StoredTensor(file=name, dtype=e["dtype"], shape=tuple(e["shape"]),
-                                           pieces=tuple(record["tensors"][tensor]))
+        for tensor in provides if provides is not None else [n for n in entries if n != "__metadata__"]:
+            e, pieces = entries.get(tensor), record["tensors"].get(tensor)
+            if e is None or not isinstance(pieces, list):
+                return None
+            tensors[tensor] = StoredTensor(file=name, dtype=e["dtype"], shape=tuple(e["shape"]), pieces=tuple(pieces))
     return StoredCheckpoint(path=path, files=files, tensors=tensors)
 
 

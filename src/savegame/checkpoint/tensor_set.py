@@ -103,8 +103,9 @@ class TensorSet:
                                                  "use another checkpoint.") from e
                 file = self._files[name] = TensorFile(self.path / name, expected=expected,
                                                       tensor_hashes=entry.get("tensor_hashes") if verify else None)
+                held = set(file.names)
                 for tensor in file.names if provides is None else provides:
-                    if tensor not in file.names:
+                    if tensor not in held:
                         raise CheckpointCorruptError(
                             f"{self.path / MANIFEST} says tensor {tensor!r} is read from {name}, which does not "
                             "hold it. Restore the checkpoint from a backup or use another one.")
