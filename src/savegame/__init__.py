@@ -23,7 +23,7 @@ _EXPORTS = {
     ".errors": ["CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
                 "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
                 "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
-                "DistributedNotSupportedError"],
+                "DistributedNotSupportedError", "ShardedStateError"],
     ".io": ["export_weights", "import_weights", "load", "save"],
     ".log.writer": ["SummaryWriter"],
     ".preflight": ["PreflightReport"],
@@ -44,7 +44,7 @@ __all__ = [
     "CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
     "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
     "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
-    "DistributedNotSupportedError",
+    "DistributedNotSupportedError", "ShardedStateError",
 ]
 
 
@@ -74,7 +74,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import (CheckpointCorruptError, CheckpointNotFoundError, DistributedNotSupportedError,
                          FormatVersionError, LogWriteError,
                          MetricNotFoundError, MissingDependencyError, NotSerializableError, PartiallyRestoredError,
-                         PreflightFailedError, RunLockedError, SaveFailedError, StateMismatchError, WriterClosedError)
+                         PreflightFailedError, RunLockedError, SaveFailedError, ShardedStateError, StateMismatchError,
+                         WriterClosedError)
     from .io import export_weights, import_weights, load, save
     from .log.writer import SummaryWriter
     from .preflight import PreflightReport

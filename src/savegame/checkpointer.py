@@ -35,6 +35,7 @@ background save that failed raises its error there, once, and never costs an ear
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .checkpoint.commit import persist_incremental, plain_metrics, snapshot
@@ -88,14 +89,16 @@ class Checkpointer:
         background: persist and apply retention on a thread of their own (see the module docstring).
         incremental: share the tensors that did not change with the newest committed checkpoint
             instead of writing them again (``checkpoint/sharing.py``).
+        list_now: list the folder's checkpoints now (else ``checkpoints`` starts empty).
     """
 
     def __init__(self, folder: RunFolder, *, keep: KeepPolicy,
                  on_committed: Callable[[CheckpointInfo], None] | None = None, background: bool = False,
-                 incremental: bool = True) -> None:
+                 incremental: bool = True, list_now: bool = True) -> None:
         self.folder = folder
         self.keep = keep
-        self.checkpoints: list[CheckpointInfo] = folder.checkpoints()
+        # list_now=False: the owner sets the list once it holds the folder (a Run, after its lock)
+        self.checkpoints: list[CheckpointInfo] = folder.checkpoints() if list_now else []
         self.protected: set[int] = set()  # steps retention must not delete (a resume's source)
         self.background = background
         self._on_committed = on_committed
@@ -114,24 +117,27 @@ class Checkpointer:
         return self._in_flight is not None
 
     def save(self, state: Any, *, step: int, epoch: int, metrics: Mapping[str, float] | None = None,
-             info: Mapping[str, Any] | None = None, before_commit: Callable[[], None] | None = None) -> SaveHandle:
+             info: Mapping[str, Any] | None = None, before_commit: Callable[[], None] | None = None,
+             attach: Callable[[Path], dict[str, Any]] | None = None) -> SaveHandle:
         """Snapshot ``state`` now, persist it as ``step-<step>`` (replacing a checkpoint of the
         same step), then apply retention; returns the handle. In the background, the save in
         flight is waited for (and its error raised) first. ``before_commit`` runs on the writing
-        thread just before the commit (what must be durable before the checkpoint is)."""
+        thread just before the commit (what must be durable before the checkpoint is); ``attach``
+        puts files written elsewhere into the temp folder (``commit.persist_incremental``)."""
         self.collect(wait=True)
         newest = self.checkpoints[-1] if self.checkpoints else None
         path = self.folder.checkpoint_root / checkpoint_dirname(step)
         overwrite = newest is not None and newest.step == step
         if self.background:
             return self._save_in_background(state, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                            overwrite=overwrite, newest=newest, before_commit=before_commit)
+                                            overwrite=overwrite, newest=newest, before_commit=before_commit,
+                                            attach=attach)
         # persisted before save() returns: no host copy needed
         snap = snapshot(state, copy=False, fingerprints=self.incremental)
         handle = SaveHandle()
         try:
             committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                      overwrite=overwrite, newest=newest, before_commit=before_commit)
+                                      overwrite=overwrite, newest=newest, before_commit=before_commit, attach=attach)
         except BaseException as error:
             handle._finish(error=error)
             raise
@@ -142,7 +148,8 @@ class Checkpointer:
     def _save_in_background(self, state: Any, path: Any, *, step: int, epoch: int,
                             metrics: Mapping[str, Any] | None, info: Mapping[str, Any] | None,
                             overwrite: bool, newest: CheckpointInfo | None,
-                            before_commit: Callable[[], None] | None) -> SaveHandle:
+                            before_commit: Callable[[], None] | None,
+                            attach: Callable[[Path], dict[str, Any]] | None) -> SaveHandle:
         snap = snapshot(state, buffers=self._buffers, fingerprints=self.incremental)
         plain = plain_metrics(metrics)  # a 0-d CUDA tensor is read here, on the caller's stream
         handle = SaveHandle(wait=lambda: self.collect(wait=True))
@@ -150,7 +157,7 @@ class Checkpointer:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savegame-save")
         # the list and the protected steps as they are now: the thread never touches the owner's
         future = self._pool.submit(self._persist_and_retain, snap, path, step, epoch, plain, info, overwrite,
-                                   list(self.checkpoints), set(self.protected), newest, before_commit)
+                                   list(self.checkpoints), set(self.protected), newest, before_commit, attach)
         self._in_flight = (future, handle)
         return handle
 
@@ -158,10 +165,11 @@ class Checkpointer:
                             info: Mapping[str, Any] | None, overwrite: bool, checkpoints: list[CheckpointInfo],
                             protected: set[int], newest: CheckpointInfo | None,
                             before_commit: Callable[[], None] | None,
+                            attach: Callable[[Path], dict[str, Any]] | None,
                             ) -> tuple[CheckpointInfo, list[CheckpointInfo]]:
         """The background part: persist, then retention on the list as it was at the snapshot."""
         committed = self._persist(snap, path, step=step, epoch=epoch, metrics=metrics, info=info,
-                                  overwrite=overwrite, newest=newest, before_commit=before_commit)
+                                  overwrite=overwrite, newest=newest, before_commit=before_commit, attach=attach)
         return committed, _retain(checkpoints, committed, self.keep, protected)
 
     def _persist(self, snap: Any, path: Any, *, newest: CheckpointInfo | None, **kwargs: Any) -> CheckpointInfo:

@@ -1,5 +1,5 @@
 """Which process this is in a ``torchrun`` / ``torch.distributed`` job: one source for every part
-of savegame that must behave differently on rank 0, or refuse what it does not support yet.
+of savegame that must behave differently on rank 0; and the few collectives its ranks agree by.
 
 The process group, once initialized, is the truth; before that, torchrun's environment variables
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) say what it will be, so a ``Run`` made before
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .errors import DistributedNotSupportedError
 
-__all__ = ["World", "world", "Coordinator", "DistributedNotSupportedError", "check_one_process"]
+__all__ = ["World", "world", "Coordinator", "DistributedNotSupportedError"]
 
 
 @dataclass(frozen=True)
@@ -60,29 +60,6 @@ def world() -> World:
                  initialized=False)
 
 
-def check_one_process(what: str) -> None:
-    """Refuse ``what`` in a job of several processes, saying what happens otherwise and what to do.
-
-    ``Run`` calls it: every rank would open the run folder, so ranks on one host would fight for
-    its lock and ranks on other hosts would each write checkpoints of their own, with no rank's
-    RNG or data position but its own saved. Support for torchrun (rank 0 owning the folder, each
-    rank's state saved, sharded states through torch.distributed.checkpoint) is being built.
-
-    >>> check_one_process("savegame.Run")  # one process: nothing to say
-    """
-    here = world()
-    if not here.distributed:
-        return
-    raise DistributedNotSupportedError(
-        f"{what} was created in rank {here.rank} of a {here.size}-process job (torchrun / torch.distributed), "
-        "and savegame does not support multi-process runs yet: every rank would open the run folder (ranks on "
-        "one host fight for its lock, ranks on other hosts each write checkpoints of their own) and only one "
-        "rank's RNG and data position would be saved. Run it as one process for now (python train.py, or "
-        "torchrun --nproc_per_node 1), or save with torch.distributed.checkpoint yourself; savegame's own "
-        "torchrun support (rank 0 owning the folder, every rank's state saved) is in progress."
-    )
-
-
 class Coordinator:
     """The few collectives a multi-process run needs, on a gloo group of savegame's own.
 
@@ -118,6 +95,15 @@ class Coordinator:
         value = torch.tensor([1 if flag else 0], dtype=torch.int32)
         self._dist.all_reduce(value, op=self._dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
+
+    def max(self, values: list[int]) -> list[int]:
+        """The largest of every rank's ``values``, element by element, on every rank (flags agreed
+        in one collective: save now, preempted, stop)."""
+        import torch
+
+        tensor = torch.tensor(values, dtype=torch.int64)
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group)
+        return [int(v) for v in tensor.tolist()]
 
     def gather(self, value: object) -> list[object] | None:
         """Every rank's ``value``, in rank order, on rank 0 (None on the others)."""

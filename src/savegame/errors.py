@@ -75,7 +75,13 @@ class LogWriteError(SavegameError, RuntimeError):
 
 
 class DistributedNotSupportedError(SavegameError, RuntimeError):
-    """A savegame feature was used in a multi-process (torchrun) job it does not support yet."""
+    """A multi-process (torchrun) job lacks what savegame needs there (``init_process_group``
+    before the ``Run``), or used a feature that cannot work on one rank of it (``run.preflight``)."""
+
+
+class ShardedStateError(SavegameError, RuntimeError):
+    """A checkpoint's sharded (FSDP / DTensor) state was read where only a Run can load it; the
+    message says how to load it."""
 
 
 class MissingDependencyError(SavegameError, ImportError):

@@ -140,6 +140,7 @@ def load(
         (path / "run.json").exists() or (path / "checkpoints").is_dir()
     ):
         raise _run_folder_error(path)
+    _refuse_sharded(path)
     if map_location is not None:  # tensors go to a device, then load_state_dict copies them
         state, _ = store.read_checkpoint(path, verify=True, map_location=map_location)
         if into:
@@ -152,6 +153,20 @@ def load(
             return reader.restore_into(into or {}, strict=strict, also=reader.keys)
         reader.restore_into(into or {})  # raises if into names objects: the saved state is no dict
         return reader.read()
+
+
+def _refuse_sharded(path: Path) -> None:
+    """A torchrun job's sharded state is read only by a Run (``savegame.sharded``): say how, rather
+    than return the checkpoint without it."""
+    try:
+        manifest = store.read_manifest(path)
+    except (OSError, ValueError):
+        return  # the read that follows names the problem
+    record = manifest.get("sharded")
+    if record:
+        from .sharded import not_here_error, skeletons_in
+
+        raise not_here_error(path, sorted(skeletons_in(manifest)), record.get("world_size", "?"))
 
 
 def _find_state_dict(obj: Any, path: Path, key: str | None) -> dict[str, torch.Tensor]:
@@ -248,6 +263,7 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     'model.safetensors'
     """
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    _refuse_sharded(Path(checkpoint_path))
     state, manifest = store.read_checkpoint(checkpoint_path)
     if not isinstance(state, Mapping):
         raise StateMismatchError(f"{checkpoint_path} holds a {type(state).__name__}, not a dict of saved objects.")

@@ -28,12 +28,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+import torch
+
 from .atomic import fsync_files
-from .checkpoint.layout import CheckpointInfo
+from .checkpoint.layout import CheckpointInfo, aside_path, checkpoint_dirname
 from .checkpoint.policy import Always, Keep, KeepPolicy, SaveContext, SavePolicy, ranking_of
 from .checkpoint.store import plain_metrics
+from . import sharded
 from .checkpointer import Checkpointer
-from .distributed import check_one_process
 from .folder import RunFolder
 from .hooks import Hook, check_hooks
 from .io import object_kind
@@ -42,8 +44,11 @@ from .log.writer import SummaryWriter
 from .messages import notice, rerun_command
 from .preemption import PreemptionGuard
 from .progress import Progress, position
+from .ranks import NO_STOP, STOP_AND_SAVE, STOP_WITHOUT_SAVE, Ranks
 from .ranking import best_checkpoint
-from .resumption import RESERVED, Resumption, check_resume_argument, note_kept_hyperparameters, open_run_info
+from .errors import CheckpointCorruptError, DistributedNotSupportedError
+from .resumption import (RESERVED, Resumption, check_resume_argument, note_kept_hyperparameters, open_run_info,
+                         set_aside)
 from .runinfo import hparams_from_config, record_resume, status_on_exit
 from .save_timing import NO_METRICS, SaveTiming
 
@@ -95,33 +100,56 @@ class Run:
                  doctor: "bool | Doctor" = False, hooks: Iterable[Hook] = (), async_save: bool = False,
                  incremental: bool = True) -> None:
         check_resume_argument(resume)
-        check_one_process("savegame.Run")  # before any file of the folder is touched
+        self._ranks = Ranks.of_this_process()  # under torchrun: rank 0 owns the folder (before it is touched)
         self.dir = Path(dir)
         self.folder = RunFolder(self.dir)
         self.config = dict(config or {})
         self.saves = SaveTiming(save if save is not None else Always())
         self.keep_policy = keep if keep is not None else Keep(last=3)
-        self.hooks: list[Hook] = check_hooks(hooks) + _doctor_hooks(doctor)
+        # Hooks watch the logs and the saves, which are rank 0's: the other ranks run none.
+        self.hooks: list[Hook] = check_hooks(hooks) + _doctor_hooks(doctor) if self._ranks.leads else []
         self.extras: dict[str, Any] = {}  # the user's own resumable values, saved with each checkpoint
         self.progress = Progress()
         self.resumed_from: CheckpointInfo | None = None
         self._objects: dict[str, Any] = {}
+        # tracked objects with DTensor state (FSDP2), saved through torch.distributed.checkpoint
+        # by every rank: name -> the model (an optimizer's), or None (a model)
+        self._sharded: dict[str, Any] = {}
         self._finished = False
         self._stop_reason: str | None = None  # request_stop(): end the loops, mark "stopped"
         self._stop_saves = False  # whether the stop saves the current state (not a diverged one)
+        self._agreed_preemption = self._agreed_stop = False  # a torchrun job's, as of its last save point
         self._begun = False
         self._undo_save: Callable[[], None] | None = None  # the save policy's undo, for the save in flight
 
+        self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed,
+                                   background=async_save and self._ranks.leads, incremental=incremental,
+                                   list_now=False)
+        self._lock = self.folder.lock() if self._ranks.leads else None
+        # Rank 0 opens the folder and chooses the checkpoint; every rank resumes from that one (or
+        # raises rank 0's error: a locked folder stops the whole job).
+        chosen, listed = self._ranks.share(partial(self._open_folder, resume) if self._ranks.leads else None)
+        if not self._ranks.leads:
+            self._follow(chosen, listed)
+        self._guard = PreemptionGuard()
+        if handle_signals:
+            self._guard.install()
+        if async_save:  # a script that never calls finish() still commits its last save's run.json
+            atexit.register(self._wait_at_exit)
+        if self.resumed_from is None:
+            self._begin()  # a new run has nothing to check against: start at once
+
+    def _open_folder(self, resume: str | int | Path) -> tuple[str | None, list[CheckpointInfo]]:
+        """Take the folder (rank 0, or the only process): lock it, clean its temp folders, open
+        ``run.json``, choose the checkpoint to resume from; returns its path and the checkpoints."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = self.folder.lock()
         self._lock.acquire()
         try:
             # We hold the lock, so every temp folder is stale, even one whose pid is ours again
             # (containers restart with the same pid): clean them all, put back interrupted overwrites.
             self.folder.checkpoint_root.mkdir(exist_ok=True)
             self.folder.clean_temps(include_live=True)
-            self._saver = Checkpointer(self.folder, keep=self.keep_policy, on_committed=self._committed,
-                                       background=async_save, incremental=incremental)
+            self._saver.checkpoints = self.folder.checkpoints()
             self._info, self._config_changes = open_run_info(self.folder, self.config)
             self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
             self._apply_run_state()
@@ -131,13 +159,15 @@ class Run:
                 self._resumption.close()
             self._lock.release()
             raise
-        self._guard = PreemptionGuard()
-        if handle_signals:
-            self._guard.install()
-        if async_save:  # a script that never calls finish() still commits its last save's run.json
-            atexit.register(self._wait_at_exit)
-        if self.resumed_from is None:
-            self._begin()  # a new run has nothing to check against: start at once
+        chosen = self._resumption.chosen.checkpoint
+        return (str(chosen.path) if chosen is not None else None), list(self.checkpoints)
+
+    def _follow(self, chosen: str | None, listed: list[CheckpointInfo]) -> None:
+        """A rank other than 0: resume from the checkpoint rank 0 chose, reading it only."""
+        self._info, self._config_changes = {"status": "running", "message": None}, {}
+        self._resumption = Resumption(self.dir, [], Path(chosen) if chosen is not None else "never")
+        self._apply_run_state()
+        self._saver.checkpoints = listed
 
     # -- where the run is ----------------------------------------------------------------------
     @property
@@ -191,6 +221,9 @@ class Run:
                     f"run.track({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
                     "track models, optimizers, schedulers, scalers, or store plain values in run.extras"
                 )
+            if sharded.is_sharded(obj):
+                self._sharded[name] = None if isinstance(obj, torch.nn.Module) else \
+                    sharded.model_of(name, obj, self._objects)
             if self.resumed_from is not None:
                 self._restore(name, obj)
             self._objects[name] = obj
@@ -209,6 +242,12 @@ class Run:
         """
         from .preflight.in_run import earlier_preflight, preflight_in_run
 
+        if self._ranks.many:
+            raise DistributedNotSupportedError(
+                f"run.preflight() in rank {self._ranks.rank} of a {self._ranks.size}-process torchrun job: its checks "
+                "train the model alone, which a DDP or FSDP model cannot do on one rank. Check the setup as one "
+                "process before launching the job (`savegame preflight ...`, or the same script run with python and "
+                "a plain model), then launch it with torchrun without run.preflight().")
         if self.resumed_from is not None:
             return earlier_preflight(self.dir, self.resumed_from.step)
         self._begin()
@@ -277,8 +316,10 @@ class Run:
             yield epoch
             self._logs.end_of_epoch(self.step)
             self._call("on_epoch_end", self.step)
+            if self._ranks.many:
+                self._agree()  # the doctor (rank 0's) may have asked to stop; a rank may be preempted
             self._check_preemption()
-            if self._stop_reason is not None:
+            if self._stopping():
                 self._stop_now()
                 return
 
@@ -307,11 +348,14 @@ class Run:
         self._begin()
         self._collect(wait=False)  # a background save that failed raises here
         context = self.saves.context(self.progress, plain_metrics(metrics) if metrics else NO_METRICS)
-        preempted = self._guard.requested
+        # Rank 0's save policy decides for every rank of a torchrun job (force: any rank's).
+        decided = (self._ranks.leads and self.saves.policy.should_save(context)) or force or self._stop_saves
+        if self._ranks.many:
+            decided = self._agree(save=decided)
+        preempted = self._preempted()
         if preempted:
             self._collect(wait=True)  # the save in flight may be this step's
-        decided = self.saves.policy.should_save(context) or force or self._stop_saves
-        info = self._write(context, wait=preempted) if decided or (preempted and self._saved_this_step() is None) \
+        info = self._write(context, wait=preempted) if decided or (preempted and not self._saved_this_step()) \
             else None
         if preempted:
             self._check_preemption()  # the step is saved now, with its metrics: exit
@@ -327,7 +371,9 @@ class Run:
         if self._finished:
             return
         self._finished = True
-        stopped = status == "finished" and self._stop_reason is not None
+        if status == "finished" and self._ranks.many:
+            self._agree()  # a stop asked for on one rank since the last save point: every rank stops
+        stopped = status == "finished" and self._stopping()
         if stopped:
             status, message = "stopped", self._stop_reason
         self._guard.uninstall()
@@ -348,10 +394,12 @@ class Run:
                 self._logs.close(step=self.step, hparams_status=status if self.config else None)
             self._info["status"] = status
             self._info["message"] = message
-            self.folder.write_info(self._info)
+            if self._ranks.leads:
+                self.folder.write_info(self._info)
             self._saver.close()  # nothing is in flight now: this stops the background thread
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
         if save_error is not None:
             raise save_error
 
@@ -410,29 +458,74 @@ class Run:
             print(f"savegame: {self.dir}: the last save failed: {error}", file=sys.stderr, flush=True)
 
     def _write(self, context: SaveContext, *, wait: bool = True) -> CheckpointInfo | None:
-        """Save now. With ``async_save`` the write goes on in the background and this returns
-        None, unless ``wait`` (a preemption's or a stop's save: the process ends after it)."""
+        """Save now. In a torchrun job every rank calls it at once: each sends its own progress
+        to rank 0, which writes the checkpoint, and all get its result or raise its error. With
+        ``async_save`` the write goes on in the background and this returns None, unless ``wait``
+        (a preemption's or a stop's save: the process ends after it)."""
         self._collect(wait=True)  # one save in flight: the last one commits (or raises) first
+        progress = self._ranks.gather(self.progress.state_dict()) if self._ranks.many else None
         with self.saves.saving(context) as undo:
-            state = {name: obj.state_dict() for name, obj in self._objects.items()}
-            state["extras"] = self.extras
-            # The checkpoint records each event file's size, which must be on disk before it
-            # commits: a sync save fsyncs the files here, an async one on its writing thread.
-            background = self._saver.background
-            state[RESERVED] = {**self.progress.state_dict(), "config": self.config,
-                               "save_policy": self.saves.policy.state_dict(),
-                               "log": self._logs.state_dict(fsync=not background)}
-            before_commit = partial(fsync_files, self._logs.open_files()) if background else None
-            objects = {name: {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "kind": object_kind(obj)}
-                       for name, obj in self._objects.items()}
-            # The checkpoint this process resumed from is protected only until a newer one has
-            # committed; after that the keep policy treats it like any other, so a run resumed many
-            # times ends with the same checkpoints as one that never stopped.
-            resumed = self.resumed_from
-            self._saver.protected = {resumed.step} if resumed is not None and self.step <= resumed.step else set()
-            handle = self._saver.save(state, step=self.step, epoch=self.epoch, metrics=context.metrics,
-                                      info={"objects": objects}, before_commit=before_commit)
-        if not self._saver.background:
+            attach = self._save_sharded() if self._sharded else None
+            if not self._ranks.many:
+                return self._persist(context, undo, None, wait=wait, attach=attach)
+            lead = partial(self._persist_for_ranks, context, undo, progress, wait=wait, attach=attach) \
+                if self._ranks.leads else None
+            listed, info = self._ranks.share(lead)
+        if not self._ranks.leads:  # rank 0 wrote it (or has it in flight): every rank knows the same list
+            self._saver.checkpoints = listed
+            self.saves.committed(self.step)
+        return info
+
+    def _save_sharded(self) -> Callable[[Path], dict[str, Any]] | None:
+        """Every rank writes its shards of the sharded objects (DCP) into a temp folder rank 0
+        made; returns, on rank 0, what its commit calls to take them in (None elsewhere). A
+        failure on any rank raises on every rank; the temp folder is cleaned at the next start."""
+        root = self.folder.checkpoint_root
+        stage = Path(self._ranks.share(
+            (lambda: str(aside_path(root / checkpoint_dirname(self.step), "tmp"))) if self._ranks.leads else None))
+        if self._ranks.leads:
+            stage.mkdir()
+        states = {name: sharded.state_of(self._objects[name], model) for name, model in self._sharded.items()}
+        sharded.save_tensors({name: sharded.tensors_of(state) or {} for name, state in states.items()}, stage,
+                             self._ranks.group)
+        if not self._ranks.leads:
+            return None
+        return sharded.attacher(stage, {name: sharded.skeleton_of(state) for name, state in states.items()},
+                                self._ranks.size)
+
+    def _persist_for_ranks(self, context: SaveContext, undo: Callable[[], None], progress: list[dict[str, Any]], *,
+                           wait: bool, attach: Any) -> tuple[list[CheckpointInfo], CheckpointInfo | None]:
+        """Rank 0's part of a torchrun job's save; returns what the other ranks hear of it."""
+        info = self._persist(context, undo, progress, wait=wait, attach=attach)
+        return list(self.checkpoints), info
+
+    def _persist(self, context: SaveContext, undo: Callable[[], None], progress: list[dict[str, Any]] | None, *,
+                 wait: bool, attach: Callable[[Path], dict[str, Any]] | None = None) -> CheckpointInfo | None:
+        """The folder owner's part of a save: every tracked object (the sharded ones: what
+        ``attach`` brings in), the run's own state and each rank's ``progress`` (None in one
+        process); returns the committed checkpoint (None while a background save is in flight)."""
+        state = {name: obj.state_dict() for name, obj in self._objects.items() if name not in self._sharded}
+        state["extras"] = self.extras
+        # The checkpoint records each event file's size, which must be on disk before it
+        # commits: a sync save fsyncs the files here, an async one on its writing thread.
+        background = self._saver.background
+        state[RESERVED] = {**self.progress.state_dict(), "config": self.config,
+                           "save_policy": self.saves.policy.state_dict(),
+                           "log": self._logs.state_dict(fsync=not background)}
+        if progress is not None:  # each rank's own random state and loader positions (rank 0's: above)
+            state[RESERVED]["world_size"] = len(progress)
+            state[RESERVED]["ranks"] = {str(rank): own for rank, own in enumerate(progress) if rank > 0}
+        before_commit = partial(fsync_files, self._logs.open_files()) if background else None
+        objects = {name: {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", "kind": object_kind(obj)}
+                   for name, obj in self._objects.items()}
+        # The checkpoint this process resumed from is protected only until a newer one has
+        # committed; after that the keep policy treats it like any other, so a run resumed many
+        # times ends with the same checkpoints as one that never stopped.
+        resumed = self.resumed_from
+        self._saver.protected = {resumed.step} if resumed is not None and self.step <= resumed.step else set()
+        handle = self._saver.save(state, step=self.step, epoch=self.epoch, metrics=context.metrics,
+                                  info={"objects": objects}, before_commit=before_commit, attach=attach)
+        if not background:
             return handle.result()
         self._undo_save = undo
         return self._collect(wait=True) if wait else None
@@ -443,38 +536,66 @@ class Run:
         self.folder.record_save(self._info, info.step, self.checkpoints, ranking_of(self.keep_policy))
         self._call("on_save", info)
 
+    # -- what every rank must agree on -------------------------------------------------------
+    def _agree(self, save: bool = False) -> bool:
+        """A torchrun job's save point: every rank learns whether to save now (rank 0's policy),
+        and whether any rank was preempted or asked to stop; returns whether to save."""
+        stop = NO_STOP if self._stop_reason is None else STOP_AND_SAVE if self._stop_saves else STOP_WITHOUT_SAVE
+        agreed = self._ranks.agree(save=save, preempted=self._guard.requested, stop=stop)
+        self._agreed_preemption = agreed.preempted
+        if agreed.stop != NO_STOP:
+            if self._stop_reason is None:
+                self.request_stop("another rank of this torchrun job asked the run to stop")
+            self._stop_saves, self._agreed_stop = agreed.stop == STOP_AND_SAVE, True
+        return agreed.save or self._agreed_stop and self._stop_saves
+
+    def _preempted(self) -> bool:
+        """Whether to save and exit now: a signal this process caught, or in a torchrun job one that
+        any rank caught, as of the last save point (every rank then exits at the same step)."""
+        return self._agreed_preemption if self._ranks.many else self._guard.requested
+
+    def _stopping(self) -> bool:
+        """Whether a stop was asked for (in a torchrun job: agreed at the last save point)."""
+        return self._agreed_stop if self._ranks.many else self._stop_reason is not None
+
     def _before_batch(self) -> None:
         self._collect(wait=False)  # hear of a finished background save (or its error) at the next batch
+        if self._ranks.many and self._ranks.checks_preemption_now(self.step):
+            self._agree()
         self._check_preemption()
-        if self._stop_reason is not None:
+        if self._stopping():
             raise _Stopped
 
     def _stop_now(self) -> None:
         """A stop was requested: save this step (unless saved already, or asked not to) and say why."""
         self._collect(wait=True)  # the save in flight may be this step's
-        if self._stop_saves and self._saved_this_step() is None:
+        if self._stop_saves and not self._saved_this_step():
             self._write(self.saves.context(self.progress))
         self._info["status"], self._info["message"] = "stopped", self._stop_reason
-        self.folder.write_info(self._info)
+        if self._ranks.leads:
+            self.folder.write_info(self._info)
 
-    def _saved_this_step(self) -> CheckpointInfo | None:
-        """The checkpoint of the current step if this process already saved it, else None."""
-        newest = self.checkpoints[-1] if self.checkpoints else None
-        if newest is not None and newest.step == self.step and self.saves.last_step == self.step:
-            return newest
-        return None
+    def _saved_this_step(self) -> bool:
+        """Whether this step is saved already (by this process, or in a torchrun job by rank 0 at a
+        save point every rank took part in)."""
+        if self.saves.last_step != self.step:
+            return False
+        return not self._ranks.leads or bool(self.checkpoints) and self.checkpoints[-1].step == self.step
 
     def _check_preemption(self) -> None:
-        if not self._guard.requested:
+        if not self._preempted():
             return
-        signal_name = self._guard.signal_name
+        signal_name = self._guard.signal_name or "a signal to another rank"
         self._collect(wait=True)  # the save in flight may be this step's
-        info = self._saved_this_step() or self._write(self.saves.context(self.progress))
-        message = (f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
-                   f"{info.path}. To resume, run the same command again: {rerun_command()}")
-        self._info["status"], self._info["message"] = "preempted", message
-        self.folder.write_info(self._info)
-        print(f"savegame: {message}", file=sys.stderr, flush=True)
+        if not self._saved_this_step():
+            self._write(self.saves.context(self.progress))
+        self._info["status"] = "preempted"
+        if self._ranks.leads:  # in a torchrun job, rank 0 says it for all
+            self._info["message"] = message = (
+                f"stopped by {signal_name} at step {self.step} (epoch {self.epoch}, counted from 0); saved "
+                f"{self.checkpoints[-1].path}. To resume, run the same command again: {rerun_command()}")
+            self.folder.write_info(self._info)
+            print(f"savegame: {message}", file=sys.stderr, flush=True)
         raise SystemExit(0)
 
     def _writer_scalar(self, tag: str, host: Any, step: int | None) -> None:
@@ -495,13 +616,37 @@ class Run:
         if chosen.checkpoint is None:
             return
         run_state = chosen.state[RESERVED]
-        self.progress.load_state_dict(run_state)
+        self.progress.load_state_dict(self._ranks.own_progress(run_state))
         self.extras = dict(chosen.state.get("extras") or {})
         self.saves.resumed(self.progress, run_state.get("save_policy") or {})
 
     def _restore(self, name: str, obj: Any) -> None:
-        if self._resumption.restore(name, obj, self._objects, may_fall_back=not self._begun):
+        skeleton = sharded.skeletons_in(self._resumption.chosen.reader.manifest).get(name) \
+            if self._resumption.chosen.reader is not None else None
+        if skeleton is not None:  # saved sharded: DCP reads it into this job's sharding (or whole)
+            self._restore_sharded(name, obj, skeleton)
+            return
+        many = self._ranks.many  # every rank reads the same checkpoint: none falls back alone
+        try:
+            fell_back = self._resumption.restore(name, obj, self._objects, may_fall_back=not self._begun and not many)
+        except CheckpointCorruptError as error:
+            if many and self._ranks.leads and self._resumption.mode == "auto":
+                set_aside(self.resumed_from.path, error)  # the job's next start falls back past it
+            raise
+        if fell_back:
             self._apply_run_state()  # it fell back to an earlier checkpoint
+        note_kept_hyperparameters(self._info, self._config_changes, name, obj, self.resumed_from.path)
+
+    def _restore_sharded(self, name: str, obj: Any, skeleton: Any) -> None:
+        """Every rank: ask ``obj`` for its state in this job's sharding (the template), let DCP
+        fill its tensors from the checkpoint's ``sharded/`` files, put the saved values around them."""
+        if name in self._resumption.restored:
+            raise ValueError(f"run.track({name}=...): {name!r} is tracked already; track each object once")
+        model = None if isinstance(obj, torch.nn.Module) else sharded.model_of(name, obj, self._objects)
+        template = sharded.template_for(skeleton, sharded.state_of(obj, model), name) or {}
+        sharded.load_tensors({name: template}, self.resumed_from.path / sharded.SHARDED_DIR, self._ranks.group)
+        sharded.load_state(obj, model, sharded.filled(skeleton, template))
+        self._resumption.restored.add(name)
         note_kept_hyperparameters(self._info, self._config_changes, name, obj, self.resumed_from.path)
 
     def _begin(self) -> None:
@@ -515,13 +660,17 @@ class Run:
             return
         self._begun = True
         resumed, chosen = self.resumed_from, self._resumption.chosen
-        self._resumption.supersede()
+        leads = self._ranks.leads  # the other ranks of a torchrun job never write the folder
+        if leads:
+            self._resumption.supersede()
         # A checkpoint in another folder (resume=path) records that folder's event files, not ours.
         own = resumed is not None and resumed.path.resolve().parent.parent == self.dir.resolve()
         saved_log = (chosen.state[RESERVED].get("log") or {}) if own else {}
         self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
                             epoch_finished=self.progress.start_epoch > self.epoch,
-                            on_scalar=self._writer_scalar if self.hooks else None)
+                            on_scalar=self._writer_scalar if self.hooks else None, owner=leads)
+        if not leads:
+            return
         if resumed is not None:
             record_resume(self._info, self.step, resumed.path.name, config_changed=bool(self._config_changes))
             self.folder.write_info(self._info)

@@ -89,6 +89,24 @@ def test_epoch_statistics_cover_the_whole_epoch_across_a_resume(uninterrupted):
     assert high == max(losses)
 
 
+def test_a_resume_right_after_an_epochs_last_batch_still_logs_the_epochs_statistics(tmp_path):
+    """Saved at the last batch (still inside the epoch), killed before its end: the next process
+    logs nothing else before the epoch ends, and must log the saved statistics all the same."""
+    def train(crash_at=None):
+        with savegame.Run(tmp_path / "run", handle_signals=False) as run:
+            for _ in run.epochs(2):
+                for x in run.iterate([1.0, 2.0, 3.0]):
+                    run.log("loss", x, reduce="mean", every_step=False)
+                    run.save()
+                    if run.step == crash_at:
+                        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(crash_at=3)
+    train()
+    assert [(p.step, p.value) for p in read_scalars(tmp_path / "run")["loss/epoch_mean"]] == [(3, 2.0), (6, 2.0)]
+
+
 def test_a_run_config_becomes_hparams_in_the_runs_own_folder(tmp_path):
     from tensorboard.plugins.hparams import metadata
 

@@ -20,7 +20,6 @@ import errno
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import xxhash
 
 from savegame.checkpoint import codec
 from savegame.checkpoint.host_buffers import HostBuffers
-from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, TENSORS, CheckpointInfo, FileInfo,
+from savegame.checkpoint.layout import (COMMIT, aside_path, FORMAT, MANIFEST, TENSORS, CheckpointInfo, FileInfo,
                                         fsync_dir, is_committed, metrics_to_json, savegame_version)
 from savegame.checkpoint.sharing import SharePlan, StoredCheckpoint, fingerprint, plan_sharing, written
 from savegame.checkpoint.tensor_write import write_tensors
@@ -120,10 +119,6 @@ def write_small(path: Path, data: bytes) -> FileInfo:
     return FileInfo(size=len(data), hash=f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}")
 
 
-def _aside(path: Path, kind: str) -> Path:
-    return path.with_name(f"{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 def _check_target(path: Path, overwrite: bool) -> bool:
     """True if an old folder is in the way (to be moved aside); raises if it must not be."""
     if not os.path.lexists(path):
@@ -162,12 +157,15 @@ def persist_incremental(
     snap: Snapshot, path: str | os.PathLike, *, step: int, epoch: int,
     metrics: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None, overwrite: bool = False,
     previous: StoredCheckpoint | None = None, previous_fingerprints: Mapping[str, Any] | None = None,
-    before_commit: Callable[[], None] | None = None,
+    before_commit: Callable[[], None] | None = None, attach: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[CheckpointInfo, StoredCheckpoint]:
     """:func:`persist`, sharing with ``previous`` (the newest committed checkpoint) the tensors whose
     bytes did not change (``sharing.plan_sharing``: its files are hard-linked, not written again);
     returns the checkpoint and what it holds, to share with at the next save. ``before_commit``
     runs just before the commit (a background save fsyncs the run's event files there).
+    ``attach(temp)`` moves files written elsewhere into the temp folder before the manifest is
+    written and returns their record, kept as the manifest's ``sharded`` (the DCP files of a
+    torchrun job's sharded state, ``savegame.sharded``); ``verify`` checks the files it lists.
 
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -187,7 +185,7 @@ def persist_incremental(
         raise TypeError(f"info must hold plain values, not tensors (found {sorted(info_tensors)}); "
                         "put tensors in the state instead.")
     replace = _check_target(path, overwrite)
-    temp, old, renamed, committed = _aside(path, "tmp"), None, False, False
+    temp, old, renamed, committed = aside_path(path, "tmp"), None, False, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp.mkdir()
@@ -200,12 +198,15 @@ def persist_incremental(
                            "tensor_hashes": tensor_file.tensor_hashes}}
         origin = previous.path.name if previous is not None else ""
         files.update((name, shared.record(origin)) for name, shared in plan.links.items())
+        attached = attach(temp) if attach is not None else None
         manifest = {
             # version 2 only when it shares files: every checkpoint an older savegame could read stays readable
             "format": FORMAT, "version": 2 if plan.links else 1, "step": step, "epoch": epoch,
             "metrics": metrics_to_json(plain), "created": time.time(), "savegame_version": savegame_version(),
             "torch_version": torch.__version__, "info": info_tree, "files": files, "state": snap.tree,
         }
+        if attached is not None:
+            manifest["sharded"] = attached
         # compact: the C encoder (indent makes json fall back to Python, 1 ms a save here); `savegame show`
         # and `python -m json.tool` print it for a person
         data = json.dumps(manifest, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -216,7 +217,7 @@ def persist_incremental(
             before_commit()
         fsync_dir(temp)  # the three files are durable, and their names (and the links) in the temp folder
         if replace:
-            old = _aside(path, "old")
+            old = aside_path(path, "old")
             os.rename(path, old)
         os.rename(temp, path)  # the commit point: readers see the whole checkpoint or none of it
         renamed = True
@@ -231,6 +232,7 @@ def persist_incremental(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)  # the new checkpoint is committed; the old is garbage
     size = sum(int(e["size"]) for e in files.values()) + manifest_file.size + commit_size
+    size += sum(int(e["size"]) for e in (attached or {}).get("files", {}).values())
     stored = written(path, files, plan.write, previous, plan.links)
     return CheckpointInfo(path=path, step=step, epoch=epoch, metrics=plain, created=manifest["created"],
                           size=size), stored

@@ -242,7 +242,7 @@ def delete_checkpoint(path: str | os.PathLike) -> None:
     False
     """
     path = Path(path)
-    doomed = path.with_name(f"{path.name}.del-{os.getpid()}-{secrets.token_hex(4)}")
+    doomed = aside_path(path, "del")
     os.rename(path, doomed)
     fsync_dir(path.parent)
     shutil.rmtree(doomed)
@@ -258,6 +258,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def aside_path(path: Path, kind: str) -> Path:
+    """A name beside ``path`` for a folder of this process: ``kind`` "tmp" (a save being written),
+    "old" (a checkpoint being overwritten) or "del" (being deleted); :func:`remove_stale_temps`
+    cleans what a dead process left."""
+    return path.with_name(f"{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def remove_stale_temps(root: str | os.PathLike, *, include_live: bool = False) -> list[Path]:

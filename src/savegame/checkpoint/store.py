@@ -88,6 +88,10 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
         if (found.size, found.hash) != (entry.get("size"), entry.get("hash")):
             problems.append(f"{file} does not match the manifest: expected size {entry.get('size')} and "
                             f"hash {entry.get('hash')}, found size {found.size} and hash {found.hash}.")
+    if manifest.get("sharded"):  # a torchrun job's sharded state: DCP's files, listed apart
+        from ..sharded import sharded_problems
+
+        problems += sharded_problems(path, manifest)
     if not problems:
         try:
             with TensorSet(path, manifest, verify=False) as files:  # headers and the sharing record

@@ -26,15 +26,18 @@ from .writer import SummaryWriter
 
 class RunLog:
     """Made by ``Run.__init__`` after it chose the checkpoint to resume from (``saved`` is that
-    checkpoint's ``log`` record, ``{}`` for none); cuts the folder's logs back to it at once."""
+    checkpoint's ``log`` record, ``{}`` for none); cuts the folder's logs back to it at once.
+    ``owner=False`` (a torchrun job's rank other than 0): touches no file, and its writer is silent."""
 
     def __init__(self, run_dir: Path, *, saved: Mapping[str, Any], step: int, resumed: bool,
-                 epoch_finished: bool = False, on_scalar: Callable[[str, Any, int | None], None] | None = None) -> None:
+                 epoch_finished: bool = False, on_scalar: Callable[[str, Any, int | None], None] | None = None,
+                 owner: bool = True) -> None:
         self.dir = run_dir
         self._on_scalar = on_scalar  # hears the writer's add_scalar (run.log has its own on_log)
         self._writer: SummaryWriter | None = None
         self._closed = False
-        self._kept_files = cut_back(run_dir, dict(saved), step=step)
+        # Only the folder's owner cuts the files back (a torchrun job's other ranks log nothing).
+        self._kept_files = cut_back(run_dir, dict(saved), step=step) if owner else dict(saved.get("files") or {})
         self._kept_embeddings = saved.get("embeddings", 0)
         self._max_step = saved.get("max_step")
         # The restart marker's step (see LogWorker): past everything kept, also on another x axis
@@ -83,7 +86,9 @@ class RunLog:
 
     def end_of_epoch(self, step: int) -> None:
         """Log the epoch's statistics (also the ones a dead process saved but never logged)."""
-        writer = self.writer if self._stats_pending else self._writer  # no writer: nothing logged
+        # Statistics to log may come from the checkpoint alone: a process that resumed after the
+        # epoch's last batch (saved before its end) logs nothing else, yet must log them.
+        writer = self.writer if self._stats_pending or self._stats else self._writer
         self._stats_pending = False
         if writer is not None:
             writer._job("epoch statistics", step, None,
