@@ -172,3 +172,31 @@ def test_a_sync_save_fsyncs_the_event_files_itself(tmp_path, monkeypatch):
         run.log("loss", 1.0, step=0)
         run.save()
     assert calls == []  # the log writer fsynced them before the state was taken
+
+
+def test_a_save_still_being_written_counts_for_the_save_policy(tmp_path, monkeypatch):
+    """EverySteps(3) with the step-3 save still in flight at steps 4 and 5 saves neither of them
+    (it once did: the policy heard of a save only at its commit)."""
+    import threading
+
+    import savegame.run as run_module
+
+    release, real = threading.Event(), run_module.fsync_files
+
+    def held(paths):  # the background write of the first save waits here, before its commit
+        release.wait(timeout=10)  # a bounded wait: without the fix the step-4 save waits for it
+        real(paths)
+
+    monkeypatch.setattr(run_module, "fsync_files", held)
+    with savegame.Run(tmp_path, save=savegame.EverySteps(3), keep=savegame.KeepAll(), async_save=True,
+                      handle_signals=False) as run:
+        run.track(model=torch.nn.Linear(2, 1))
+        run.log("loss", 1.0, step=0)  # an event file, so the save fsyncs it on its thread
+        for step in range(1, 7):
+            run.step = step
+            run.save()
+            if step == 5:
+                assert run.checkpoints == []  # step 3 is still being written
+                release.set()
+    assert [c.step for c in run.checkpoints] == [3, 6]
+    assert json.loads((tmp_path / "run.json").read_text())["saved_steps"] == [3, 6]

@@ -473,7 +473,6 @@ class Run:
             listed, info = self._ranks.share(lead)
         if not self._ranks.leads:  # rank 0 wrote it (or has it in flight): every rank knows the same list
             self._saver.checkpoints = listed
-            self.saves.committed(self.step)
         return info
 
     def _save_sharded(self) -> Callable[[Path], dict[str, Any]] | None:
@@ -532,7 +531,6 @@ class Run:
 
     def _committed(self, info: CheckpointInfo) -> None:
         """The checkpointer committed ``info`` and applied retention: record it in run.json."""
-        self.saves.committed(info.step)
         self.folder.record_save(self._info, info.step, self.checkpoints, ranking_of(self.keep_policy))
         self._call("on_save", info)
 

@@ -13,8 +13,7 @@ a save before the state is stored with it, and goes back to where it was if the 
 >>> timing.policy.should_save(context)
 True
 >>> with timing.saving(context):
-...     pass  # the checkpoint is written here
->>> timing.committed(2)
+...     pass  # the checkpoint is written here (or handed to the background thread)
 >>> timing.policy.should_save(timing.context(progress))  # step 2 is saved already
 False
 """
@@ -52,11 +51,11 @@ class SaveTiming:
         """Around one save: the policy hears of it first (its state, stored with the checkpoint,
         then counts this save); if the save raises, the policy goes back to where it was. It
         yields that undo, for a save that fails later, in the background."""
-        before, epochs_before = self.policy.state_dict(), self.last_epochs_done
+        before, last_before = self.policy.state_dict(), (self.last_step, self.last_epochs_done, self.last_time)
 
         def undo() -> None:
             self.policy.load_state_dict(before)
-            self.last_epochs_done = epochs_before
+            self.last_step, self.last_epochs_done, self.last_time = last_before
 
         self.policy.saved(context)
         try:
@@ -64,11 +63,9 @@ class SaveTiming:
         except BaseException:
             undo()
             raise
-        self.last_epochs_done = context.epochs_done
-
-    def committed(self, step: int) -> None:
-        """A checkpoint of ``step`` committed."""
-        self.last_step, self.last_time = step, time.monotonic()
+        # The save counts from here, not from its commit: an async save still being written at
+        # the next run.save() must not make "every 3 steps" save the step after it too.
+        self.last_step, self.last_epochs_done, self.last_time = context.step, context.epochs_done, time.monotonic()
 
     def resumed(self, progress: Progress, policy_state: dict[str, Any]) -> None:
         """The run resumed from a checkpoint of ``progress.step``: that was the last save."""
