@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import savegame
 from savegame.checkpoint.store import verify_checkpoint
 from tb_read import read_scalars
-from torchrun_jobs import kill_job, rank_pid, run_ddp, start_ddp, torchrun, torchrun_env
+from torchrun_jobs import kill_job, on_two_ranks, rank_pid, run_ddp, start_ddp, torchrun, torchrun_env
 
 pytestmark = pytest.mark.slow
 EXTRA = ("--epochs", "4", "--sleep", "0.04")  # 48 steps of ~0.05 s: long enough to be caught anywhere
@@ -225,3 +225,42 @@ def test_a_damaged_shard_file_is_found_by_verify(fsdp_saved, tmp_path):
     shard.write_bytes(bytes(data))
     problems = verify_checkpoint(checkpoint)
     assert len(problems) == 1 and shard.name in problems[0] and "does not match the manifest" in problems[0]
+
+
+POLICIES = """
+import sys
+import torch.distributed as dist
+import savegame
+from savegame.distributed import Coordinator
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+agreed_at = []
+real_max = Coordinator.max
+def counting(self, values):
+    agreed_at.append(run.step)
+    return real_max(self, values)
+Coordinator.max = counting
+policy = {"counters": savegame.EverySteps(5), "metrics": savegame.OnImprovement("loss/val")}[sys.argv[2]]
+with savegame.Run(sys.argv[1], save=policy, keep=savegame.KeepAll(), handle_signals=False) as run:
+    for step in range(1, 17):
+        run.step = step
+        # only rank 0 computes the validation loss: its policy decides for every rank
+        run.save(metrics={"loss/val": {1: 3.0, 5: 2.0, 9: 2.5, 13: 1.0}[step]} if rank == 0 and step % 4 == 1 else None)
+with open(f"{sys.argv[1]}/../rank-{rank}.txt", "w") as f:
+    f.write(f"{[c.step for c in run.checkpoints]} {agreed_at}")
+"""
+
+
+@pytest.mark.parametrize("policy", ["counters", "metrics"])
+def test_a_counter_policy_decides_on_each_rank_and_another_on_rank_zero_for_all(tmp_path, policy):
+    """EverySteps needs no collective at a run.save() that does not save (the ranks meet to save and
+    every 8 steps to compare preemption flags); OnImprovement with metrics on rank 0 alone meets at
+    every call, and rank 0's answer is every rank's."""
+    results = on_two_ranks(tmp_path, POLICIES, tmp_path / "run", policy)
+    assert results[0] == results[1]  # the same checkpoints, the same collectives
+    expected = {  # (checkpoints, the steps of each agreement; the last one is finish()'s)
+        "counters": "[5, 10, 15] [5, 8, 10, 15, 16, 16]",
+        "metrics": f"[1, 5, 13] {list(range(1, 17)) + [16]}",  # 3.0, then 2.0 and 1.0 improve; 2.5 does not
+    }
+    assert results[0] == expected[policy]

@@ -49,7 +49,7 @@ class Ranks:
     """One process (``size`` 1), or rank ``rank`` of ``size`` with a :class:`Coordinator`."""
 
     # A preemption that reached one rank is heard by the others at the next save point, at the end
-    # of an epoch, and every this many batches (one all-reduce costs ~0.3 ms on CPU: not every step).
+    # of an epoch, and every this many steps (one all-reduce costs 0.3-2 ms on CPU: not every step).
     CHECK_EVERY = 8
 
     def __init__(self, rank: int, size: int, coordinator: Coordinator | None) -> None:

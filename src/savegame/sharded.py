@@ -170,26 +170,32 @@ def load_tensors(template: dict[str, Any], folder: Path, group: Any) -> None:
         raise CheckpointCorruptError(f"{folder}: torch.distributed.checkpoint could not load it: {error}") from None
 
 
-def attacher(stage: Path, skeletons: dict[str, Any], world_size: int):
+def hash_my_part(folder: Path, rank: int, size: int) -> dict[str, dict[str, Any]]:
+    """Size and hash of this rank's share of the DCP files in ``folder`` (complete: ``dcp.save``
+    returned on every rank), for ``verify``: file i of the sorted names goes to rank i % size. DCP
+    names a rank's file by its shard index, so each rank reads back the file it just wrote, from
+    its own page cache, and no rank reads the whole checkpoint over the network."""
+    from .checkpoint.tensor_hash import hash_file
+
+    names = sorted(path.name for path in folder.iterdir())
+    return {name: {"size": (found := hash_file(folder / name)).size, "hash": found.hash}
+            for index, name in enumerate(names) if index % size == rank}
+
+
+def attacher(stage: Path, skeletons: dict[str, Any], world_size: int, files: dict[str, dict[str, Any]]):
     """What rank 0's commit calls with its temp folder: move the DCP files every rank wrote into
-    ``stage`` (complete: ``dcp.save`` returned on every rank) in as ``sharded/``, hash them for
-    ``verify``, and return the manifest's ``sharded`` record (the skeletons, the job size, the
-    files)."""
+    ``stage`` in as ``sharded/``, and return the manifest's ``sharded`` record (the skeletons, the
+    job size, ``files``: every rank's :func:`hash_my_part`)."""
     from .checkpoint import codec
     from .checkpoint.layout import fsync_dir
-    from .checkpoint.tensor_hash import hash_file
 
     def attach(temp: Path) -> dict[str, Any]:
         target = temp / SHARDED_DIR
         os.rename(stage, target)
         fsync_dir(target)  # DCP fsynced the files; their names in the folder must be durable too
-        files = {}
-        for file in sorted(target.iterdir()):
-            found = hash_file(file)
-            files[file.name] = {"size": found.size, "hash": found.hash}
         tree, tensors = codec.encode(skeletons)
         assert not tensors, "a skeleton holds no tensor"
-        return {"dir": SHARDED_DIR, "world_size": world_size, "objects": tree, "files": files}
+        return {"dir": SHARDED_DIR, "world_size": world_size, "objects": tree, "files": dict(sorted(files.items()))}
 
     return attach
 

@@ -73,6 +73,12 @@ class SavePolicy(ABC):
 
     __slots__ = ()
 
+    #: True when :meth:`should_save` reads only the step and epoch counters (the context's and
+    #: the last save's), which every rank of a torchrun job has the same: each rank then asks its
+    #: own policy, and a ``run.save()`` that does not save costs no collective. A policy that reads
+    #: the clock or the metrics leaves it False, and rank 0's answer goes to every rank.
+    decided_by_counters = False
+
     @abstractmethod
     def should_save(self, ctx: SaveContext) -> bool:
         """True to write a checkpoint now. Changes no state: a save that then fails must not
@@ -111,6 +117,7 @@ class EverySteps(SavePolicy):
     """
 
     n: int
+    decided_by_counters = True
 
     def __post_init__(self) -> None:
         _positive_int("EverySteps", "n", self.n)
@@ -128,6 +135,7 @@ class EveryEpochs(SavePolicy):
     """
 
     n: int
+    decided_by_counters = True
 
     def __post_init__(self) -> None:
         _positive_int("EveryEpochs", "n", self.n)
@@ -263,6 +271,8 @@ class Always(SavePolicy):
     True
     """
 
+    decided_by_counters = True
+
     def should_save(self, ctx: SaveContext) -> bool:
         return True
 
@@ -274,6 +284,8 @@ class Never(SavePolicy):
     >>> Never().should_save(SaveContext(step=0))
     False
     """
+
+    decided_by_counters = True
 
     def should_save(self, ctx: SaveContext) -> bool:
         return False
@@ -290,6 +302,10 @@ class _Composite(SavePolicy):
             if not isinstance(p, SavePolicy):
                 raise TypeError(f"{name} takes SavePolicy objects, but argument {i} is {p!r}.")
         self.policies: tuple[SavePolicy, ...] = policies
+
+    @property
+    def decided_by_counters(self) -> bool:  # type: ignore[override]
+        return all(p.decided_by_counters for p in self.policies)
 
     def state_dict(self) -> dict[str, Any]:
         # string keys: the state goes through JSON
