@@ -21,8 +21,8 @@ _EXPORTS = {
                            "When"],
     ".checkpoint.store": ["CheckpointInfo"],
     ".errors": ["CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
-                "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
-                "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
+                "MetricNotFoundError", "NotSerializableError", "RunFolderGoneError", "RunLockedError",
+                "SaveFailedError", "StateMismatchError", "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
                 "DistributedNotSupportedError", "ShardedStateError"],
     ".io": ["export_weights", "import_weights", "load", "save"],
     ".log.writer": ["SummaryWriter"],
@@ -42,7 +42,7 @@ __all__ = [
     "EverySteps", "EveryEpochs", "EverySeconds", "OnImprovement", "When", "Always", "Never", "AnyOf", "AllOf",
     "Keep", "KeepLast", "KeepBest", "KeepEvery", "KeepAll", "KeepAny",
     "CheckpointCorruptError", "PartiallyRestoredError", "CheckpointNotFoundError", "FormatVersionError",
-    "MetricNotFoundError", "NotSerializableError", "RunLockedError", "SaveFailedError", "StateMismatchError",
+    "MetricNotFoundError", "NotSerializableError", "RunFolderGoneError", "RunLockedError", "SaveFailedError", "StateMismatchError",
     "WriterClosedError", "LogWriteError", "MissingDependencyError", "PreflightFailedError",
     "DistributedNotSupportedError", "ShardedStateError",
 ]
@@ -74,8 +74,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import (CheckpointCorruptError, CheckpointNotFoundError, DistributedNotSupportedError,
                          FormatVersionError, LogWriteError,
                          MetricNotFoundError, MissingDependencyError, NotSerializableError, PartiallyRestoredError,
-                         PreflightFailedError, RunLockedError, SaveFailedError, ShardedStateError, StateMismatchError,
-                         WriterClosedError)
+                         PreflightFailedError, RunFolderGoneError, RunLockedError, SaveFailedError, ShardedStateError,
+                         StateMismatchError, WriterClosedError)
     from .io import export_weights, import_weights, load, save
     from .log.writer import SummaryWriter
     from .preflight import PreflightReport

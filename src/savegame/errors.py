@@ -62,6 +62,11 @@ class RunLockedError(SavegameError, RuntimeError):
     """Another live process writes to this run folder."""
 
 
+class RunFolderGoneError(SavegameError, FileNotFoundError):
+    """The run folder was removed or replaced while a Run wrote to it. Nothing recreates it: its
+    lock went with it, so another run may own that path now."""
+
+
 class SaveFailedError(SavegameError, OSError):
     """Writing a checkpoint failed (disk full, read-only); earlier checkpoints are untouched."""
 

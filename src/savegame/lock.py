@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import RunLockedError
+from .errors import RunFolderGoneError, RunLockedError
 
 _HELD_HERE: set[str] = set()  # lock files this process holds (POSIX locks never conflict within one)
 
@@ -87,6 +87,23 @@ class RunLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    def ensure_held(self, lost: str) -> None:
+        """Raise :class:`RunFolderGoneError` (its message ending with ``lost``) when the LOCK file
+        we hold is no longer at its path: the run folder was removed or replaced under us. Writing
+        on would recreate a folder without our lock, where another run may be starting."""
+        if self._fd is None:
+            return
+        ours = os.fstat(self._fd)
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino):
+            raise RunFolderGoneError(
+                f"the run folder {self.path.parent} was {'removed' if there is None else 'replaced'} while this "
+                f"run wrote to it, and savegame does not recreate it (its lock went with it): {lost}."
+            )
 
 
 def _read_holder(fd: int) -> dict | None:

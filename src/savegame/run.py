@@ -46,7 +46,7 @@ from .preemption import PreemptionGuard
 from .progress import Progress, position
 from .ranks import NO_STOP, STOP_AND_SAVE, STOP_WITHOUT_SAVE, Ranks
 from .ranking import best_checkpoint
-from .errors import CheckpointCorruptError, DistributedNotSupportedError
+from .errors import CheckpointCorruptError, DistributedNotSupportedError, LogWriteError, RunFolderGoneError
 from .resumption import (RESERVED, Resumption, check_resume_argument, note_kept_hyperparameters, open_run_info,
                          set_aside)
 from .runinfo import hparams_from_config, record_resume, status_on_exit
@@ -150,7 +150,10 @@ class Run:
             # (containers restart with the same pid): clean them all, put back interrupted overwrites.
             self.folder.checkpoint_root.mkdir(exist_ok=True)
             self.folder.clean_temps(include_live=True)
-            self._saver.checkpoints = self.folder.checkpoints()
+            damaged: list = []
+            self._saver.checkpoints = self.folder.checkpoints(damaged=damaged)
+            for path, error in damaged:  # a damaged manifest or COMMIT: set aside as any damaged one
+                set_aside(path, error)   # (a save of the same step would otherwise meet it)
             self._info, self._config_changes = open_run_info(self.folder, self.config)
             self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
             self._apply_run_state()
@@ -390,10 +393,10 @@ class Run:
                 self._stop_now()  # a loop without epochs(): the stop's save happens here
             if self._begun:  # else nothing was logged, and the logs were not cut back: leave them
                 self._call("on_finish", status)
-                self._logs.close(step=self.step, hparams_status=status if self.config else None)
+                self._close_logs(status)
             self._info["status"] = status
             self._info["message"] = message
-            if self._ranks.leads:
+            if self._ranks.leads and self._folder_still_ours():
                 self.folder.write_info(self._info)
             self._saver.close()  # nothing is in flight now: this stops the background thread
         finally:
@@ -401,6 +404,26 @@ class Run:
                 self._lock.release()
         if save_error is not None:
             raise save_error
+
+    def _close_logs(self, status: str) -> None:
+        """Close the logs; a log error of a failing run is a warning: the with-block's own
+        exception (a save that found the folder gone, say) is the one to see."""
+        try:
+            self._logs.close(step=self.step, hparams_status=status if self.config else None)
+        except LogWriteError as error:
+            if status != "failed":
+                raise
+            warnings.warn(f"{self.dir}: the logs could not be closed either: {error}", RuntimeWarning, stacklevel=4)
+
+    def _folder_still_ours(self) -> bool:
+        """At finish: False (with a warning) when the run folder was removed or replaced under
+        the run, whose run.json is then not written (it would recreate the folder)."""
+        try:
+            self._lock.ensure_held(f"its end ({self._info['status']}) is not recorded in run.json")
+        except RunFolderGoneError as gone:
+            warnings.warn(str(gone), RuntimeWarning, stacklevel=4)
+            return False
+        return True
 
     def __enter__(self) -> "Run":
         return self
@@ -503,6 +526,7 @@ class Run:
         """The folder owner's part of a save: every tracked object (the sharded ones: what
         ``attach`` brings in), the run's own state and each rank's ``progress`` (None in one
         process); returns the committed checkpoint (None while a background save is in flight)."""
+        self._lock.ensure_held(f"the checkpoint of step {self.step} was not written")
         state = {name: obj.state_dict() for name, obj in self._objects.items() if name not in self._sharded}
         state["extras"] = self.extras
         # The checkpoint records each event file's size, which must be on disk before it
@@ -685,9 +709,13 @@ class Run:
         # A checkpoint in another folder (resume=path) records that folder's event files, not ours.
         own = resumed is not None and resumed.path.resolve().parent.parent == self.dir.resolve()
         saved_log = (chosen.state[RESERVED].get("log") or {}) if own else {}
-        self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
-                            epoch_finished=self.progress.start_epoch > self.epoch,
-                            on_scalar=self._writer_scalar if self.hooks else None, owner=leads)
+        try:
+            self._logs = RunLog(self.dir, saved=saved_log, step=self.step, resumed=resumed is not None,
+                                epoch_finished=self.progress.start_epoch > self.epoch,
+                                on_scalar=self._writer_scalar if self.hooks else None, owner=leads)
+        except BaseException:
+            self._begun = False  # no logs to close: finish() must not reach for them, hiding this error
+            raise
         if not leads:
             return
         if resumed is not None:

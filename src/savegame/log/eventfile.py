@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2
 
+from ..errors import RunFolderGoneError
 from .records import frame
 
 # Our files end in ".savegame" (before the user's filename_suffix): a resume only ever cuts back or
@@ -47,7 +48,7 @@ def _sortable_time(folder: Path) -> int:
     return max(int(time.time()), newest + 1 if newest >= int(time.time()) else 0)
 
 
-class RunFolderGone(FileNotFoundError):
+class RunFolderGone(RunFolderGoneError):
     """The run folder was removed while its writer was open; nothing recreates it."""
 
     def __init__(self, root: Path) -> None:
