@@ -40,7 +40,7 @@ space:
   steps: 10
   sleep: 0.01
 """
-SCALES = {"ci": {"sweep": 3, "torchrun": 3}, "torture": {"sweep": 16, "torchrun": 16}}
+SCALES = {"ci": {"sweep": 3, "torchrun": 4}, "torture": {"sweep": 16, "torchrun": 16}}
 
 
 # -- sweeps ---------------------------------------------------------------------------------

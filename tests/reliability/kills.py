@@ -199,6 +199,8 @@ class Storm:
         self.classes: dict[str, list[str]] = {}  # per mode: the op classes its trace showed
         self._traces = {"sync, full": json.loads(trace.read_text())}
         self._rounds = 0
+        self.resumes = 0  # processes that resumed after a kill
+        self.identical = 0  # rounds that ended with the reference's bits and curves
 
     def _round(self, name: str) -> _Round:
         folder = self.workdir / name
@@ -264,6 +266,7 @@ class Storm:
                 return kills
             new = r.events()[seen:]
             resumed = [int(value) for event, value in new if event == "resumed"]
+            self.resumes += bool(kills and resumed)
             if resumed and resumed[0] != expected_resume:
                 kind = "data_lost" if resumed[0] < expected_resume else "corrupt_resume"
                 tally.fail(kind, f"{label}: resumed at step {resumed[0]}, the newest intact checkpoint was "
@@ -285,6 +288,7 @@ class Storm:
             expected_resume = max(intact, default=0)
 
     def _check_end(self, r: _Round, tally: Tally, label: str) -> None:
+        failures = len(tally.failures)
         if r.out.read_bytes() != self.reference_params:
             tally.fail("other", f"{label}: the final parameters differ from an uninterrupted run's")
         got = _curves(r.run_dir)
@@ -296,6 +300,7 @@ class Storm:
         if leftovers:
             tally.fail("other", f"{label}: left behind {leftovers}")
         _intact_checkpoints(r.run_dir, tally, label)
+        self.identical += len(tally.failures) == failures
         shutil.rmtree(r.run_dir.parent, ignore_errors=True)
 
 
@@ -331,10 +336,13 @@ def _kill_storms(workdir: Path, scale: str, seed: int) -> list[Tally]:
     for aim in ("uniform", "aimed"):
         tally = Tally(f"kill storm, one run: {aim}", "kills survived")
         goal, modes, n = SCALES[scale][aim], list(MODES), 0
+        resumes, identical = storm.resumes, storm.identical
         while tally.tried < goal and tally.ok:
             storm.round(modes[n % len(modes)], tally, aim, max_kills=min(12, goal - tally.tried))
             n += 1
-        tally.notes.append(f"{n} rounds over {len(modes)} save modes ({', '.join(modes)})")
+        tally.notes.append(f"{n} rounds over {len(modes)} save modes ({', '.join(modes)}); "
+                           f"{storm.resumes - resumes} resumes after a kill; {storm.identical - identical} of {n} "
+                           f"rounds ended with an uninterrupted run's parameters, bit for bit, and curves")
         if aim == "aimed":
             classes = sorted(set().union(*(storm.op_classes(m) for m in modes)))
             tally.notes.append(f"{len(classes)} classes of file op aimed at")
