@@ -40,9 +40,19 @@ FAMILIES = [
     ("disk-faults", "iofaults", "real_disk_faults"),
     ("damage", "damage", "damaged_checkpoints"),
     ("damage-events", "damage", "damaged_event_files"),
-    ("hostile", "hostile", "hostile_inputs"),
-    ("fuzz", "fuzz", "fuzz_all"),
-    ("concurrency", "concurrency", "concurrency_all"),
+    ("hostile-pickle", "hostile", "pickle_payloads"),
+    ("hostile-paths", "hostile", "path_traversal"),
+    ("hostile-sizes", "hostile", "huge_sizes"),
+    ("hostile-json", "hostile", "hostile_json"),
+    ("hostile-names", "hostile", "hostile_names"),
+    ("fuzz-manifest", "fuzz", "fuzz_manifest"),
+    ("fuzz-checkpoint", "fuzz", "fuzz_checkpoint_bytes"),
+    ("fuzz-events", "fuzz", "fuzz_event_reader"),
+    ("fuzz-spec", "fuzz", "fuzz_sweep_spec"),
+    ("fuzz-atheris", "fuzz", "fuzz_atheris"),
+    ("two-writers", "concurrency", "two_processes_one_folder"),
+    ("two-sweeps", "concurrency", "two_sweeps_one_study"),
+    ("readers", "concurrency", "readers_while_writing"),
 ]
 BEGIN, END = "<!-- torture:begin -->", "<!-- torture:end -->"
 

@@ -81,9 +81,10 @@ class RunFolder:
         return RunLock(self.path / "LOCK")
 
     # -- checkpoints -------------------------------------------------------------------------
-    def checkpoints(self) -> list[CheckpointInfo]:
-        """The committed checkpoints, by step, from their manifests alone."""
-        return layout.list_checkpoints(self.checkpoint_root)
+    def checkpoints(self, *, damaged: list | None = None) -> list[CheckpointInfo]:
+        """The committed checkpoints, by step, from their manifests alone; with a ``damaged``
+        list, the damaged ones skipped go into it (see ``layout.list_checkpoints``)."""
+        return layout.list_checkpoints(self.checkpoint_root, damaged=damaged)
 
     def clean_temps(self, *, include_live: bool = False) -> list[Path]:
         """Remove the leftovers of interrupted saves (all of them with ``include_live``: the
@@ -137,7 +138,8 @@ def _manifest_ranking(checkpoints: Sequence[CheckpointInfo]) -> tuple[str, str] 
         except (OSError, ValueError):
             continue
         info = manifest.get("info") if isinstance(manifest.get("info"), dict) else {}
-        own = (manifest.get("state") or {}).get("_savegame") or {}
+        state = manifest.get("state") if isinstance(manifest.get("state"), dict) else {}
+        own = state.get("_savegame") if isinstance(state.get("_savegame"), dict) else {}
         for node in (info.get("keep"), own.get("keep"), own.get("save_policy")):
             if found := _find_ranking(node):
                 return found

@@ -47,10 +47,9 @@ class RunLock:
                 "finish() the other Run (or leave its `with` block) before opening it again."
             )
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _describe(_read_holder(fd))
+        taken, holder = _take(fd)
+        if not taken:
+            holder = _describe(holder)
             os.close(fd)
             raise RunLockedError(
                 f"run folder {self.path.parent} is in use by {holder}. Only one process may write "
@@ -64,11 +63,13 @@ class RunLock:
                 "which is no longer running",
                 stacklevel=3,
             )
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        # no fsync: the kernel's lock is the lock, and these words only name its holder to other
-        # processes, which read them from the page cache (after a power cut the holder is gone anyway)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
+        # written over the old words, then cut to length: a reader never finds the file empty
+        # because of us. No fsync: the kernel's lock is the lock, and these words only name its
+        # holder to other processes, which read them from the page cache (after a power cut the
+        # holder is gone anyway)
+        os.pwrite(fd, holder, 0)
+        os.ftruncate(fd, len(holder))
         self._fd = fd
         self._key = key
         _HELD_HERE.add(key)
@@ -106,14 +107,39 @@ class RunLock:
             )
 
 
+# How long a process that finds the folder locked waits for the holder's words: the holder
+# writes them just after it takes the lock (and empties the file just before it lets go).
+_NAMING_SECONDS = 0.2
+
+
+def _take(fd: int) -> tuple[bool, dict | None]:
+    """Take the kernel's lock on ``fd``: ``(True, None)``, or ``(False, holder)`` once it is held
+    by a process that has written its name (``holder`` None after :data:`_NAMING_SECONDS`
+    without one). A holder caught between its lock and its words, or between emptying the file
+    and letting go, is waited for, so that a RunLockedError names the holder.
+    """
+    deadline = time.monotonic() + _NAMING_SECONDS
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True, None
+        except OSError:
+            holder = _read_holder(fd)
+            if holder or time.monotonic() > deadline:
+                return False, holder
+        time.sleep(0.002)
+
+
 def _read_holder(fd: int) -> dict | None:
     raw = os.pread(fd, 4096, 0)
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        # the first JSON value: a longer stale record may trail the holder's words for a moment
+        found = json.JSONDecoder().raw_decode(raw.decode())[0]
     except ValueError:
-        return {"pid": raw[:40].decode(errors="replace")}
+        found = None
+    return found if isinstance(found, dict) else {"pid": raw[:40].decode(errors="replace")}
 
 
 def _describe(holder: dict | None) -> str:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import jsonread
 from .atomic import replace_file
 from .errors import FormatVersionError, PreflightInterrupted
 
@@ -77,7 +78,7 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     """Read and check ``<run_dir>/run.json``; errors name the file and what is wrong."""
     path = Path(run_dir) / RUN_FILE
     try:
-        info = json.loads(path.read_text())
+        info = jsonread.read(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{run_dir} is not a savegame run folder: it has no {RUN_FILE}. "
@@ -87,6 +88,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise FormatVersionError(f"{path} is not valid JSON ({error}); it may be damaged") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise FormatVersionError(f"{path} is not a savegame run file (no \"format\": \"{FORMAT}\")")
+    if type(info.get("version", 0)) is not int:
+        raise FormatVersionError(f"{path} has version {str(info.get('version'))[:100]!r}, not a whole number; "
+                                 "it is damaged")
     if info.get("version", 0) > VERSION:
         raise FormatVersionError(
             f"{path} was written by a newer savegame (run format version {info['version']}, "

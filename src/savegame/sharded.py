@@ -161,6 +161,10 @@ def load_tensors(template: dict[str, Any], folder: Path, group: Any) -> None:
     alone = not (dist.is_available() and dist.is_initialized())
     if not folder.is_dir():
         raise CheckpointCorruptError(f"{folder} is missing: the checkpoint's sharded tensors are gone")
+    from .checkpoint.layout import member
+
+    for file in folder.iterdir():
+        member(folder, file.name)  # DCP opens every file there: none may link out of the checkpoint
     try:
         with warnings.catch_warnings():  # alone, on purpose: DCP's "assuming ... a single process" says nothing new
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -214,14 +218,23 @@ def skeletons_in(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def sharded_problems(path: Path, manifest: dict[str, Any]) -> list[str]:
     """``verify``'s check of the DCP files a checkpoint lists (size and hash of each)."""
+    from .checkpoint.layout import member
     from .checkpoint.tensor_hash import hash_file
 
     record = manifest.get("sharded") or {}
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        return [f"{path / 'manifest.json'}: its 'sharded' record is damaged: {str(record)[:200]}"]
     problems = []
-    for name, entry in (record.get("files") or {}).items():
+    for name, entry in files.items():
         file = path / SHARDED_DIR / name
         if "/" in name or name.startswith(".") or not file.is_file():
             problems.append(f"{file} is missing.")
+            continue
+        try:
+            member(path / SHARDED_DIR, name)
+        except CheckpointCorruptError as error:  # a link out of the checkpoint
+            problems.append(str(error))
             continue
         found = hash_file(file)
         if (found.size, found.hash) != (entry.get("size"), entry.get("hash")):

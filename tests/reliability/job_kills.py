@@ -29,18 +29,14 @@ from pathlib import Path
 from tally import Tally
 
 TESTS = Path(__file__).resolve().parent.parent
-SWEEP_SPEC = """train: toy_train:train
-objective: {metric: loss/val, direction: minimize}
-n_trials: %(n)d
-sampler: random
-seed: 0
-space:
-  lr: {type: float, low: 0.01, high: 0.3, log: true}
-  epochs: 4
-  steps: 10
-  sleep: 0.01
-"""
-SCALES = {"ci": {"sweep": 3, "torchrun": 4}, "torture": {"sweep": 16, "torchrun": 16}}
+SCALES = {"ci": {"sweep": 3, "torchrun": 4}, "torture": {"sweep": 12, "torchrun": 12}}
+
+
+def _spec(n: int) -> str:
+    sys.path.insert(0, str(TESTS / "sweeps"))
+    from toy_train import KILL_SPEC
+
+    return KILL_SPEC % {"n": n, "sleep": 0.01}
 
 
 # -- sweeps ---------------------------------------------------------------------------------
@@ -101,7 +97,7 @@ def sweep_storm(workdir: Path, scale: str, seed: int) -> Tally:
     goal, n = SCALES[scale]["sweep"], 4
     reference = Path(workdir) / "sweep-reference"
     reference.mkdir(parents=True)
-    (reference / "toy.yaml").write_text(SWEEP_SPEC % {"n": n})
+    (reference / "toy.yaml").write_text(_spec(n))
     started = time.monotonic()
     done = _sweep(reference, "--workers", "2")
     output, _ = done.communicate(timeout=600)
@@ -118,7 +114,7 @@ def sweep_storm(workdir: Path, scale: str, seed: int) -> Tally:
         rounds += 1
         folder = Path(workdir) / f"sweep-{rounds}"
         folder.mkdir()
-        (folder / "toy.yaml").write_text(SWEEP_SPEC % {"n": n})
+        (folder / "toy.yaml").write_text(_spec(n))
         for _ in range(20):
             sweep = _sweep(folder, "--workers", "2")
             killed = None  # "sweep" or "worker"

@@ -19,6 +19,7 @@ writes the final parameters to ``out``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +44,26 @@ class StormConfig:
 
 def warm_up() -> None:
     """Import what a first deterministic AdamW step imports (torch._dynamo, 1.5 s here), so that
-    a server that forks the storm's processes pays it once, before the first fork."""
+    a server that forks the storm's processes pays it once, before the first fork. It leaves
+    torch's global settings as they were (pytest imports this module too)."""
+    with _deterministic():
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p])
+        p.grad = torch.ones(1)
+        opt.step()
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """Deterministic algorithms and one thread while inside; torch's settings put back after."""
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p])
-    p.grad = torch.ones(1)
-    opt.step()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
 
 
 class _Jittered(Dataset):
@@ -79,9 +94,12 @@ class _Journal(savegame.Hook):
 
 
 def train(run_dir: Path, out: Path, journal: Path, config: StormConfig) -> None:
+    with _deterministic():
+        _train(run_dir, out, journal, config)
+
+
+def _train(run_dir: Path, out: Path, journal: Path, config: StormConfig) -> None:
     torch.manual_seed(0)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
     dim = 16
     data = _Jittered(config.batches * 8, dim)
     loader = DataLoader(data, batch_size=8, shuffle=True)

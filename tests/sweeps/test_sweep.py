@@ -64,6 +64,19 @@ def test_a_yaml_spec_is_read_with_its_file_name_as_the_sweep_name(tmp_path):
         savegame.sweeps.load_spec(path)
 
 
+def test_a_yaml_spec_may_repeat_a_value_with_an_alias_but_not_expand_into_millions(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("train: toy_train:train\nobjective: {metric: loss/val}\nspace:\n"
+                    "  lr: &rate {type: float, low: 1.0e-3, high: 0.3, log: true}\n  wd: *rate\n")
+    assert savegame.sweeps.load_spec(path).space["wd"] == savegame.sweeps.load_spec(path).space["lr"]
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+                                                        for i in range(1, 7)]
+    path.write_text("train: toy_train:train\nobjective: {metric: loss/val}\nspace:\n"
+                    "  lr: {type: float, low: 0.1, high: 1}\n" + "".join(f"  {line}\n" for line in lines))
+    with pytest.raises(SpecError, match="aliases"):  # 10**7 values written out: refused before sweep.json
+        savegame.sweeps.load_spec(path)
+
+
 # -- trials as run folders ------------------------------------------------------------------------
 def test_every_trial_is_a_run_folder_with_its_config_and_its_best_value(tmp_path):
     study = run_sweep(tmp_path)
@@ -261,14 +274,20 @@ def test_a_trial_on_another_machine_is_an_orphan_once_its_heartbeat_is_older_tha
 
     from savegame.sweeps.worker import _orphaned
 
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid whose process has exited
+
     def trial(beat_age, host="another-machine"):
         return SimpleNamespace(datetime_start=datetime.datetime.now(), system_attrs={
-            "savegame:owner": {"host": host, "pid": 1, "since": time.time() - 1000},
+            "savegame:owner": {"host": host, "pid": int(gone), "since": time.time() - 1000},
             "savegame:heartbeat": time.time() - beat_age, "savegame:dir": str(tmp_path / "nowhere")})
 
     assert not _orphaned(trial(beat_age=5), grace=60)
     assert _orphaned(trial(beat_age=61), grace=60)
-    # on this machine the folder's lock decides at once, whatever the heartbeat says
+    # on this machine the folder's lock and the process decide at once, whatever the heartbeat says
     import socket
     assert _orphaned(trial(beat_age=0, host=socket.gethostname()), grace=60)  # no folder: nobody holds it
     asked = SimpleNamespace(datetime_start=datetime.datetime.now(), system_attrs={})  # asked, not yet opened

@@ -14,21 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from toy_train import KILL_SPEC as SPEC
 
 pytest.importorskip("optuna")
 
 HERE = Path(__file__).parent
-SPEC = """train: toy_train:train
-objective: {metric: loss/val, direction: minimize}
-n_trials: %(n)d
-sampler: random
-seed: 0
-space:
-  lr: {type: float, low: 0.01, high: 0.3, log: true}
-  epochs: 4
-  steps: 10
-  sleep: %(sleep)s
-"""
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen:

@@ -7,6 +7,20 @@ import time
 
 import torch
 
+# The spec of the sweeps killed by the tests (tests/sweeps/test_sweep_kill.py, the kill storm of
+# tests/reliability/job_kills.py): 4 epochs of 10 steps, a checkpoint after each epoch.
+KILL_SPEC = """train: toy_train:train
+objective: {metric: loss/val, direction: minimize}
+n_trials: %(n)d
+sampler: random
+seed: 0
+space:
+  lr: {type: float, low: 0.01, high: 0.3, log: true}
+  epochs: 4
+  steps: 10
+  sleep: %(sleep)s
+"""
+
 
 def train(config, run):
     """Fit y = 3x; logs loss/val at each of ``epochs`` epochs of ``steps`` steps and saves a checkpoint

@@ -55,6 +55,9 @@ _MARKERS = frozenset(
     ["$float", "$dict", "$tuple", "$size", "$tensor", "$ndarray", "$np", "$bytes", "$dtype", "$device"]
 )
 _NP_SCALAR_KINDS = "biufc"  # bool, int, uint, float, complex
+# Containers nested deeper are refused when saving: each level is up to 3 levels of JSON, and a
+# manifest deeper than jsonread.MAX_DEPTH is read as damaged (a hostile one must not exhaust the stack).
+MAX_NESTING = 32
 
 
 def format_path(path: tuple) -> str:
@@ -196,6 +199,9 @@ class _Encoder:
         ):
             if id(x) in self.stack:
                 raise _not_serializable(x, path, "the structure contains itself (a cycle)")
+            if len(path) >= MAX_NESTING:
+                raise _not_serializable(x, path, f"it is nested more than {MAX_NESTING} containers deep, "
+                                        "more than a checkpoint holds (flatten it, e.g. join nested keys)")
             self.stack.add(id(x))
             try:
                 return self.container(x, path)
@@ -294,7 +300,10 @@ def decode(tree: Any, tensors: Mapping[str, torch.Tensor], *, map_location: Any 
     {(1, 2): torch.Size([3]), 'lr': 0.1}
     """
     device = torch.device(map_location) if map_location is not None else None
-    return _Decoder(tensors, device)(tree, ())
+    try:
+        return _Decoder(tensors, device)(tree, ())
+    except RecursionError:  # a tree read from a file is bounded (jsonread); one built in memory may not be
+        raise _corrupt((), f"it is nested deeper than a checkpoint holds ({MAX_NESTING} containers)") from None
 
 
 class _Decoder:
@@ -326,7 +335,7 @@ class _Decoder:
             raise _corrupt(path, f"unknown marker {marker!r} (a newer savegame may have written it)")
         try:
             return self.marker(marker, x, path)
-        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OverflowError) as e:
             if isinstance(e, CheckpointCorruptError):
                 raise
             raise _corrupt(path, f"malformed {marker} entry {str(x)[:200]} ({e})") from e

@@ -14,7 +14,6 @@ and rank checkpoints through this module alone, so they never import torch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any, Mapping
 
 import xxhash
 
+from savegame import jsonread
 from savegame.atomic import fsync_folder as fsync_dir
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
 
@@ -37,6 +37,7 @@ TENSORS, MANIFEST, COMMIT = "tensors.safetensors", "manifest.json", "COMMIT"
 # being deleted. None is listed as a checkpoint; remove_stale_temps cleans them up.
 TEMP = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old|del)-(?P<pid>\d+)-[0-9a-f]+$")
 SET_ASIDE = ("corrupt", "superseded")
+_NAME = re.compile(r"^step-\d{6,}$")  # a checkpoint's own folder name (checkpoint_dirname)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,34 @@ def _not_savegame(path: Path) -> FormatVersionError:
     return FormatVersionError(f"{path} is a file; a savegame checkpoint is a folder holding {MANIFEST}.")
 
 
+def member(folder: Path, name: Any) -> Path:
+    """``folder / name`` for a file name a checkpoint records: a plain name inside the folder, and
+    not a symbolic link out of it. A checkpoint folder from someone else is read like an attacker's:
+    nothing outside it is ever opened (``../x``, ``/etc/passwd``, a link to your own files).
+
+    >>> member(Path("ckpt"), "tensors.safetensors")
+    PosixPath('ckpt/tensors.safetensors')
+    >>> member(Path("ckpt"), "../secret")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    savegame.errors.CheckpointCorruptError: ckpt/manifest.json names the file '../secret'...
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise CheckpointCorruptError(
+            f"{folder / MANIFEST} names the file {str(name)[:200]!r}, which is not a plain file name inside "
+            "the checkpoint folder: savegame reads nothing outside a checkpoint. The manifest was altered; "
+            "use another checkpoint.")
+    file = folder / name
+    if os.path.islink(file):
+        target = os.path.realpath(file)
+        if os.path.commonpath([target, os.path.realpath(folder)]) != os.path.realpath(folder):
+            raise CheckpointCorruptError(
+                f"{file} is a symbolic link to {target}, outside the checkpoint folder: savegame reads nothing "
+                "outside a checkpoint. If you made the link, copy the file in instead (cp -L); else use "
+                "another checkpoint.")
+    return file
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read and validate ``manifest.json`` of a committed checkpoint (checked against ``COMMIT``).
 
@@ -137,10 +166,14 @@ def read_manifest(path: str | os.PathLike) -> dict:
                                      "use another checkpoint.")
     if not (path / MANIFEST).is_file():
         raise FormatVersionError(f"{path} is not a savegame checkpoint: it has no {MANIFEST}.")
-    data = (path / MANIFEST).read_bytes()
+    manifest_file = member(path, MANIFEST)
+    if (size := manifest_file.stat().st_size) > jsonread.MAX_BYTES:
+        raise CheckpointCorruptError(f"{manifest_file} has {size:,} bytes, more than any savegame manifest "
+                                     f"({jsonread.MAX_BYTES:,} at most); it is damaged. Use another checkpoint.")
+    data = manifest_file.read_bytes()
     try:
-        manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        manifest = jsonread.loads(data, str(manifest_file))
+    except ValueError:
         manifest = None
     # Check the format first: a newer savegame may also have changed what COMMIT holds.
     if isinstance(manifest, dict) and manifest.get("format") not in (None, FORMAT):
@@ -157,7 +190,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise CheckpointCorruptError(f"{path} is not committed (a save was interrupted): it has no "
                                      f"{COMMIT} file. Use an earlier checkpoint; this one is incomplete.")
     try:
-        recorded = json.loads((path / COMMIT).read_bytes())[MANIFEST]
+        recorded = jsonread.read(member(path, COMMIT), limit=4096)[MANIFEST]
         recorded = FileInfo(size=recorded["size"], hash=recorded["hash"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointCorruptError(f"{path / COMMIT} is damaged ({e}); the checkpoint cannot be "
@@ -170,16 +203,21 @@ def read_manifest(path: str | os.PathLike) -> dict:
             "or damaged; use another checkpoint."
         )
     if not isinstance(manifest, dict) or type(version) is not int or not 1 <= version <= VERSION \
-            or not {"step", "epoch", "files", "state"} <= manifest.keys():
+            or not {"step", "epoch", "files", "state"} <= manifest.keys() \
+            or not isinstance(manifest["files"], dict):
         raise CheckpointCorruptError(f"{path / MANIFEST} is not a valid savegame manifest (version {version!r}; "
                                      f"this savegame reads versions 1 to {VERSION}).")
     return manifest
 
 
-def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
+def list_checkpoints(root: str | os.PathLike, *,
+                     damaged: list[tuple[Path, CheckpointCorruptError]] | None = None) -> list[CheckpointInfo]:
     """The committed checkpoints directly under ``root``, sorted by step, from their manifests
     alone (no tensor hashing). Temp, quarantined and uncommitted folders are skipped; a committed
-    one whose manifest is damaged is skipped with a warning.
+    one whose manifest is damaged is skipped with a warning. With a ``damaged`` list, those go
+    into it instead, as ``(path, error)``, and so does a folder under a checkpoint's own name
+    that lost its ``COMMIT``: the commit protocol gives a folder that name only after its
+    ``COMMIT`` is durable, so only damage makes one.
 
     >>> list_checkpoints("/nonexistent")
     []
@@ -189,9 +227,16 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
         return []
     found = []
     for child in sorted(root.iterdir()):
-        if TEMP.match(child.name) or any(f".{label}" in child.name for label in SET_ASIDE) \
-                or not is_committed(child):
+        if TEMP.match(child.name) or any(f".{label}" in child.name for label in SET_ASIDE):
             continue
+        if not is_committed(child):
+            if damaged is not None and _NAME.match(child.name) and child.is_dir():
+                damaged.append((child, CheckpointCorruptError(
+                    f"{child} has no {COMMIT} file, though a folder gets a checkpoint's name only after its "
+                    f"{COMMIT} is written: the file was lost (or an older savegame, which wrote it "
+                    "after the rename, was interrupted). It cannot be verified; use another checkpoint.")))
+            continue
+        before = folder_identity(child)
         try:
             m = read_manifest(child)
             size = sum(int(e["size"]) for e in m["files"].values())
@@ -199,10 +244,25 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
             found.append(CheckpointInfo(path=child, step=int(m["step"]), epoch=int(m["epoch"]),
                                         metrics=metrics_from_json(m.get("metrics", {})), created=float(m.get("created", 0)),
                                         size=size))
-        except (ValueError, OSError, KeyError, TypeError) as e:
+        except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:  # an altered manifest
+            if folder_identity(child) != before:
+                continue  # deleted or replaced while we read it (the writer's keep policy, a save of
+                # the same step): another process's listing sees it gone or the next one, not damage
+            if damaged is not None and isinstance(e, CheckpointCorruptError):
+                damaged.append((child, e))
+                continue
             warnings.warn(f"Skipping checkpoint {child}: {e}", stacklevel=2)
     return sorted(found, key=lambda c: (c.step, c.created))
 
+
+def folder_identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the folder at ``path`` now, None when nothing is there: a reader compares
+    it before and after a read to tell a folder renamed or replaced meanwhile from a damaged one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def quarantine(path: str | os.PathLike, label: str = "corrupt") -> Path:

@@ -121,7 +121,8 @@ def _refs(tree: Any) -> Iterator[tuple[str, str]]:
     elif type(tree) is dict:
         for marker in ("$tensor", "$ndarray"):
             if marker in tree:
-                yield marker, tree[marker]
+                if isinstance(tree[marker], str):  # else damaged: decoding names it
+                    yield marker, tree[marker]
                 return
         if "$dict" in tree:
             yield from _refs(tree["$dict"])

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from savegame.errors import CheckpointCorruptError
+
 
 def capture_rng() -> dict[str, Any]:
     """The state of every global generator, ready for the checkpoint codec."""
@@ -36,10 +38,16 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Put every generator back to ``state`` (as returned by :func:`capture_rng`)."""
-    random.setstate(_as_python_state(state["python"]))
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Put every generator back to ``state`` (as returned by :func:`capture_rng`); a state that
+    is not one (a damaged or hostile checkpoint) is :class:`CheckpointCorruptError`."""
+    for name, restore in (("python", lambda s: random.setstate(_as_python_state(s))),
+                          ("numpy", np.random.set_state), ("torch", torch.set_rng_state)):
+        try:
+            restore(state[name])
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:
+            raise CheckpointCorruptError(
+                f"the checkpoint's {name} random state is not one ({type(e).__name__}: {str(e)[:200]}); the "
+                "checkpoint was altered or damaged. Use another checkpoint.") from e
     cuda_states = state.get("cuda")
     if cuda_states:
         if not torch.cuda.is_available():

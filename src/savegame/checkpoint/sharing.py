@@ -39,8 +39,9 @@ import torch
 import xxhash
 
 from savegame.checkpoint.codec import SAFETENSORS_DTYPES
-from savegame.checkpoint.layout import TENSORS, read_manifest
+from savegame.checkpoint.layout import TENSORS, FileInfo, read_manifest
 from savegame.checkpoint.tensor_format import _bytes_of, read_header
+from savegame.checkpoint.tensor_hash import hash_file
 from savegame.checkpoint.tensor_set import SHARED_PREFIX, tensor_sources
 
 __all__ = ["StoredTensor", "StoredCheckpoint", "SharedFile", "SharePlan", "fingerprint", "plan_sharing",
@@ -111,6 +112,10 @@ def stored_checkpoint(path: str | os.PathLike) -> StoredCheckpoint | None:
     """Read what the committed checkpoint at ``path`` holds (its manifest and its files' headers);
     None if it records no piece hashes to compare with (written before they were kept), or a
     record that does not match its files (a hand-edited manifest): the next save is then a full one.
+    Each file is hashed whole first (once a process: later saves share with what they wrote): a
+    resume verified only the tensors it read, and a file damaged elsewhere (a stale tensor of a
+    shared file) is left out here, its tensors written again, so a save never links damage into
+    a new checkpoint.
 
     >>> import tempfile, torch
     >>> from pathlib import Path
@@ -127,6 +132,8 @@ def stored_checkpoint(path: str | os.PathLike) -> StoredCheckpoint | None:
         record = entry.get("tensor_hashes")
         if not isinstance(record, dict) or not isinstance(record.get("tensors"), dict):
             return None
+        if hash_file(path / name) != FileInfo(size=entry.get("size"), hash=entry.get("hash")):
+            continue  # damaged: verify names it; the next save writes these tensors anew
         entries, _ = read_header(path / name)
         files[name] = entry
         for tensor in provides if provides is not None else [n for n in entries if n != "__metadata__"]:

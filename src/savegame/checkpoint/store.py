@@ -23,9 +23,9 @@ import torch
 from savegame.checkpoint import codec
 from savegame.checkpoint.commit import Snapshot, persist, plain_metrics, snapshot, write_checkpoint
 from savegame.checkpoint.layout import (COMMIT, FORMAT, MANIFEST, SET_ASIDE, TENSORS, VERSION, CheckpointInfo,
-                                        FileInfo, checkpoint_dirname, delete_checkpoint, is_committed,
-                                        list_checkpoints, metrics_from_json, metrics_to_json, quarantine,
-                                        read_manifest, remove_stale_temps)
+                                        FileInfo, checkpoint_dirname, delete_checkpoint, folder_identity,
+                                        is_committed, list_checkpoints, member, metrics_from_json, metrics_to_json,
+                                        quarantine, read_manifest, remove_stale_temps)
 from savegame.checkpoint.tensor_hash import hash_file
 from savegame.checkpoint.tensor_set import TensorSet
 from savegame.errors import CheckpointCorruptError
@@ -70,13 +70,30 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
     []
     """
     path = Path(path)
+    for _ in range(3):  # again when a save of the same step replaced the folder while we read it
+        before = folder_identity(path)
+        problems = _problems(path)
+        if not problems or folder_identity(path) == before:
+            return problems
+    return problems
+
+
+def _problems(path: Path) -> list[str]:
     try:
         manifest = read_manifest(path)
     except (ValueError, OSError) as e:
         return [str(e)]
     problems = []
-    for name, entry in manifest["files"].items():
-        file = path / name
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        return [f"{path / MANIFEST} records its files as {str(files)[:200]}, not as {{name: {{size, hash}}}}; "
+                "the manifest was altered or damaged."]
+    for name, entry in files.items():
+        try:
+            file = member(path, name)
+        except CheckpointCorruptError as e:
+            problems.append(str(e))
+            continue
         if not file.is_file():
             problems.append(f"{file} is missing.")
             continue

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import xxhash
 
+from savegame import jsonread
 from savegame.checkpoint.codec import SAFETENSORS_DTYPES
 from savegame.checkpoint.layout import FileInfo
 from savegame.errors import CheckpointCorruptError, FormatVersionError
@@ -132,8 +133,8 @@ def _read_header(f: Any, path: Path, size: int) -> tuple[dict[str, Any], int]:
     if n > size - 8:
         raise bad(f"it is truncated: the header alone needs {n + 8} bytes, the file has {size}")
     try:
-        entries = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        entries = jsonread.loads(f.read(n).decode("utf-8"), "its header")
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise bad(f"its header is not valid JSON ({e})") from e
     if not isinstance(entries, dict):
         raise bad("its header is not a JSON object")
@@ -143,7 +144,10 @@ def _read_header(f: Any, path: Path, size: int) -> tuple[dict[str, Any], int]:
             continue
         try:
             dtype, shape, (begin, end) = _CODES[e["dtype"]], e["shape"], e["data_offsets"]
-            ok = all(type(d) is int and d >= 0 for d in shape) and type(begin) is type(end) is int
+            ok = type(shape) is list and all(type(d) is int and d >= 0 for d in shape) \
+                and type(begin) is type(end) is int
+            # torch computes strides as products of the dims: past int64 it cannot make the tensor
+            ok = ok and math.prod(max(d, 1) for d in shape) < 1 << 63
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:

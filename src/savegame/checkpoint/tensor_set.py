@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import torch
 
-from savegame.checkpoint.layout import MANIFEST, TENSORS, FileInfo
+from savegame.checkpoint.layout import MANIFEST, TENSORS, FileInfo, member
 from savegame.checkpoint.tensor_read import TensorFile
 from savegame.errors import CheckpointCorruptError
 
@@ -70,6 +70,7 @@ def tensor_sources(path: Path, manifest: Mapping[str, Any]) -> list[tuple[str, d
                 not isinstance(provides, list) or not all(isinstance(n, str) for n in provides)):
             raise CheckpointCorruptError(f"{path / MANIFEST}: its record of {name} is malformed: "
                                          f"{str(entry)[:200]}. Restore the checkpoint from a backup or use another one.")
+        member(path, name)  # a plain name, no link out of the folder
         if not (path / name).is_file():
             if name == TENSORS:
                 raise CheckpointCorruptError(f"{path / TENSORS} is missing: the checkpoint lost its tensors. "

@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from ..checkpoint.store import verify_checkpoint
+from ..checkpoint.store import list_checkpoints, verify_checkpoint
 from ._common import CliError, print_json
-from .runs import CHECKPOINTS, run_checkpoints, run_dir
+from .runs import CHECKPOINTS, run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         run = run_dir(args.path)
         root = run / CHECKPOINTS
-        targets = [c.path for c in run_checkpoints(run)] if root.is_dir() else []
+        damaged: list = []  # committed ones whose manifest or COMMIT is damaged, or lost COMMIT: verified too
+        targets = sorted([c.path for c in list_checkpoints(root, damaged=damaged)] + [p for p, _ in damaged])
         notes = _uncommitted(root, {t.name for t in targets})
         if not targets:
             raise CliError(f"{run} has no committed checkpoints to verify; "

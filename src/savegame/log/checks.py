@@ -26,6 +26,21 @@ def check_tag(method: str, tag: Any) -> None:
         raise TypeError(f"{method}(): the tag must be a str, got {type(tag).__name__} {tag!r}")
 
 
+def check_subrun(method: str, name: str) -> None:
+    """A sub-run's folder (``add_scalars``' ``<main_tag>_<tag>``, ``add_hparams``' ``run_name``) stays
+    below the run folder: no ``..`` part, no absolute path, no NUL.
+
+    >>> check_subrun("add_scalars", "loss_train/a")
+    >>> check_subrun("add_scalars", "loss_/../../x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: add_scalars(): the sub-run folder 'loss_/../../x' would lie outside the run folder...
+    """
+    if "\0" in name or name.startswith("/") or ".." in name and ".." in name.split("/"):
+        raise ValueError(f"{method}(): the sub-run folder {name[:200]!r} would lie outside the run folder or "
+                         "holds NUL; name it without '..' parts, a leading '/' or NUL (e.g. 'train')")
+
+
 def check_step(method: str, step: Any) -> int:
     """The step as an int (TensorBoard's x axis); None is 0, as in torch's writer."""
     if step is None:

@@ -61,6 +61,8 @@ def subfolder(root: Path, relative: str) -> Path:
     folder removed under a running writer stays removed (the log thread reports the failure)."""
     if not root.is_dir():
         raise RunFolderGone(root)
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:  # the writer's callers check it first
+        raise ValueError(f"the sub-run folder {relative!r} would lie outside {root}")
     folder = root
     for part in Path(relative).parts:
         folder = folder / part

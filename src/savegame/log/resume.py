@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 from ..atomic import replace_file
 from .eventfile import is_our_event_file
+from .records import read_records
 
 DISCARDED = "discarded-logs"
 PROJECTOR_CONFIG = "projector_config.pbtxt"
@@ -64,12 +66,14 @@ def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, aside: Path) -
         relative = path.relative_to(run_dir).as_posix()
         keep = sizes.get(relative, 0)
         size = path.stat().st_size
-        if keep > size:
-            raise ValueError(
-                f"{path} holds {size} bytes but the checkpoint recorded {keep}: the file was cut or "
-                "replaced outside savegame. Restore it, or move it away to let the run start new "
-                "log files.")
         target = aside / relative.replace("tfevents", "discarded")
+        if keep > size:  # cut or damaged outside savegame: keep what is whole, the run goes on
+            recorded, keep = keep, sum(16 + len(r) for r in read_records(path.read_bytes()))
+            warnings.warn(
+                f"{path} holds {size} bytes but the checkpoint recorded {recorded}: the file was cut or "
+                f"damaged outside savegame. Kept its first {keep} bytes (every whole record), moved the rest "
+                f"to {target}; the steps logged past that are missing from the curves. To get them back, "
+                "restore the file from a backup before the run starts.", stacklevel=2)
         if keep == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)

@@ -48,7 +48,7 @@ from typing import Any, Callable
 from ..errors import LogWriteError, WriterClosedError
 from . import lifecycle
 from ._writer_base import _CLOSED, _OPEN, _SILENT, _summary, _when_open
-from .checks import check_step, check_tag, check_walltime
+from .checks import check_step, check_subrun, check_tag, check_walltime
 from .host import resolve, scalar_on_host, tensor_on_host
 from .worker import Job, LogWorker
 from .writer_kinds import SummaryKinds, _read_projector_config
@@ -201,6 +201,7 @@ class SummaryWriter(SummaryKinds):
         walltime = time.time() if walltime is None else check_walltime("add_scalars", walltime)
         prefix = main_tag.replace("/", "_") + "_"
         for tag, value in tag_scalar_dict.items():
+            check_subrun("add_scalars", prefix + str(tag))
             self._queue.append((prefix + str(tag), main_tag, scalar_on_host(value, main_tag), step, walltime))
 
     @_when_open

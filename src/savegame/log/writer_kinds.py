@@ -16,7 +16,7 @@ from typing import Any
 
 from ..optional import require
 from ._writer_base import _summary, _when_open
-from .checks import check_audio, check_histogram, check_image, check_same_length, check_step
+from .checks import check_audio, check_histogram, check_image, check_same_length, check_step, check_subrun
 from .convert import (default_bins, embedding_folder_name, maybe_numpy, summary_event, to_list,
                       to_numpy, to_tensor)
 from .eventfile import subfolder
@@ -190,6 +190,7 @@ class SummaryKinds:
                             f"{type(hparam_dict).__name__} and {type(metric_dict).__name__}")
         experiment, start, end = _summary().hparams(hparam_dict, metric_dict, hparam_domain_discrete)
         if run_name:
+            check_subrun("add_hparams", str(run_name))
             self._job("add_hparams()", global_step, None, file_key=run_name, build=lambda: [
                 summary_event(experiment), summary_event(start), summary_event(end)])
         elif not self._hparams_logged:

@@ -53,7 +53,9 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, *, storage: str | None = None, w
     _tell_workers(children, GO)
     last = None
     try:
-        while any(child.poll() is None for child in children):
+        # every child polled (not any()'s first alive one): a dead worker is reaped at once, or
+        # its zombie's pid looks alive and its trial is never taken back (worker._orphaned)
+        while [child.poll() for child in children].count(None):
             now = summary(study, spec)
             if now != last:
                 say(*now)

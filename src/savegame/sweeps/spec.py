@@ -30,6 +30,10 @@ __all__ = ["SweepSpec", "Param", "SpecError", "parse_spec", "load_spec", "spec_f
 SAMPLERS = ("grid", "random", "tpe", "cmaes")  # Optuna's
 PRUNERS = ("none", "median", "asha", "hyperband")  # Optuna's
 TYPES = ("float", "int", "categorical")
+_MAX_NAME = 200  # bytes: a folder name (255 at most on most file systems), with room for suffixes
+_MAX_SPEC = 1_000_000  # bytes of a YAML spec file
+_MAX_GRID = 1_000_000  # values of one parameter the grid sampler may try: more is a step typed wrong
+_MAX_NODES = 100_000  # values in a spec, aliases written out
 KEYS = {"name", "train", "objective", "n_trials", "sampler", "pruner", "space", "seed", "doctor"}
 
 
@@ -64,7 +68,11 @@ class Param:
         if self.step is None:
             raise SpecError(f"space.{name}: the grid sampler needs a finite set of values; give a {self.type} "
                             "parameter a step (e.g. step: 0.01), or make it categorical with choices")
-        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        count = (self.high - self.low) / self.step + 1e-9
+        if not count < _MAX_GRID:
+            raise SpecError(f"space.{name}: the grid sampler would try {count:.3g} values from {self.low:g} to "
+                            f"{self.high:g} in steps of {self.step:g}, more than {_MAX_GRID:,}; use a larger step")
+        count = int(math.floor(count)) + 1
         values = [self.low + i * self.step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else values
 
@@ -119,21 +127,46 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_file() and (size := path.stat().st_size) > _MAX_SPEC:
+            raise SpecError(f"{path} has {size:,} bytes; a sweep spec is a short YAML file (at most {_MAX_SPEC:,})")
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecError(f"cannot read the sweep spec {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path} is not a text file (UTF-8): {error}; a sweep spec is YAML") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SpecError(f"{path} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise SpecError(f"{path} nests its YAML deeper than a sweep spec ever needs; it is not a spec") from None
     if not isinstance(data, Mapping):
         raise SpecError(f"{path} must hold a mapping (train:, objective:, space: ...), not {type(data).__name__}")
+    _check_expansion(data, str(path))
     return parse_spec(data, name=path.stem, where=str(path))
+
+
+def _check_expansion(data: Any, where: str, budget: int = _MAX_NODES) -> None:
+    """Refuse a spec whose values, with aliases (``*name``) written out, exceed ``budget`` nodes:
+    an alias repeats a value without copying it, so a few lines of anchors can stand for a value
+    that fills memory when it is written to sweep.json (a "billion laughs"). The walk stops at the
+    budget, so it never expands the value itself."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > budget:
+            raise SpecError(f"{where}: its values, with the aliases (*name) written out, hold more than {budget:,} "
+                            "items; a sweep spec is small: write it without nested aliases")
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def parse_spec(data: Mapping[str, Any], *, name: str | None = None, where: str = "the sweep spec") -> SweepSpec:
     """Check a spec given as a mapping (the YAML's, or ``sweep()``'s keyword arguments)."""
-    unknown = sorted(set(data) - KEYS)
+    unknown = sorted(map(str, set(data) - KEYS))
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(KEYS))}")
     train = data.get("train")
@@ -168,8 +201,10 @@ def parse_spec(data: Mapping[str, Any], *, name: str | None = None, where: str =
     if not isinstance(doctor, bool):
         raise SpecError(f"doctor: expected true or false, got {doctor!r}")
     spec_name = data.get("name", name)
-    if not isinstance(spec_name, str) or not spec_name or "/" in spec_name:
-        raise SpecError(f"name: expected a folder name without '/', got {spec_name!r}")
+    if not isinstance(spec_name, str) or not spec_name or "/" in spec_name or "\0" in spec_name \
+            or spec_name in (".", "..") or len(spec_name.encode("utf-8", "surrogateescape")) > _MAX_NAME:
+        raise SpecError(f"name: expected a folder name (not . or .., without '/' or NUL, at most {_MAX_NAME} "
+                        f"bytes: sweeps/<name> is its folder), got {str(spec_name)[:300]!r}")
     spec = SweepSpec(name=spec_name, train=train, metric=metric, direction=direction, use=use, n_trials=n_trials,
                      sampler=sampler, pruner=pruner, space=space, constants=constants, seed=seed, doctor=doctor)
     if sampler == "grid":
@@ -178,11 +213,18 @@ def parse_spec(data: Mapping[str, Any], *, name: str | None = None, where: str =
     return spec
 
 
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)  # float(number): an int past 1e308 overflows
+    except OverflowError:
+        return False
+
+
 def _objective(value: Any) -> tuple[str, str, str]:
     if not isinstance(value, Mapping) or "metric" not in value:
         raise SpecError("objective: expected {metric: <a tag you log, e.g. acc/val>, direction: minimize|maximize}, "
                         f"got {value!r}")
-    unknown = sorted(set(value) - {"metric", "direction", "use"})
+    unknown = sorted(map(str, set(value) - {"metric", "direction", "use"}))
     if unknown:
         raise SpecError(f"objective: unknown field(s) {', '.join(unknown)}; the fields are metric, direction, use")
     metric = value["metric"]
@@ -205,7 +247,7 @@ def _param(key: str, value: Mapping[str, Any]) -> Param:
     if kind not in TYPES:
         raise SpecError(f"{where}.type: expected one of {', '.join(TYPES)}, got {kind!r}")
     allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(map(str, set(value) - allowed))
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)} for a {kind} parameter; "
                         f"its fields are {', '.join(sorted(allowed))}")
@@ -220,7 +262,7 @@ def _param(key: str, value: Mapping[str, Any]) -> Param:
     bounds = []
     for bound in ("low", "high"):
         number = value.get(bound)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not _finite(number):
             raise SpecError(f"{where}.{bound}: expected a finite number, got {number!r}")
         if kind == "int" and not float(number).is_integer():
             raise SpecError(f"{where}.{bound}: an int parameter needs whole bounds, got {number!r}")

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .. import jsonread
 from ..atomic import replace_file
 from ..errors import SavegameError
 from ..optional import require
@@ -96,8 +97,9 @@ def open_storage(url: str) -> Any:
 def open_study(sweep_dir: Path, spec: SweepSpec, *, storage: str | None = None, allow_changes: bool = False,
                worker: int = 0) -> Any:
     """Create or load the study of ``sweep_dir`` for ``spec`` (checking it against the recorded one).
-    ``worker`` numbers the process among several: each seeds its sampler with ``seed + worker``, or
-    workers with one seed would all sample the same parameters."""
+    ``worker`` numbers the process among several: the grid and CMA-ES samplers are seeded with
+    ``seed + worker``, or workers with one seed would all sample the same parameters (the random
+    and TPE samplers are seeded by trial number instead: :func:`make_sampler`)."""
     optuna = optuna_module()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(sweep_dir, storage)
@@ -118,15 +120,43 @@ def load_study(sweep_dir: Path, *, storage: str | None = None) -> Any:
 
 
 def make_sampler(spec: SweepSpec, worker: int = 0) -> Any:
+    """The spec's sampler. With a seed, the random and TPE samplers are seeded again before each
+    trial from the seed and the trial's number (:func:`_seeded_by_trial`); the others get
+    ``seed + worker``."""
     optuna = optuna_module()
     seed = spec.seed + worker if spec.seed is not None else None
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler({k: p.grid(k) for k, p in spec.space.items()}, seed=seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed)
+    base = optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler
+    return base(seed=None) if spec.seed is None else _seeded_by_trial(base)(seed=spec.seed)
+
+
+def _seeded_by_trial(base: type) -> type:
+    """``base`` (Optuna's RandomSampler or TPESampler) with its random state seeded from ``seed``
+    and the trial's number before each trial. One seed in every process made two processes on
+    one study (two ``sweep run``, machines on one ``--storage``) draw the same parameters for
+    their trials; now trial n draws the same ones whichever process takes it, and no two draw
+    alike."""
+
+    class TrialSeeded(base):
+        def __init__(self, *, seed: int) -> None:
+            super().__init__(seed=seed)
+            self._savegame_seed = seed
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            import numpy
+
+            # the two numbers mixed (SeedSequence): consecutive seeds' first draws stay apart
+            seed = int(numpy.random.SeedSequence([self._savegame_seed, trial.number]).generate_state(1)[0])
+            self._rng.rng.seed(seed)
+            if hasattr(self, "_random_sampler"):  # TPE's first trials come from its own RandomSampler
+                self._random_sampler._rng.rng.seed(seed)
+            super().before_trial(study, trial)
+
+    TrialSeeded.__name__ = TrialSeeded.__qualname__ = base.__name__
+    return TrialSeeded
 
 
 def make_pruner(spec: SweepSpec) -> Any:
@@ -138,7 +168,7 @@ def make_pruner(spec: SweepSpec) -> Any:
 def read_record(sweep_dir: Path) -> dict[str, Any]:
     """What ``sweep.json`` records (name, spec, n_trials, storage), or {} before the first run."""
     try:
-        data = json.loads((sweep_dir / SPEC_FILE).read_text())
+        data = jsonread.read(sweep_dir / SPEC_FILE)
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:

@@ -6,8 +6,8 @@ storage, the study). Each worker imports all that, then waits for one line on st
 the study is open, anything else (or the parent gone: end of file) to exit at once, in silence,
 since the parent reports why. Then it reads the spec the sweep folder recorded, the storage URL
 from ``SAVEGAME_SWEEP_STORAGE`` (else the folder's journal), its number among the workers from
-``SAVEGAME_SWEEP_WORKER`` (its sampler's seed is the spec's plus it) and its torch thread count
-from ``SAVEGAME_SWEEP_THREADS``, and runs the worker loop (``worker.work``) on the shared study.
+``SAVEGAME_SWEEP_WORKER`` (a grid or CMA-ES sampler is seeded with the spec's seed plus it) and
+its torch thread count from ``SAVEGAME_SWEEP_THREADS``, and runs the worker loop (``worker.work``) on the shared study.
 """
 
 from __future__ import annotations

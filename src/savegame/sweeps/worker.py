@@ -6,9 +6,9 @@ same loop on one study:
 
 1. **Take back the orphans.** A trial left ``RUNNING`` by a dead process goes back to
    ``WAITING``, keeping its number, parameters and the pruner's intermediate values. On this
-   machine a trial is orphaned the moment its folder's lock is free (the kernel drops the lock of a
-   process that dies, even by SIGKILL); on another machine, once its heartbeat (written every 10 s
-   into the study) is older than ``grace`` seconds.
+   machine a trial is orphaned once its folder's lock is free (the kernel drops the lock of a
+   process that dies, even by SIGKILL) and its process is gone; on another machine, once its
+   heartbeat (written every 10 s into the study) is older than ``grace`` seconds.
 2. **Take a trial.** ``study.ask()`` pops a waiting trial first (Optuna's own compare-and-set, so
    two workers never pop the same one), else starts a new one while fewer than ``n_trials``
    exist. The trial runs in ``trials/trial-NNNN``; a popped orphan resumes there from its last
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..checkpoint.layout import pid_alive
 from ..errors import RunLockedError
 from ..lock import RunLock
 from .spec import SweepSpec
@@ -103,7 +104,10 @@ def requeue_orphans(study: Any, *, grace: float = GRACE_SECONDS) -> list[int]:
         fresh = storage.get_trial(trial._trial_id)  # read again: another worker may have taken it meanwhile
         if fresh.state != optuna.trial.TrialState.RUNNING or not _orphaned(fresh, grace):
             continue
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.WAITING)
+        try:
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.WAITING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it ended meanwhile (its process on another machine was slow, not dead)
         taken.append(trial.number)
     return taken
 
@@ -115,7 +119,11 @@ def _orphaned(trial: Any, grace: float) -> bool:
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > grace
     if owner.get("host") == socket.gethostname():
-        return _folder_free(Path(trial.system_attrs.get(DIR, "")))
+        # both: the lock is free from the moment the run ends, before its process tells the study
+        # how it ended; taken back then, the trial was run again (or its process crashed on "Cannot
+        # tell a WAITING trial")
+        pid = owner.get("pid")
+        return _folder_free(Path(trial.system_attrs.get(DIR, ""))) and not (isinstance(pid, int) and pid_alive(pid))
     beat = trial.system_attrs.get(HEARTBEAT, owner.get("since", now))
     return now - float(beat) > grace
 
