@@ -312,3 +312,29 @@ def test_a_report_of_a_sweep_with_one_complete_trial_says_why_there_are_no_impor
     run_sweep(tmp_path, n_trials=1)
     cli("report", "sw", "-o", "report.html", cwd=tmp_path)
     assert "No parameter importances: they need at least 2 completed trials" in (tmp_path / "report.html").read_text()
+
+
+def test_a_sweep_killed_holding_the_journal_lock_does_not_block_the_next_one(tmp_path):
+    """The kill storm found it: Optuna's symlink lock outlived a SIGKILLed holder, and the next
+    sweep spun on it forever. The kernel drops savegame's record lock with its holder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from savegame.sweeps.study import open_storage
+
+    journal = tmp_path / "sweeps" / "s" / "study.journal"
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom savegame.sweeps.study import _journal_lock\n"
+            "_journal_lock(Path(sys.argv[1])).acquire()\nprint('held', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    journal.parent.mkdir(parents=True)
+    holder = subprocess.run([sys.executable, "-c", code, str(journal)], capture_output=True, text=True, timeout=60)
+    assert holder.stdout == "held\n" and holder.returncode == -signal.SIGKILL
+    started = time.monotonic()
+    optuna.create_study(study_name="s", storage=open_storage(f"journal:{journal}")).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert time.monotonic() - started < 20  # neither Optuna's 30 s grace period nor forever
+    assert len(optuna.load_study(study_name="s", storage=open_storage(f"journal:{journal}")).trials) == 2

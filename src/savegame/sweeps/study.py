@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,40 @@ def storage_url(sweep_dir: Path, url: str | None) -> str:
     return f"journal:{sweep_dir / JOURNAL}"
 
 
+def _journal_lock(journal: Path) -> Any:
+    """The journal file's lock: a POSIX record lock on ``<journal>.flock``, which the kernel
+    drops when its holder dies. Optuna's default, a symlink made and removed, outlives a
+    SIGKILLed holder: the next sweep waited 30 s for it, or forever (a busy loop) when the
+    journal's path was relative, as Optuna's stale-lock check then stats a link that resolves
+    nowhere. A thread lock inside keeps threads of one process apart (POSIX locks do not). It
+    has the two methods the backend calls (Optuna does not export its lock base class)."""
+    import fcntl
+    import threading
+
+    class KernelLock:
+        def __init__(self, path: str) -> None:
+            self._path, self._fd, self._threads = path, None, threading.Lock()
+
+        def acquire(self) -> bool:
+            self._threads.acquire()
+            try:
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._threads.release()
+                raise
+            self._fd = fd
+            return True
+
+        def release(self) -> None:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)  # closing drops the kernel's lock
+                self._threads.release()
+
+    return KernelLock(f"{journal}.flock")
+
+
 def hide_password(url: str) -> str:
     """``url`` fit for a message or a file: its password replaced by ``***``."""
     return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
@@ -84,7 +119,7 @@ def open_storage(url: str) -> Any:
 
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=_journal_lock(path)))
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as error:  # sqlalchemy's OperationalError, a missing driver, a bad URL
