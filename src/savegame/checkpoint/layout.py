@@ -245,7 +245,8 @@ def list_checkpoints(root: str | os.PathLike, *,
                                         metrics=metrics_from_json(m.get("metrics", {})), created=float(m.get("created", 0)),
                                         size=size))
         except (ValueError, OSError, KeyError, TypeError, AttributeError) as e:  # an altered manifest
-            if folder_identity(child) != before:
+            now = folder_identity(child)
+            if now is None or now != before:
                 continue  # deleted or replaced while we read it (the writer's keep policy, a save of
                 # the same step): another process's listing sees it gone or the next one, not damage
             if damaged is not None and isinstance(e, CheckpointCorruptError):

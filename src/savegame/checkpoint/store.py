@@ -15,6 +15,7 @@ tensor([1., 1.])
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,21 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True, map_locatio
     {'t': (1, 2)}
     """
     path = Path(path)
+    for attempt in range(3):  # again when a save of the same step replaced the folder while we read it
+        before = folder_identity(path)
+        try:
+            return _read(path, verify, map_location)
+        except (CheckpointCorruptError, OSError):
+            now = folder_identity(path)
+            if now is None:  # between the two renames of a same-step save, or deleted: look again
+                time.sleep(0.01)
+                now = folder_identity(path)
+            if attempt == 2 or now in (before, None):
+                raise  # damaged (or gone) for real: the folder is the one we started reading
+    raise AssertionError("unreachable")
+
+
+def _read(path: Path, verify: bool, map_location: Any) -> tuple[Any, dict]:
     manifest = read_manifest(path)
     with TensorSet(path, manifest, verify=verify) as files:
         tensors = files.read(dict.fromkeys(files.names))
