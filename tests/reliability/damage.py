@@ -99,6 +99,18 @@ def _open_run(folder: Path) -> savegame.Run:
     return savegame.Run(folder, save=savegame.Always(), keep=savegame.KeepAll(), handle_signals=False)
 
 
+def cut_or_flip(path: Path, kind: str, at: int, bit: int) -> None:
+    """Truncate ``path`` to ``at`` bytes (``kind`` "cut"), or flip bit ``bit`` of its byte ``at``."""
+    if kind == "cut":
+        os.truncate(path, at)
+        return
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ (1 << bit)]))
+
+
 def make_run(folder: Path) -> dict[int, Any]:
     """Train the base run in ``folder``: saves at steps 1..STEPS (the frozen layer is changed in
     place before the save of step 3: steps 1-2 share step 1's file, 3-6 step 3's), then
@@ -179,14 +191,8 @@ class Damage:
         path = run_dir / "checkpoints" / f"step-{self.step:06d}" / self.file
         if self.kind == "delete":
             path.unlink()
-        elif self.kind == "cut":
-            os.truncate(path, self.at)
         else:
-            with open(path, "r+b") as f:
-                f.seek(self.at)
-                byte = f.read(1)[0]
-                f.seek(self.at)
-                f.write(bytes([byte ^ (1 << self.bit)]))
+            cut_or_flip(path, self.kind, self.at, self.bit)
         return path
 
     def __str__(self) -> str:
@@ -552,15 +558,7 @@ def damaged_event_files(workdir: Path, scale: str, seed: int) -> Tally:
     for i, damage in enumerate(damages):
         run_dir = Path(workdir) / f"events-{i:04d}" / "run"
         shutil.copytree(base, run_dir)
-        path = run_dir / event_file.name
-        if damage.kind == "cut":
-            os.truncate(path, damage.at)
-        else:
-            with open(path, "r+b") as f:
-                f.seek(damage.at)
-                byte = f.read(1)[0]
-                f.seek(damage.at)
-                f.write(bytes([byte ^ (1 << damage.bit)]))
+        cut_or_flip(run_dir / event_file.name, damage.kind, damage.at, damage.bit)
         tally.tried += 1
         label = str(damage)
         _check_event_readers(run_dir, label, tally)
