@@ -56,13 +56,20 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True, map_locatio
         try:
             return _read(path, verify, map_location)
         except (CheckpointCorruptError, OSError):
-            now = folder_identity(path)
-            if now is None:  # between the two renames of a same-step save, or deleted: look again
-                time.sleep(0.01)
-                now = folder_identity(path)
-            if attempt == 2 or now in (before, None):
+            if attempt == 2 or not _replaced_since(path, before):
                 raise  # damaged (or gone) for real: the folder is the one we started reading
     raise AssertionError("unreachable")
+
+
+def _replaced_since(path: Path, before: tuple[int, int] | None) -> bool:
+    """Whether another folder stands at ``path`` than the one whose identity was ``before``: a
+    save of the same step replaced it while a reader read it. Between that save's two renames
+    nothing is there for a moment, so an empty path is looked at again 10 ms later."""
+    now = folder_identity(path)
+    if now is None:
+        time.sleep(0.01)
+        now = folder_identity(path)
+    return now is not None and now != before
 
 
 def _read(path: Path, verify: bool, map_location: Any) -> tuple[Any, dict]:
@@ -86,12 +93,12 @@ def verify_checkpoint(path: str | os.PathLike) -> list[str]:
     []
     """
     path = Path(path)
-    for _ in range(3):  # again when a save of the same step replaced the folder while we read it
+    for attempt in range(3):  # again when a save of the same step replaced the folder while we read it
         before = folder_identity(path)
         problems = _problems(path)
-        if not problems or folder_identity(path) == before:
+        if not problems or attempt == 2 or not _replaced_since(path, before):
             return problems
-    return problems
+    raise AssertionError("unreachable")
 
 
 def _problems(path: Path) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2
 
 from ..errors import RunFolderGoneError
+from .checks import check_subrun
 from .records import frame
 
 # Our files end in ".savegame" (before the user's filename_suffix): a resume only ever cuts back or
@@ -61,8 +62,7 @@ def subfolder(root: Path, relative: str) -> Path:
     folder removed under a running writer stays removed (the log thread reports the failure)."""
     if not root.is_dir():
         raise RunFolderGone(root)
-    if Path(relative).is_absolute() or ".." in Path(relative).parts:  # the writer's callers check it first
-        raise ValueError(f"the sub-run folder {relative!r} would lie outside {root}")
+    check_subrun(f"the log thread for {root}", relative)  # the writer's callers checked it already
     folder = root
     for part in Path(relative).parts:
         folder = folder / part
