@@ -36,7 +36,9 @@ def check_subrun(method: str, name: str) -> None:
     ...
     ValueError: add_scalars(): the sub-run folder 'loss_/../../x' would lie outside the run folder...
     """
-    if "\0" in name or name.startswith("/") or ".." in name and ".." in name.split("/"):
+    from .eventfile import outside_run
+
+    if outside_run(name):
         raise ValueError(f"{method}(): the sub-run folder {name[:200]!r} would lie outside the run folder or "
                          "holds NUL; name it without '..' parts, a leading '/' or NUL (e.g. 'train')")
 

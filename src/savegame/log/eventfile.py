@@ -23,7 +23,6 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2
 
 from ..errors import RunFolderGoneError
-from .checks import check_subrun
 from .records import frame
 
 # Our files end in ".savegame" (before the user's filename_suffix): a resume only ever cuts back or
@@ -57,12 +56,23 @@ class RunFolderGone(RunFolderGoneError):
                          "was open); what is logged into it is lost, and savegame does not recreate it")
 
 
+def outside_run(relative: str) -> bool:
+    """Whether a sub-run folder name would lie outside its run folder (a ``..`` part, a leading
+    ``/``) or holds NUL, which no file name may.
+
+    >>> outside_run("loss_train/a"), outside_run("loss_/../../x"), outside_run("/abs")
+    (False, True, True)
+    """
+    return "\0" in relative or relative.startswith("/") or ".." in relative.split("/")
+
+
 def subfolder(root: Path, relative: str) -> Path:
     """``root / relative``, making the folders below ``root`` but never ``root`` itself: a run
     folder removed under a running writer stays removed (the log thread reports the failure)."""
     if not root.is_dir():
         raise RunFolderGone(root)
-    check_subrun(f"the log thread for {root}", relative)  # the writer's callers checked it already
+    if outside_run(relative):  # the writer's callers refused it already (log.checks.check_subrun)
+        raise ValueError(f"the sub-run folder {relative!r} would lie outside {root} or holds NUL")
     folder = root
     for part in Path(relative).parts:
         folder = folder / part
