@@ -104,9 +104,10 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tm
     data = bytearray(newest.read_bytes())
     data[-1] ^= 0xFF
     newest.write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match=r"step-000006 is damaged .* moved it to .*step-000006\.corrupt"):
+    with pytest.warns(UserWarning, match=r"step-000006 is damaged .* moved it to .*step-000006\.corrupt") as caught:
         run = savegame.Run(tmp_path, handle_signals=False)
     assert run.step == 4
+    assert caught[0].filename == __file__  # shown at the user's Run(...) line
     run.finish()
     assert (tmp_path / "checkpoints" / "step-000006.corrupt").is_dir()
 
@@ -174,9 +175,10 @@ def test_a_second_process_on_the_same_folder_gets_a_clear_error(tmp_path):
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "LOCK").write_text(json.dumps({"pid": int(dead.stdout), "host": "h"}))
-    with pytest.warns(UserWarning, match=f"stale lock .* left by pid {int(dead.stdout)}"):
+    with pytest.warns(UserWarning, match=f"stale lock .* left by pid {int(dead.stdout)}") as caught:
         run = savegame.Run(tmp_path, handle_signals=False)
     run.finish()
+    assert caught[0].filename == __file__  # the user's line, not savegame's lock or ranks module
 
 
 def test_a_resume_argument_of_the_wrong_kind_is_refused():

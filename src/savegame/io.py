@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,6 +32,7 @@ from savegame.checkpoint.restore_plan import load_planned, plan_load
 from savegame.checkpoint.tensor_read import read_tensors
 from savegame.checkpoint.tensor_write import write_tensors
 from savegame.errors import CheckpointCorruptError, FormatVersionError, StateMismatchError
+from savegame.messages import warn
 
 __all__ = ["save", "load", "import_weights", "export_weights"]
 
@@ -99,7 +99,7 @@ def save(
 
 def load_into(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool) -> None:
     """Check everything first, then load: a mismatch leaves every object untouched."""
-    for name, obj, keys in plan_load(source, state, into, strict=strict, stacklevel=3):
+    for name, obj, keys in plan_load(source, state, into, strict=strict):
         load_planned(source, name, obj, state[name], keys, strict=strict)
 
 
@@ -273,7 +273,7 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     weights = {k: v for k, v in state[key].items() if isinstance(v, torch.Tensor)}
     skipped = [k for k in state[key] if k not in weights]
     if skipped:
-        warnings.warn(f"export_weights: {skipped} under {key!r} are not tensors and were left out.", stacklevel=2)
+        warn(f"export_weights: {skipped} under {key!r} are not tensors and were left out.")
     metadata = {"format": "pt", "source": str(checkpoint_path), "key": key, "step": str(manifest["step"])}
     with replacing(out_path) as temp:  # readers never see a half-written export
         write_tensors(temp, weights, metadata=metadata)

@@ -21,10 +21,10 @@ import json
 import os
 import socket
 import time
-import warnings
 from pathlib import Path
 
 from .errors import RunFolderGoneError, RunLockedError
+from .messages import warn
 
 _HELD_HERE: set[str] = set()  # lock files this process holds (POSIX locks never conflict within one)
 
@@ -58,10 +58,9 @@ class RunLock:
         previous = _read_holder(fd)
         if previous and previous.get("pid") != os.getpid():
             # The kernel released the old lock, so its owner is gone: this is a stale lock.
-            warnings.warn(
+            warn(
                 f"taking over the stale lock {self.path} left by {_describe(previous)}, "
                 "which is no longer running",
-                stacklevel=3,
             )
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
         # written over the old words, then cut to length: a reader never finds the file empty

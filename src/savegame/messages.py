@@ -1,4 +1,5 @@
-"""The one-line notices a run prints (it resumed, it had finished, how to resume), via ``logging``.
+"""The one-line notices a run prints (it resumed, it had finished, how to resume), via ``logging``;
+and :func:`warn`, which points a warning at the user's line rather than at savegame's.
 
 They go to the ``"savegame"`` logger at INFO. When the program has configured no logging at all,
 the first notice adds a handler that prints ``savegame: <message>`` to stderr, so a user sees
@@ -19,6 +20,7 @@ import os
 import shlex
 import shutil
 import sys
+import warnings
 from typing import Sequence
 
 logger = logging.getLogger("savegame")
@@ -33,6 +35,28 @@ def notice(message: str) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False  # the root logger has no handler: nothing else would print it
     logger.info(message)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn(message, category)``, shown at the first caller outside savegame: the line
+    of the user's script that led to it (``run.track(...)``, ``with Run(...)``), however deep in
+    savegame it was found. A hand-counted ``stacklevel`` breaks whenever a call path changes
+    (Python 3.12's ``skip_file_prefixes`` does this, but we support 3.10).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn("the learning rate is 0")
+    >>> caught[0].filename.startswith(_PACKAGE)  # here: the doctest's own line
+    False
+    """
+    frame, level = sys._getframe(1), 2  # level 1 would be this function's own line
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class _Stderr(logging.StreamHandler):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import warnings
 from types import FrameType
+
+from .messages import warn
 
 
 class PreemptionGuard:
@@ -35,10 +36,9 @@ class PreemptionGuard:
         if self._previous:
             return
         if threading.current_thread() is not threading.main_thread():
-            warnings.warn(
+            warn(
                 "savegame.Run was created outside the main thread, so SIGTERM/Ctrl-C cannot be "
                 "turned into a clean save-and-exit; a kill loses the work since the last checkpoint",
-                stacklevel=3,
             )
             return
         for number in self.SIGNALS:

@@ -23,12 +23,12 @@ group (:class:`~savegame.distributed.Coordinator`):
 from __future__ import annotations
 
 import pickle
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .distributed import Coordinator, world
 from .errors import DistributedNotSupportedError
+from .messages import warn
 
 T = TypeVar("T")
 
@@ -124,11 +124,10 @@ class Ranks:
         rank it lacks takes rank 0's, and rank 0 warns."""
         saved_size = int(run_state.get("world_size", 1))
         if saved_size != self.size and self.leads:
-            warnings.warn(
+            warn(
                 f"this checkpoint was saved by {saved_size} process(es) and resumes in {self.size}: the tracked "
                 "state and the step resume, but the random state and data position of a rank the checkpoint lacks "
-                "are rank 0's, so the data order is not the one an uninterrupted run would have had",
-                stacklevel=4)
+                "are rank 0's, so the data order is not the one an uninterrupted run would have had")
         if self.rank == 0:
             return run_state
         own = (run_state.get("ranks") or {}).get(str(self.rank))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from .checkpoint.layout import CheckpointInfo, metrics_from_json, quarantine
 from .checkpoint.restore import CheckpointReader
 from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
 from .folder import RunFolder
+from .messages import warn
 from .runinfo import config_as_json, config_changes, new_run_info
 
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
@@ -130,9 +130,9 @@ class Resumption:
         for checkpoint in superseded:
             quarantine(checkpoint.path, "superseded")
         if superseded:
-            warnings.warn(f"resuming {self.run_dir} from step {self.chosen.checkpoint.step}: its later checkpoints "
-                          f"(steps {[c.step for c in superseded]}) are renamed *.superseded; they are "
-                          "kept, but no longer resumed from", stacklevel=5)
+            warn(f"resuming {self.run_dir} from step {self.chosen.checkpoint.step}: its later checkpoints "
+                 f"(steps {[c.step for c in superseded]}) are renamed *.superseded; they are "
+                 "kept, but no longer resumed from")
 
     def close(self) -> None:
         """Release the checkpoint (the loop started: every object is tracked)."""
@@ -153,8 +153,8 @@ def check_resume_argument(resume: Any) -> None:
 def set_aside(path: Path, error: BaseException) -> None:
     """A damaged checkpoint: rename it ``*.corrupt`` (kept for inspection) and say so."""
     moved = quarantine(path)
-    warnings.warn(f"checkpoint {path} is damaged ({error}); moved it to {moved} and "
-                  "falling back to the previous one", stacklevel=5)
+    warn(f"checkpoint {path} is damaged ({error}); moved it to {moved} and "
+         "falling back to the previous one")
 
 
 def _explicit(path: Path, checkpoints: list[CheckpointInfo]) -> Chosen:
@@ -214,17 +214,17 @@ def open_run_info(folder: RunFolder, config: dict[str, Any]) -> tuple[dict[str, 
     changes = config_changes(info.get("config") or {}, config)
     if changes:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-        warnings.warn(
+        warn(
             f"{folder.path}/run.json: the config changed since the last process ({listed}); run.json "
             "records the new values and the change. State restored from the checkpoint (the "
             "optimizer's lr, the schedule ...) keeps its saved values unless you set them again "
-            "after run.track()", stacklevel=5)
+            "after run.track()")
         info.setdefault("config_history", []).append({"time": time.time(), "step": None, "changed": changes})
     if info.get("status") == "stopped":
         best = info.get("best") or {}
         hint = f" To start again from the best checkpoint: Run(..., resume={best['step']})." if best.get("step") else ""
-        warnings.warn(f"{folder.path} was stopped early: {info.get('message')} Resuming from its newest "
-                      f"checkpoint.{hint}", stacklevel=5)
+        warn(f"{folder.path} was stopped early: {info.get('message')} Resuming from its newest "
+             f"checkpoint.{hint}")
     info["config"] = config_as_json(config)
     info["status"], info["message"] = "running", None
     # this process owns the run now: `savegame ls` judges liveness by this pid on this host
@@ -260,5 +260,5 @@ def note_kept_hyperparameters(info: dict[str, Any], changes: dict[str, list[Any]
     info["config_history"][-1].setdefault("kept_from_checkpoint", {}).update(
         {f"{name}.{k}": v for k, v in config_as_json(kept).items()})
     listed = ", ".join(f"{key}={value!r} (config: {changes[key][1]!r})" for key, value in kept.items())
-    warnings.warn(f"the restored {name} goes on with {listed} from {checkpoint}; to use the new value, set "
-                  f"it after run.track(), e.g. for g in {name}.param_groups: g[...] = ...", stacklevel=5)
+    warn(f"the restored {name} goes on with {listed} from {checkpoint}; to use the new value, set "
+         f"it after run.track(), e.g. for g in {name}.param_groups: g[...] = ...")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import sys
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
@@ -42,6 +41,7 @@ from .io import object_kind
 from .log.runlog import RunLog
 from .log.writer import SummaryWriter
 from .messages import notice, rerun_command
+from .messages import warn
 from .preemption import PreemptionGuard
 from .progress import Progress, position
 from .ranks import NO_STOP, STOP_AND_SAVE, STOP_WITHOUT_SAVE, Ranks
@@ -413,7 +413,7 @@ class Run:
         except LogWriteError as error:
             if status != "failed":
                 raise
-            warnings.warn(f"{self.dir}: the logs could not be closed either: {error}", RuntimeWarning, stacklevel=4)
+            warn(f"{self.dir}: the logs could not be closed either: {error}", RuntimeWarning)
 
     def _folder_still_ours(self) -> bool:
         """At finish: False (with a warning) when the run folder was removed or replaced under
@@ -421,7 +421,7 @@ class Run:
         try:
             self._lock.ensure_held(f"its end ({self._info['status']}) is not recorded in run.json")
         except RunFolderGoneError as gone:
-            warnings.warn(str(gone), RuntimeWarning, stacklevel=4)
+            warn(str(gone), RuntimeWarning)
             return False
         return True
 
@@ -466,7 +466,7 @@ class Run:
             self._collect(wait=True)
         except BaseException as error:
             if status == "failed":  # the with-block's own exception goes on; do not hide it
-                warnings.warn(f"{self.dir}: the last background save failed too: {error}", stacklevel=3)
+                warn(f"{self.dir}: the last background save failed too: {error}")
                 return None
             return error
         return None

@@ -65,6 +65,7 @@ def test_a_diverging_run_is_stopped_saved_and_keeps_its_best_checkpoint(tmp_path
     with pytest.warns(DoctorWarning) as caught:  # the verdict, and the NaN / update-ratio findings with it
         run = train(tmp_path / "run", epochs=30, lr_at=lambda epoch: 1e-2 if epoch < 6 else 5.0)
     assert run.should_stop and "diverged" in run.should_stop
+    assert {w.filename for w in caught} == {__file__}  # at the training loop's run.log/save line
     assert run.step < 30 * 8  # stopped early
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "stopped" and "diverged" in info["message"]

@@ -19,7 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ import xxhash
 from savegame import jsonread
 from savegame.atomic import fsync_folder as fsync_dir
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
+from savegame.messages import warn
 
 FORMAT = "savegame.checkpoint"
 VERSION = 2  # the newest manifest version this savegame reads (2: files shared between checkpoints)
@@ -252,7 +252,7 @@ def list_checkpoints(root: str | os.PathLike, *,
             if damaged is not None and isinstance(e, CheckpointCorruptError):
                 damaged.append((child, e))
                 continue
-            warnings.warn(f"Skipping checkpoint {child}: {e}", stacklevel=2)
+            warn(f"Skipping checkpoint {child}: {e}")
     return sorted(found, key=lambda c: (c.step, c.created))
 
 

@@ -33,7 +33,6 @@ import copy
 import random
 import signal
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -41,6 +40,7 @@ import torch
 import xxhash
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..messages import warn
 from .rng import restore_rng
 
 
@@ -140,12 +140,11 @@ class LoaderTracker:
         if self._stateful:
             if plan is not None and plan.loader_state is not None:
                 if getattr(self.loader, "num_workers", 0) > 0:
-                    warnings.warn(
+                    warn(
                         f"{type(self.loader).__name__} restores its position and order but not the "
                         "random state inside its worker processes: random augmentations done in "
                         "workers will differ from the interrupted run. For a bit-identical resume, "
                         "use a plain DataLoader with run.iterate().",
-                        stacklevel=4,
                     )
                 self.loader.load_state_dict(plan.loader_state)
             iterator = iter(self.loader)
@@ -163,11 +162,10 @@ class LoaderTracker:
     def _replay_iterator(self, plan: ResumePlan | None) -> Iterator[Any]:
         # Iterable datasets (and iterables that are not DataLoaders) can only skip by reading.
         if plan is not None and plan.batches:
-            warnings.warn(
+            warn(
                 f"resuming inside an epoch of {type(self.loader).__name__} over an iterable "
                 f"dataset: reading {plan.batches} batches again to reach the saved position. "
                 "Use torchdata's StatefulDataLoader to resume without re-reading.",
-                stacklevel=4,
             )
         return self._begin_pass(plan, lambda: iter(self.loader))
 

@@ -135,7 +135,7 @@ class CheckpointReader:
             raise StateMismatchError(f"{self.path} has no saved value under {missing}; it holds "
                                      f"{', '.join(map(str, self._top))}.")
         shapes, placeholders = self._placeholders([k for k in into if k in self._top])
-        plan = plan_load(str(self.path), {k: shapes.get(k) for k in self._top}, into, strict=strict, stacklevel=3)
+        plan = plan_load(str(self.path), {k: shapes.get(k) for k in self._top}, into, strict=strict)
         used = list(dict.fromkeys(chain((name for name, _, _ in plan), also)))
         needed = set().union(*(self._key_refs[key] for key in used))
         if unknown := sorted(n for n in needed if n not in self._file):

@@ -23,7 +23,6 @@ Two questions, both answered from the manifest and the file's header alone:
 
 from __future__ import annotations
 
-import warnings
 from itertools import chain
 from typing import Any, Iterator, Mapping
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from savegame.checkpoint import codec
 from savegame.errors import CheckpointCorruptError, StateMismatchError
+from savegame.messages import warn
 
 __all__ = ["plan_load", "load_planned"]
 
@@ -69,8 +69,8 @@ def _module_problems(name: str, saved: Any, module: nn.Module) -> tuple[list[str
     return problems, fits
 
 
-def plan_load(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *, strict: bool,
-              stacklevel: int = 2) -> list[tuple[str, Any, list[str] | None]]:
+def plan_load(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *,
+              strict: bool) -> list[tuple[str, Any, list[str] | None]]:
     """Check ``into`` against ``state`` before anything is loaded: ``[(name, object, keys)]``,
     where ``keys`` lists the module keys to load with ``strict=False`` (None: all of it).
 
@@ -97,8 +97,7 @@ def plan_load(source: str, state: Mapping[str, Any], into: Mapping[str, Any], *,
             "\nFix: build the objects exactly as when saving, or pass strict=False to load only what matches."
         )
     if problems:
-        warnings.warn(f"Loading {source} with strict=False skipped:\n  " + "\n  ".join(problems),
-                      stacklevel=stacklevel + 1)
+        warn(f"Loading {source} with strict=False skipped:\n  " + "\n  ".join(problems))
     return plan
 
 

@@ -15,13 +15,13 @@ True
 from __future__ import annotations
 
 import random
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from savegame.errors import CheckpointCorruptError
+from savegame.messages import warn
 
 
 def capture_rng() -> dict[str, Any]:
@@ -51,18 +51,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     cuda_states = state.get("cuda")
     if cuda_states:
         if not torch.cuda.is_available():
-            warnings.warn(
+            warn(
                 "the checkpoint holds CUDA random states but CUDA is not available here; "
                 "GPU randomness (dropout on the GPU) will not continue the saved sequence",
-                stacklevel=2,
             )
             return
         count = torch.cuda.device_count()
         if count != len(cuda_states):
-            warnings.warn(
+            warn(
                 f"the checkpoint holds random states for {len(cuda_states)} CUDA devices but "
                 f"{count} are visible; restoring the first {min(count, len(cuda_states))}",
-                stacklevel=2,
             )
         for index, cuda_state in enumerate(cuda_states[:count]):
             torch.cuda.set_rng_state(cuda_state, index)

@@ -20,7 +20,6 @@ Cost of a skip (CPython 3.11, a noisy 2-core dev box): ``EverySteps`` ~0.1 µs, 
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from savegame.errors import MetricNotFoundError
+from savegame.messages import warn
 
 from ._policy_args import _check_mode, _flat, _positive, _positive_int
 
@@ -227,10 +227,9 @@ class OnImprovement(SavePolicy):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if (state.get("metric"), state.get("mode")) != (self.metric, self.mode):
             if state:
-                warnings.warn(
+                warn(
                     f"{self!r} ignores a saved best for metric {state.get('metric')!r} "
                     f"(mode={state.get('mode')!r}): the policy changed; it starts from no best.",
-                    stacklevel=2,
                 )
             self.best = None
             return

@@ -18,13 +18,13 @@ the best checkpoint, ends the epoch loop, and marks the run ``stopped``.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..messages import warn
 from ._base import FindingRule, Verdict
 from .curves import RunData, Series, _run_info, read_run
 from .diagnosis import Diagnosis
@@ -259,12 +259,12 @@ class LiveDoctor:
 
     def _warn(self, diagnosis: Diagnosis, step: int, new: list[str]) -> None:
         if f"verdict:{diagnosis.verdict}" in new:
-            warnings.warn(f"savegame doctor at step {step:,}: {diagnosis.line()}"
-                          + (f" Suggestion: {diagnosis.suggestions[0]}" if diagnosis.suggestions else ""),
-                          DoctorWarning, stacklevel=5)
+            warn(f"savegame doctor at step {step:,}: {diagnosis.line()}"
+                 + (f" Suggestion: {diagnosis.suggestions[0]}" if diagnosis.suggestions else ""),
+                 DoctorWarning)
         for finding in diagnosis.findings:
             if f"finding:{finding.kind}" in new:
-                warnings.warn(f"savegame doctor at step {step:,}: {finding.message}", DoctorWarning, stacklevel=5)
+                warn(f"savegame doctor at step {step:,}: {finding.message}", DoctorWarning)
 
     def _record(self, diagnosis: Diagnosis, step: int) -> None:
         """A changed verdict or a new finding: into doctor.json and TensorBoard's TEXT tab."""

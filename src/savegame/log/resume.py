@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 
 from ..atomic import replace_file
+from ..messages import warn
 from .eventfile import is_our_event_file
 from .records import read_records
 
@@ -69,11 +69,11 @@ def cut_back_event_files(run_dir: Path, sizes: dict[str, int], *, aside: Path) -
         target = aside / relative.replace("tfevents", "discarded")
         if keep > size:  # cut or damaged outside savegame: keep what is whole, the run goes on
             recorded, keep = keep, sum(16 + len(r) for r in read_records(path.read_bytes()))
-            warnings.warn(
+            warn(
                 f"{path} holds {size} bytes but the checkpoint recorded {recorded}: the file was cut or "
                 f"damaged outside savegame. Kept its first {keep} bytes (every whole record), moved the rest "
                 f"to {target}; the steps logged past that are missing from the curves. To get them back, "
-                "restore the file from a backup before the run starts.", stacklevel=2)
+                "restore the file from a backup before the run starts.")
         if keep == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)

@@ -10,10 +10,10 @@ of its summary for the log thread.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+from ..messages import warn
 from ..optional import require
 from ._writer_base import _summary, _when_open
 from .checks import check_audio, check_histogram, check_image, check_same_length, check_step, check_subrun
@@ -142,8 +142,8 @@ class SummaryKinds:
         except ImportError as error:
             if "moviepy" not in self._warned:
                 self._warned.add("moviepy")
-                warnings.warn(f"SummaryWriter({self.log_dir!r}): {error}. Videos are skipped until then "
-                              "(this warning is shown once per writer).", UserWarning, stacklevel=3)
+                warn(f"SummaryWriter({self.log_dir!r}): {error}. Videos are skipped until then "
+                     "(this warning is shown once per writer).", UserWarning)
             return
         host = tensor_on_host(vid_tensor)
         self._job(f"add_video({tag!r})", global_step, walltime, tag=tag, build=
