@@ -91,6 +91,19 @@ def test_ls_says_crashed_for_a_running_run_whose_process_is_gone(run_dir, capsys
     assert json.loads(out)[0]["status"] == "crashed"
 
 
+def test_ls_lists_a_run_whose_run_json_is_damaged_beside_the_others_and_says_why(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a")
+    make_run(tmp_path / "runs" / "b")
+    (tmp_path / "runs" / "b" / "run.json").write_text('{"format": "savegame.run", "na')
+    code, out, _ = cli(capsys, "ls", "--json", str(tmp_path / "runs"))
+    rows = {Path(r["run"]).name: r for r in json.loads(out)}
+    assert code == 0 and rows["a"]["status"] == "finished" and "problem" not in rows["a"]
+    assert rows["b"]["status"] == "unreadable" and rows["b"]["checkpoints"] == 3
+    assert "b/run.json is not valid JSON" in rows["b"]["problem"] and "resumes from them" in rows["b"]["problem"]
+    code, out, _ = cli(capsys, "ls", str(tmp_path / "runs"))
+    assert code == 0 and "unreadable" in out and "is not valid JSON" in out
+
+
 def test_show_json_has_config_checkpoints_marks_and_resumes(run_dir, capsys):
     code, out, _ = cli(capsys, "show", "--json", str(run_dir))
     shown = json.loads(out)

@@ -112,6 +112,40 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_used(tm
     assert (tmp_path / "checkpoints" / "step-000006.corrupt").is_dir()
 
 
+@pytest.mark.parametrize("damage", ["cut short", "a field of another kind"])
+def test_a_damaged_run_json_is_set_aside_whole_and_the_run_resumes_from_its_checkpoints(tmp_path, damage):
+    _, net = tiny_run(tmp_path, epochs=2, keep=savegame.KeepAll())
+    text = (tmp_path / "run.json").read_text()
+    if damage == "cut short":
+        text = text[: len(text) // 2]
+    else:
+        text = text.replace('"resumes": []', '"resumes": 7')
+    (tmp_path / "run.json").write_text(text)
+    with pytest.warns(UserWarning, match=r"run.json .*damaged.* Moved it to run.json.damaged .* resumes from its checkpoints") as caught:
+        run, resumed = tiny_run(tmp_path, epochs=3, keep=savegame.KeepAll())
+    assert caught[0].filename == __file__
+    assert run.resumed_from.step == 4 and run.step == 6  # the third epoch only
+    assert (tmp_path / "run.json.damaged").read_text() == text  # kept as it was
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "finished" and info["recovered_from"] == "run.json.damaged"
+    assert info["saved_steps"] == [2, 4, 6] and [r["from_step"] for r in info["resumes"]] == [4]
+
+
+def test_a_run_json_of_another_program_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "run.json").write_text('{"experiment": "theirs"}')
+    with pytest.raises(savegame.FormatVersionError, match="not a savegame run file .* a folder of its own"):
+        savegame.Run(tmp_path, handle_signals=False)
+    assert (tmp_path / "run.json").read_text() == '{"experiment": "theirs"}'
+    assert not (tmp_path / "run.json.damaged").exists()
+
+
+def test_a_damaged_run_json_is_reported_by_the_readers_with_what_a_run_would_do(tmp_path):
+    tiny_run(tmp_path)
+    (tmp_path / "run.json").write_text('{"format": "savegame.run", ')
+    with pytest.raises(savegame.FormatVersionError, match="is damaged. Its checkpoints are not: a Run on"):
+        savegame.RunFolder(tmp_path).read_info()
+
+
 def test_tracking_an_object_the_checkpoint_does_not_hold_names_what_it_holds(tmp_path):
     tiny_run(tmp_path)
     with savegame.Run(tmp_path, handle_signals=False) as run:

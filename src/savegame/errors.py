@@ -40,6 +40,11 @@ class FormatVersionError(SavegameError, ValueError):
     """A checkpoint written by a newer savegame, or not a savegame checkpoint at all."""
 
 
+class RunInfoDamagedError(FormatVersionError):
+    """A run folder's ``run.json`` is not what savegame writes (not JSON, cut short, fields of the
+    wrong kind). A ``Run`` sets it aside and resumes from the checkpoints; readers report it."""
+
+
 class NotSerializableError(SavegameError, TypeError):
     """A value in the saved state has a type the pickle-free format cannot hold; names its key path."""
 

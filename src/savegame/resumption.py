@@ -12,14 +12,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .checkpoint.layout import CheckpointInfo, metrics_from_json, quarantine
 from .checkpoint.restore import CheckpointReader
-from .errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, StateMismatchError
+from .errors import (CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError, RunInfoDamagedError,
+                     StateMismatchError)
 from .folder import RunFolder
 from .messages import warn
-from .runinfo import config_as_json, config_changes, new_run_info
+from .runinfo import config_as_json, config_changes, new_run_info, set_aside_run_info
 
 RESERVED = "_savegame"  # the run's own state inside a checkpoint, beside the tracked objects
 
@@ -203,14 +204,26 @@ def kept_hyperparameters(changes: dict[str, list[Any]], param_groups: Any) -> di
     return kept
 
 
-def open_run_info(folder: RunFolder, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def open_run_info(folder: RunFolder, config: dict[str, Any],
+                  checkpoints: Sequence[CheckpointInfo] = ()) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """``run.json`` for a process that opens the run now, and what its config changed: a new one,
     or the existing one marked running by this pid and host, the change named key by key (a
-    warning, and ``config_history``)."""
+    warning, and ``config_history``). A damaged one is set aside (a warning) and replaced by a
+    new one that lists the committed ``checkpoints``' steps as saved."""
     try:
         info = folder.read_info()
     except FileNotFoundError:
         return new_run_info(folder.path.name, config=config), {}
+    except RunInfoDamagedError as error:
+        # run.json is rewritten whole and atomically, so damage is the disk's or a hand's. The
+        # checkpoints hold what a resume needs; refusing would stop every requeued rerun of a job.
+        aside = set_aside_run_info(folder.path)
+        warn(f"{error}. Moved it to {aside.name} and started a new run.json: the run resumes from its "
+             "checkpoints, but the history that file held (earlier resumes, config changes, status) is gone")
+        info = new_run_info(folder.path.name, config=config)
+        info["saved_steps"] = sorted({c.step for c in checkpoints})
+        info["recovered_from"] = aside.name
+        return info, {}
     changes = config_changes(info.get("config") or {}, config)
     if changes:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())

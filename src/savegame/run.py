@@ -154,7 +154,7 @@ class Run:
             self._saver.checkpoints = self.folder.checkpoints(damaged=damaged)
             for path, error in damaged:  # a damaged manifest or COMMIT: set aside as any damaged one
                 set_aside(path, error)   # (a save of the same step would otherwise meet it)
-            self._info, self._config_changes = open_run_info(self.folder, self.config)
+            self._info, self._config_changes = open_run_info(self.folder, self.config, self._saver.checkpoints)
             self._resumption = Resumption(self.dir, self._saver.checkpoints, resume)
             self._apply_run_state()
             self.folder.write_info(self._info)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from . import jsonread
 from .atomic import replace_file
-from .errors import FormatVersionError, PreflightInterrupted
+from .errors import FormatVersionError, PreflightInterrupted, RunInfoDamagedError
 
 RUN_FILE = "run.json"
 FORMAT = "savegame.run"
@@ -74,9 +74,19 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / RUN_FILE).is_file()
 
 
+# The fields a Run changes in place: of another kind, run.json is damaged (or not savegame's).
+_FIELD_KINDS = {"resumes": list, "config_history": list, "saved_steps": list, "best": (dict, type(None)),
+                "name": str, "status": str}
+
+
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """Read and check ``<run_dir>/run.json``; errors name the file and what is wrong."""
+    """Read and check ``<run_dir>/run.json``; errors name the file and what is wrong:
+    :class:`RunInfoDamagedError` for a file savegame could not have written (a ``Run`` sets it
+    aside and goes on from the checkpoints), :class:`FormatVersionError` for one of a newer
+    savegame, or of another program."""
     path = Path(run_dir) / RUN_FILE
+    damaged = (f"; it is damaged. Its checkpoints are not: a Run on {run_dir} sets the file aside "
+               f"and resumes from them")
     try:
         info = jsonread.read(path)
     except FileNotFoundError:
@@ -85,18 +95,37 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
             "Pass the folder given to savegame.Run(...)."
         ) from None
     except ValueError as error:
-        raise FormatVersionError(f"{path} is not valid JSON ({error}); it may be damaged") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise FormatVersionError(f"{path} is not a savegame run file (no \"format\": \"{FORMAT}\")")
+        raise RunInfoDamagedError(f"{path} is not valid JSON ({error})" + damaged) from None
+    if not isinstance(info, dict):
+        raise RunInfoDamagedError(f"{path} holds a JSON {type(info).__name__}, not an object" + damaged)
+    if info.get("format") != FORMAT:
+        raise FormatVersionError(f"{path} is not a savegame run file (no \"format\": \"{FORMAT}\"); if "
+                                 "another program wrote it, give savegame.Run a folder of its own")
     if type(info.get("version", 0)) is not int:
-        raise FormatVersionError(f"{path} has version {str(info.get('version'))[:100]!r}, not a whole number; "
-                                 "it is damaged")
+        raise RunInfoDamagedError(f"{path} has version {str(info.get('version'))[:100]!r}, not a whole number"
+                                  + damaged)
     if info.get("version", 0) > VERSION:
         raise FormatVersionError(
             f"{path} was written by a newer savegame (run format version {info['version']}, "
             f"this one reads up to {VERSION}); upgrade savegame"
         )
+    for field, kind in _FIELD_KINDS.items():
+        if field in info and not isinstance(info[field], kind):
+            raise RunInfoDamagedError(f"{path} has a {type(info[field]).__name__} for {field!r}, where savegame "
+                                      f"writes a {getattr(kind, '__name__', 'dict or null')}" + damaged)
     return info
+
+
+def set_aside_run_info(run_dir: Path) -> Path:
+    """Rename a damaged ``<run_dir>/run.json`` to ``run.json.damaged`` (``.damaged-2`` ... when
+    taken), so nothing is lost and a new one can be written; returns the new path."""
+    path = Path(run_dir) / RUN_FILE
+    aside, n = path.with_name(f"{RUN_FILE}.damaged"), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{RUN_FILE}.damaged-{n}")
+    os.rename(path, aside)
+    return aside
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any], *, durable: bool = True) -> None:

@@ -43,4 +43,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                         where, Text(best_text(row["best"], step=False)), str(row["checkpoints"]),
                         human_size(row["size"]), human_age(row["updated"]))
     console.print(Fitted(listing, short=("status", "epoch/step", "ckpts", "size")))
+    for row in rows:
+        if "problem" in row:
+            console.print(Text(f"{row['run']}: {row['problem']}", style="red"))
     return 0

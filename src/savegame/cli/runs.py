@@ -76,16 +76,24 @@ def find_runs(root: Path, depth: int = 2) -> list[Path]:
 
 
 def summary(run: Path) -> dict[str, Any]:
-    """One row of ``savegame ls``: status, progress, best, checkpoints, size, last update."""
-    info = run_info(run)
+    """One row of ``savegame ls``: status, progress, best, checkpoints, size, last update. A run
+    whose run.json cannot be read (damaged, of a newer savegame) is a row too, of status
+    "unreadable", with the ``problem`` named: one bad folder does not hide the others."""
+    try:
+        info, problem = run_info(run), None
+    except CliError as error:
+        info, problem = {}, str(error)
     checkpoints = run_checkpoints(run)
     newest = checkpoints[-1] if checkpoints else None
-    return {
-        "run": str(run), "name": info.get("name"), "status": run_status(run, info),
+    row = {
+        "run": str(run), "name": info.get("name"), "status": "unreadable" if problem else run_status(run, info),
         "epoch": newest.epoch if newest else None, "step": newest.step if newest else None,
-        "best": best_of(run, info, checkpoints), "checkpoints": len(checkpoints),
+        "best": best_of(run, info, checkpoints) if info else None, "checkpoints": len(checkpoints),
         "size": _disk_size(run), "updated": info.get("updated"),
     }
+    if problem:
+        row["problem"] = problem
+    return row
 
 
 def checkpoint_rows(run: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict | None]:

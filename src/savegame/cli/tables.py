@@ -19,7 +19,7 @@ from rich.text import Text
 
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "collapse_padding": True, "pad_edge": False}
 STATUS_STYLE = {"finished": "green", "stopped": "green", "running": "cyan", "preempted": "yellow",
-                "failed": "red", "crashed": "red"}
+                "failed": "red", "crashed": "red", "unreadable": "red"}
 
 
 def human_size(size: float) -> str:
