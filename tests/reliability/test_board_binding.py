@@ -181,6 +181,7 @@ def test_board_host_0000_binds_every_address_and_warns(logs):
     try:
         line = board.serving_line()
         assert "open to the network" in line and "only this machine" not in line
+        assert f"TensorBoard at http://{socket.gethostname()}:{board.port}/ " in line  # an address to open
         warning = board.stderr()
         assert "warning: --host 0.0.0.0 serves the logs to anyone who can reach this machine" in warning
         assert "127.0.0.1" in warning  # and how to keep them here

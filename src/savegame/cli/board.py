@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                       for name, path in board.logdirs.items())
     reach = ("only this machine can reach it (--host 0.0.0.0 shares it with the network)" if local
              else "open to the network")
-    console.print(f"TensorBoard at {board.url} (pid {board.pid}) serving {where}, every "
+    console.print(f"TensorBoard at {shown_url(board.url, args.host)} (pid {board.pid}) serving {where}, every "
                   f"sample kept; {reach}; Ctrl-C stops it", markup=False, soft_wrap=True)
     sys.stdout.flush()
     if serve(board):
@@ -81,6 +83,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may resolve to any address
         return False
+
+
+def shown_url(url: str, host: str) -> str:
+    """The address to print for ``url``: with a wildcard ``host`` (0.0.0.0, ::) it names this
+    machine, which the other machines can open, instead of an address no browser can.
+
+    >>> shown_url("http://127.0.0.1:6006/", "127.0.0.1")
+    'http://127.0.0.1:6006/'
+    >>> shown_url("http://0.0.0.0:6006/", "0.0.0.0") == f"http://{socket.gethostname()}:6006/"
+    True
+    """
+    if not is_wildcard(host):
+        return url
+    return re.sub(r"^http://(0\.0\.0\.0|\[::\])(?=:)", f"http://{socket.gethostname()}", url)
 
 
 def is_wildcard(host: str) -> bool:
