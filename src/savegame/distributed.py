@@ -13,7 +13,9 @@ The process group, once initialized, is the truth; before that, torchrun's envir
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import DistributedNotSupportedError
 
@@ -68,9 +70,22 @@ class Coordinator:
     training's NCCL ones, nor with those of a save running on another thread. gloo, because
     these are a few small CPU values, and gloo runs beside NCCL on GPU jobs. Every rank must make
     the Coordinator at the same point (``new_group`` is collective), after ``init_process_group``.
+
+    Each collective keeps its ``Work`` (and so its tensors) alive here for a while after it
+    ends. A gloo worker thread that drops the last reference to a finished work frees its tensors,
+    which needs the GIL; when that happens as the interpreter shuts down (a script that exits
+    right after the Run's last collective), the thread is unwound through a noexcept destructor
+    and the rank dies of SIGABRT ("terminate called without an active exception"; torch 2.13, seen
+    about once in 50 two-rank jobs here). Holding the works makes the main thread the last to let
+    go. This is also why the object collectives are written out over tensor ones:
+    ``broadcast_object_list`` and ``gather_object`` drop their works inside.
     """
 
+    KEEP_WORKS = 32  # many collectives after a work ended, its worker thread has surely let it go
+
     def __init__(self) -> None:
+        import collections
+
         import torch.distributed as dist
 
         here = world()
@@ -81,20 +96,26 @@ class Coordinator:
         self.world = here
         self._dist = dist
         self.group = dist.new_group(backend="gloo")
+        self._works: collections.deque = collections.deque(maxlen=self.KEEP_WORKS)
+
+    def _wait(self, work: Any, *tensors: Any) -> None:
+        work.wait()
+        self._works.append((work, tensors))
 
     def from_rank0(self, value: object) -> object:
         """Rank 0's ``value``, on every rank (what rank 0 decided: to save now, which checkpoint)."""
-        box = [value if self.world.rank == 0 else None]
-        self._dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
+        import torch
+
+        payload = _pickled(value) if self.world.rank == 0 else None
+        size = torch.tensor([len(payload) if payload is not None else 0], dtype=torch.int64)
+        self._wait(self._dist.broadcast(size, src=0, group=self.group, async_op=True), size)
+        data = payload if payload is not None else torch.empty(int(size.item()), dtype=torch.uint8)
+        self._wait(self._dist.broadcast(data, src=0, group=self.group, async_op=True), data)
+        return value if self.world.rank == 0 else pickle.loads(data.numpy().tobytes())
 
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any (a preemption signal that reached one rank)."""
-        import torch
-
-        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        self._dist.all_reduce(value, op=self._dist.ReduceOp.MAX, group=self.group)
-        return bool(value.item())
+        return bool(self.max([1 if flag else 0])[0])
 
     def max(self, values: list[int]) -> list[int]:
         """The largest of every rank's ``values``, element by element, on every rank (flags agreed
@@ -102,14 +123,34 @@ class Coordinator:
         import torch
 
         tensor = torch.tensor(values, dtype=torch.int64)
-        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group)
+        self._wait(self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group, async_op=True),
+                   tensor)
         return [int(v) for v in tensor.tolist()]
 
     def gather(self, value: object) -> list[object] | None:
         """Every rank's ``value``, in rank order, on rank 0 (None on the others)."""
-        out: list[object] | None = [None] * self.world.size if self.world.rank == 0 else None
-        self._dist.gather_object(value, out, dst=0, group=self.group)
-        return out
+        import torch
+
+        payload = _pickled(value)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world.size)]
+        mine = torch.tensor([len(payload)], dtype=torch.int64)
+        self._wait(self._dist.all_gather(sizes, mine, group=self.group, async_op=True), mine, *sizes)
+        longest = max(int(s.item()) for s in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8)
+        padded[: len(payload)] = payload
+        into = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world.size)] if self.world.rank == 0 else None
+        self._wait(self._dist.gather(padded, into, dst=0, group=self.group, async_op=True), padded, *(into or []))
+        if into is None:
+            return None
+        return [pickle.loads(part[: int(size.item())].numpy().tobytes()) for part, size in zip(into, sizes)]
 
     def barrier(self) -> None:
-        self._dist.barrier(group=self.group)
+        self._wait(self._dist.barrier(group=self.group, async_op=True))
+
+
+def _pickled(value: object) -> Any:
+    """``value`` pickled into a uint8 tensor (the ranks of one job trust each other, as torch's
+    object collectives do)."""
+    import torch
+
+    return torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
