@@ -79,3 +79,21 @@ def fsync_files(paths: Iterable[str | os.PathLike]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def rename_aside(path: str | os.PathLike, label: str) -> Path:
+    """Rename ``path`` to ``<name>.<label>`` (``.<label>-2`` ... if taken), keeping it whole for
+    inspection under a name savegame ignores; returns the new path.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.json"
+    >>> _ = path.write_text("{"); rename_aside(path, "damaged").name
+    'run.json.damaged'
+    """
+    path = Path(path)
+    target, n = path.with_name(f"{path.name}.{label}"), 1
+    while os.path.lexists(target):
+        n += 1
+        target = path.with_name(f"{path.name}.{label}-{n}")
+    os.rename(path, target)
+    return target

@@ -98,9 +98,9 @@ class Coordinator:
         self.group = dist.new_group(backend="gloo")
         self._works: collections.deque = collections.deque(maxlen=self.KEEP_WORKS)
 
-    def _wait(self, work: Any, *tensors: Any) -> None:
+    def _wait(self, work: Any) -> None:
         work.wait()
-        self._works.append((work, tensors))
+        self._works.append(work)  # the work holds its tensors: while it is here, so are they
 
     def from_rank0(self, value: object) -> object:
         """Rank 0's ``value``, on every rank (what rank 0 decided: to save now, which checkpoint)."""
@@ -108,9 +108,9 @@ class Coordinator:
 
         payload = _pickled(value) if self.world.rank == 0 else None
         size = torch.tensor([len(payload) if payload is not None else 0], dtype=torch.int64)
-        self._wait(self._dist.broadcast(size, src=0, group=self.group, async_op=True), size)
+        self._wait(self._dist.broadcast(size, src=0, group=self.group, async_op=True))
         data = payload if payload is not None else torch.empty(int(size.item()), dtype=torch.uint8)
-        self._wait(self._dist.broadcast(data, src=0, group=self.group, async_op=True), data)
+        self._wait(self._dist.broadcast(data, src=0, group=self.group, async_op=True))
         return value if self.world.rank == 0 else pickle.loads(data.numpy().tobytes())
 
     def any(self, flag: bool) -> bool:
@@ -123,8 +123,7 @@ class Coordinator:
         import torch
 
         tensor = torch.tensor(values, dtype=torch.int64)
-        self._wait(self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group, async_op=True),
-                   tensor)
+        self._wait(self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, group=self.group, async_op=True))
         return [int(v) for v in tensor.tolist()]
 
     def gather(self, value: object) -> list[object] | None:
@@ -134,12 +133,12 @@ class Coordinator:
         payload = _pickled(value)
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world.size)]
         mine = torch.tensor([len(payload)], dtype=torch.int64)
-        self._wait(self._dist.all_gather(sizes, mine, group=self.group, async_op=True), mine, *sizes)
+        self._wait(self._dist.all_gather(sizes, mine, group=self.group, async_op=True))
         longest = max(int(s.item()) for s in sizes)
         padded = torch.zeros(longest, dtype=torch.uint8)
         padded[: len(payload)] = payload
         into = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world.size)] if self.world.rank == 0 else None
-        self._wait(self._dist.gather(padded, into, dst=0, group=self.group, async_op=True), padded, *(into or []))
+        self._wait(self._dist.gather(padded, into, dst=0, group=self.group, async_op=True))
         if into is None:
             return None
         return [pickle.loads(part[: int(size.item())].numpy().tobytes()) for part, size in zip(into, sizes)]

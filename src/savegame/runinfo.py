@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import jsonread
-from .atomic import replace_file
+from .atomic import rename_aside, replace_file
 from .errors import FormatVersionError, PreflightInterrupted, RunInfoDamagedError
 
 RUN_FILE = "run.json"
@@ -119,13 +119,7 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def set_aside_run_info(run_dir: Path) -> Path:
     """Rename a damaged ``<run_dir>/run.json`` to ``run.json.damaged`` (``.damaged-2`` ... when
     taken), so nothing is lost and a new one can be written; returns the new path."""
-    path = Path(run_dir) / RUN_FILE
-    aside, n = path.with_name(f"{RUN_FILE}.damaged"), 1
-    while aside.exists() or aside.is_symlink():
-        n += 1
-        aside = path.with_name(f"{RUN_FILE}.damaged-{n}")
-    os.rename(path, aside)
-    return aside
+    return rename_aside(Path(run_dir) / RUN_FILE, "damaged")
 
 
 def write_run_info(run_dir: Path, info: dict[str, Any], *, durable: bool = True) -> None:

@@ -27,6 +27,7 @@ import xxhash
 
 from savegame import jsonread
 from savegame.atomic import fsync_folder as fsync_dir
+from savegame.atomic import rename_aside
 from savegame.errors import CheckpointCorruptError, CheckpointNotFoundError, FormatVersionError
 from savegame.messages import warn
 
@@ -277,15 +278,9 @@ def quarantine(path: str | os.PathLike, label: str = "corrupt") -> Path:
     >>> quarantine(write_checkpoint(Path(tempfile.mkdtemp()) / "c", {}, step=0, epoch=0).path).name
     'c.corrupt'
     """
-    path = Path(path)
     if label not in SET_ASIDE:
         raise ValueError(f"quarantine(label=...) must be one of {SET_ASIDE}, got {label!r}")
-    target, n = path.with_name(f"{path.name}.{label}"), 1
-    while os.path.lexists(target):
-        n += 1
-        target = path.with_name(f"{path.name}.{label}-{n}")
-    os.rename(path, target)
-    return target
+    return rename_aside(path, label)
 
 
 def delete_checkpoint(path: str | os.PathLike) -> None:
